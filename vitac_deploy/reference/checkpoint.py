@@ -1,0 +1,154 @@
+"""Loading upstream checkpoints safely: no pickled code, every published layout, clear mismatches."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..config import PredictorConfig
+from ..errors import VitacError
+
+_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+_NESTS = ("predictor", "state_dict", "model")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Tensors of a `.pt`/`.pth` (weights_only) or `.safetensors` file, unnested, prefixes stripped."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitacError(f"checkpoint not found: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(p))
+        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            raw = torch.load(str(p), map_location="cpu", weights_only=True)
+        else:
+            raise VitacError(f"unsupported checkpoint type '{suffix}' for {p} (use .pt, .pth or .safetensors)")
+    except VitacError:
+        raise
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitacError(f"refusing to load {p}: it holds pickled objects other than tensors, which could "
+                         f"run code on load (weights_only=True): {first}") from None
+    except Exception as e:  # corrupt zip, truncated file, bad header, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitacError(f"cannot read checkpoint {p}: {first}") from None
+    return normalize_state_dict(raw, source=str(p))
+
+
+def normalize_state_dict(raw: Any, source: str = "checkpoint") -> dict[str, Any]:
+    """Unnest `{"predictor": ...}`/`{"state_dict": ...}` and strip `module.`/`backbone.` prefixes."""
+    import torch
+
+    sd = raw
+    while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        nest = next((k for k in _NESTS if isinstance(sd.get(k), Mapping)), None)
+        if nest is None:
+            break
+        sd = sd[nest]
+    if not isinstance(sd, Mapping):
+        raise VitacError(f"{source}: expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
+    if isinstance(sd.get("predictor"), Mapping):  # a training checkpoint with an encoder beside it
+        sd = sd["predictor"]
+    out: dict[str, Any] = {}
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        k = str(key)
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix):], True
+        out[k] = value
+    if not out:
+        raise VitacError(f"{source}: no tensors found")
+    return out
+
+
+def infer_config_fields(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """What can be read off the shapes of a state_dict (not heads, grid or max_frames)."""
+    fit: dict[str, Any] = {}
+    if "predictor_embed.weight" in sd:
+        fit["predictor_embed_dim"], fit["embed_dim"] = (int(n) for n in sd["predictor_embed.weight"].shape)
+    if "action_encoder.weight" in sd:
+        fit["action_dim"] = int(sd["action_encoder.weight"].shape[1])
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("predictor_blocks.")}
+    if blocks:
+        fit["depth"] = max(blocks) + 1
+    if "predictor_blocks.0.mlp.fc3.weight" in sd:
+        fit["use_silu"] = True
+    elif "predictor_blocks.0.mlp.fc1.weight" in sd:
+        fit["use_silu"] = False
+    if "predictor_blocks.0.attn.qkv.weight" in sd:
+        fit["qkv_bias"] = "predictor_blocks.0.attn.qkv.bias" in sd
+    return fit
+
+
+def check_state_dict(sd: Mapping[str, Any], cfg: PredictorConfig, source: str = "checkpoint") -> None:
+    """Refuse a state_dict that does not fit `cfg`, listing missing, unexpected and misshaped keys."""
+    from .init import param_shapes
+
+    expected = param_shapes(cfg)
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(sd) if tuple(sd[k].shape) != expected[k])
+    if not (missing or unexpected or misshaped):
+        return
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing: {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected: {few(unexpected)}")
+    if misshaped:
+        parts.append("wrong shape: " + few(
+            [f"{k} {list(sd[k].shape)} (config wants {list(expected[k])})" for k in misshaped]))
+    fit = {k: v for k, v in infer_config_fields(sd).items() if getattr(cfg, k) != v}
+    hint = ""
+    if fit:
+        hint = "; the checkpoint looks like " + ", ".join(f"{k}={v}" for k, v in fit.items())
+    raise VitacError(f"{source} does not match the config: " + "; ".join(parts) + hint)
+
+
+def load_predictor(path: str | os.PathLike, config: Optional[PredictorConfig] = None):
+    """The reference `Predictor` (eval mode, float32) with the weights of `path`.
+
+    `config` defaults to the `vitac-l384` preset. Nothing in the file is executed.
+    """
+    import torch
+    from .model import Predictor
+
+    cfg = config or PredictorConfig.preset("vitac-l384")
+    sd = read_state_dict(path)
+    check_state_dict(sd, cfg, source=str(path))
+    model = Predictor(cfg)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+    return model.eval()
+
+
+def save_checkpoint(model, path: str | os.PathLike) -> None:
+    """Write `model`'s weights (upstream key names) to `.safetensors` or `.pt`, atomically."""
+    import torch
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if p.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(tmp))
+    else:
+        torch.save(sd, str(tmp))
+    os.replace(tmp, p)

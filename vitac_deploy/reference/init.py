@@ -1,0 +1,52 @@
+"""Seeded weights: the recipe the golden files were made with, applied to any config."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..config import PredictorConfig
+
+
+def recipe_state_dict(param_shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
+    """Weights from the golden recipe (shared/golden/README.md), float32 numpy arrays."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out: dict[str, np.ndarray] = {}
+    for key in sorted(param_shapes):
+        shape = tuple(param_shapes[key])
+        if key.endswith("weight") and len(shape) == 2:
+            w = rng.standard_normal(shape) * 0.02
+            if key.endswith(("attn.proj.weight", "mlp.fc2.weight", "mlp.fc3.weight")):
+                w /= math.sqrt(2 * (int(key.split(".")[1]) + 1))
+        elif key.endswith("weight"):
+            w = 1 + 0.1 * rng.standard_normal(shape)
+        elif "norm" in key:
+            w = 0.05 * rng.standard_normal(shape)
+        else:
+            w = 0.02 * rng.standard_normal(shape)
+        out[key] = w.astype(np.float32)
+    return out
+
+
+def param_shapes(cfg: PredictorConfig) -> dict[str, tuple[int, ...]]:
+    """Every upstream state_dict key of `cfg` with its shape."""
+    from .model import Predictor  # torch only when asked
+    import torch
+
+    with torch.device("meta"):
+        model = Predictor(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def random_predictor(cfg: PredictorConfig, seed: int = 0):
+    """A reference `Predictor` in eval mode with seeded recipe weights (same seed + shapes as a
+    golden case gives that case's weights)."""
+    import torch
+    from .model import Predictor
+
+    model = Predictor(cfg)
+    sd = recipe_state_dict(param_shapes(cfg), seed)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    return model.eval()
