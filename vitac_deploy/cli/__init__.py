@@ -8,7 +8,9 @@ import typer
 
 from .. import __version__
 from .demo import demo
+from .export import export, inspect
 from .info import info
+from .run import rollout, validate
 
 app = typer.Typer(
     name="vitac-deploy",
@@ -34,6 +36,10 @@ def _main(
 
 
 app.command()(info)
+app.command()(export)
+app.command()(inspect)
+app.command()(rollout)
+app.command()(validate)
 app.command()(demo)
 
 

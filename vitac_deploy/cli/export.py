@@ -1,0 +1,130 @@
+"""`vitac-deploy export` and `vitac-deploy inspect`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import VitacError
+from ._common import cli_errors, load_model, stderr_console
+
+
+@cli_errors
+def export(
+    out: Path = typer.Option(..., "--out", help="Artifact directory to create."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights (.pt/.pth/.safetensors)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig JSON or upstream kwargs JSON."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named config (default vitac-l384)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of fp32, fp16."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (13..21; LayerNormalization from 17)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every graph against PyTorch."),
+    first_frame_graph: bool = typer.Option(True, "--first-frame-graph/--no-first-frame-graph",
+                                           help="Also write first*.onnx (no past inputs) for TensorRT."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+) -> None:
+    """Export the per-step ONNX graphs (fp32 + strongly typed fp16) with a KV-cache interface."""
+    from ..exporters import ExportOptions, export_artifact
+    from ..manifest import sha256_file
+
+    err = stderr_console()
+    source: dict = {"checkpoint": str(checkpoint) if checkpoint else None}
+    if checkpoint is not None and checkpoint.is_file():
+        source["checkpoint_sha256"] = sha256_file(checkpoint)
+    if random_init:
+        source["random_init_seed"] = seed
+    err.print("loading the reference model")
+    model = load_model(checkpoint, config, preset, random_init, seed)
+    opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
+                         validate=validate, first_frame_graph=first_frame_graph, force=force, source=source)
+    with err.status("exporting") as status:
+        manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
+    Console().print(summary_table(out, manifest))
+
+
+def summary_table(out: Path, manifest: dict) -> Table:
+    table = Table(title=f"{out}", header_style="bold")
+    for col in ("graph", "file", "cache", "tolerance (max abs)", "measured max abs", "cosine", "status"):
+        table.add_column(col)
+    val = manifest.get("validation", {})
+    for key, g in manifest["graphs"].items():
+        v = val.get(g["precision"], {}) if isinstance(val.get(g["precision"]), dict) else {}
+        tol = manifest["tolerances"][g["precision"]]["max_abs"]
+        if val.get("skipped"):
+            measured, cos, status = "-", "-", "not validated"
+        elif g["role"] == "first":
+            measured, cos, status = f"{v.get('first_frame_graph_max_abs', float('nan')):.2e} vs step", "-", "ok"
+        else:
+            measured, cos = f"{v['worst_max_abs']:.2e}", f"{v['worst_cosine']:.7f}"
+            status = "ok" if v["passed"] else "FAILED"
+        table.add_row(key, g["file"], g["cache_dtype"], f"{tol:g}", measured, cos, status)
+    return table
+
+
+@cli_errors
+def inspect(path: Path = typer.Argument(..., help="Artifact directory or .onnx file.")) -> None:
+    """Manifest summary and IO table (name, dtype, shape with symbolic dims)."""
+    console = Console()
+    if not path.exists():
+        raise VitacError(f"not found: {path}")
+    if path.is_dir():
+        from ..manifest import read_manifest
+
+        m = read_manifest(path)
+        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, "
+                      f"vitac-deploy {m['exporter'].get('vitac_deploy')}, torch {m['exporter'].get('torch')}, "
+                      f"onnx {m['exporter'].get('onnx')}")
+        cfg = m["config"]
+        console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+        src = m.get("source", {})
+        console.print("source: " + json.dumps(src))
+        val = m.get("validation", {})
+        for p, tol in m["tolerances"].items():
+            v = val.get(p)
+            got = "not validated" if not isinstance(v, dict) else (
+                f"max abs {v['worst_max_abs']:.2e}, cosine {v['worst_cosine']:.7f}, "
+                f"{'passed' if v['passed'] else 'FAILED'}")
+            console.print(f"{p}: tolerance {tol} -> {got}")
+        for key, g in m["graphs"].items():
+            console.print(_io_table(f"{key} ({g['file']})", g["inputs"], g["outputs"]))
+        return
+    if path.suffix != ".onnx":
+        raise VitacError(f"inspect takes an artifact directory or an .onnx file, got {path}")
+    try:
+        import onnx
+    except ImportError:
+        raise VitacError("inspecting an .onnx file needs onnx: pip install onnx") from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise VitacError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def spec(v):
+        t = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+
+    inits = {i.name for i in model.graph.initializer}
+    console.print(f"[bold]{path}[/]  opset {[o.version for o in model.opset_import]}, "
+                  f"{len(model.graph.node)} nodes, {len(inits)} initializers")
+    console.print(_io_table(path.name, [spec(v) for v in model.graph.input if v.name not in inits],
+                            [spec(v) for v in model.graph.output]))
+
+
+def _io_table(title: str, inputs: list, outputs: list) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("", "name", "dtype", "shape"):
+        table.add_column(col)
+    for kind, specs in (("in", inputs), ("out", outputs)):
+        shown = [s for s in specs if not s["name"].split(".")[-1].isdigit() or s["name"].endswith(".0")]
+        for s in shown:
+            name = s["name"] if not s["name"].endswith(".0") else s["name"][:-2] + ".{i}"
+            table.add_row(kind, name, s["dtype"], escape("[" + ", ".join(map(str, s["shape"])) + "]"))
+    return table

@@ -1,0 +1,171 @@
+"""`vitac-deploy rollout` and `vitac-deploy validate`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ValidationError, VitacError
+from ._common import cli_errors, progress_enabled, resolve_config, stderr_console
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise VitacError(f"inputs not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise VitacError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+@cli_errors
+def rollout(
+    path: Path = typer.Argument(..., help="Artifact directory."),
+    inputs: Path = typer.Option(..., "--inputs", help="NPZ with features [B,C,N,D] (raw), actions, states[, extrinsics]."),
+    out: Path = typer.Option(..., "--out", help="NPZ to write: predictions [B,H,N,D] and timing."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on cuda)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", help="Frames to predict (default: from the actions)."),
+    state_update: str = typer.Option("given", "--state-update", help="given or delta (state[t+1] = state[t] + action[t])."),
+) -> None:
+    """Roll the world model forward from context frames through a runtime."""
+    from ..runtimes import open_runtime
+
+    err = stderr_console()
+    data = _load_npz(inputs)
+    for key in ("features", "actions", "states"):
+        if key not in data:
+            raise VitacError(f"{inputs} has no '{key}' array (has: {', '.join(sorted(data)) or 'nothing'})")
+    if state_update not in ("given", "delta"):
+        raise VitacError(f"--state-update must be given or delta, got {state_update}")
+    feats = data["features"]
+    if feats.ndim != 4:
+        raise VitacError(f"features must be [B, C, N, D], got shape {list(feats.shape)}")
+    C = feats.shape[1]
+    H = horizon if horizon is not None else data["actions"].shape[1] - C + 1
+    if H < 1:
+        raise VitacError(f"horizon must be >= 1 (actions hold {data['actions'].shape[1]} steps for {C} context frames)")
+    rt = open_runtime(path, backend=backend, device=device, precision=precision)
+    err.print(f"runtime: {rt.describe()}")
+    F = C + H - 1
+    acts = data["actions"][:, :F]
+    states = data["states"] if state_update == "delta" else data["states"][:, :F]
+    ext = data["extrinsics"][:, :F] if "extrinsics" in data else None
+    t0 = time.perf_counter()
+    if progress_enabled() and H > 2:
+        with err.status(f"rolling out {H} frames"):
+            preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update)
+    else:
+        preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update)
+    seconds = time.perf_counter() - t0
+    tmp = out.with_name(out.name + ".partial.npz")
+    try:
+        np.savez(tmp, predictions=preds, seconds=np.float64(seconds), frames_per_second=np.float64(H * preds.shape[0] / seconds))
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VitacError(f"cannot write {out}: {e.strerror}") from None
+    Console().print(f"predictions {list(preds.shape)} -> {out}  ({seconds * 1e3:.1f} ms, "
+                    f"{H * preds.shape[0] / seconds:.1f} frames/s, {rt.describe()})")
+
+
+@cli_errors
+def validate(
+    path: Path = typer.Argument(..., help="Artifact directory."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the artifact was exported from."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or torch."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of precisions to check."),
+    steps: int = typer.Option(4, "--steps", help="Frames of the closed-loop rollout (including the context)."),
+    batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of error vs rollout step."),
+) -> None:
+    """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
+    from ..config import PredictorConfig
+    from ..manifest import read_manifest, sha256_file, write_json_atomic
+    from ..metrics import TOLERANCES
+    from ..reference import load_predictor, random_predictor
+    from ..runtimes import open_runtime
+    from ..validation import ParityInputs, check_parity
+
+    console = Console()
+    manifest = read_manifest(path)
+    cfg = resolve_config(config, None) if config else PredictorConfig.from_dict(manifest["config"])
+    if checkpoint is None and not random_init:
+        raise VitacError("give --checkpoint (or --random-init --seed N for an artifact exported that way)")
+    model = load_predictor(checkpoint, cfg) if checkpoint is not None else random_predictor(cfg, seed)
+    if steps < 2 or batch < 1:
+        raise VitacError("--steps must be >= 2 and --batch >= 1")
+    files_ok = {name: sha256_file(path / name) == digest if (path / name).is_file() else False
+                for name, digest in manifest.get("files", {}).items()}
+    inputs = ParityInputs.make(cfg, batch=batch, frames=steps, seed=seed + 1)
+    results = {}
+    for p in [x.strip() for x in precision.split(",") if x.strip()]:
+        if f"step.{p}" not in manifest["graphs"]:
+            raise VitacError(f"{path} has no {p} graph")
+        rt = open_runtime(path, backend=backend, device=device, precision=p)
+        r = check_parity(rt, model, inputs, p)
+        results[p] = r
+        table = Table(title=f"{p} via {rt.describe()}: tolerance max abs {r.tolerance.max_abs:g}, "
+                            f"mean abs {r.tolerance.mean_abs:g}, cosine >= {r.tolerance.cosine_min}",
+                      header_style="bold")
+        for col in ("mode", "frame", "max abs", "mean abs", "cosine", "rel L1"):
+            table.add_column(col, justify="right")
+        for mode, errs in (("rollout", r.rollout), ("teacher forcing", r.teacher_forcing)):
+            for e in errs:
+                table.add_row(mode, str(e["frame"] + 1), f"{e['max_abs']:.2e}", f"{e['mean_abs']:.2e}",
+                              f"{e['cosine']:.7f}", f"{e['rel_l1']:.2e}")
+        console.print(table)
+    passed = all(r.passed for r in results.values()) and all(files_ok.values())
+    bad_files = [n for n, ok in files_ok.items() if not ok]
+    if bad_files:
+        console.print(f"[red]files differ from the manifest's sha256: {', '.join(bad_files)}[/]")
+    console.print(f"[bold]{'PASSED' if passed else 'FAILED'}[/]")
+    data = {"passed": passed, "artifact": str(path), "backend": backend, "device": device,
+            "checkpoint": str(checkpoint) if checkpoint else None, "files_match_manifest": files_ok,
+            "tolerances": {p: TOLERANCES[p].to_dict() for p in results},
+            "results": {p: r.to_dict() for p, r in results.items()}}
+    if report:
+        write_json_atomic(report, data)
+    if plot:
+        _plot(plot, results)
+    if not passed:
+        raise ValidationError("the artifact does not match the reference" +
+                              (f" (modified files: {', '.join(bad_files)})" if bad_files else ""))
+
+
+def _plot(path: Path, results) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p, r in results.items():
+        steps = [e["frame"] + 1 for e in r.rollout]
+        ax.semilogy(steps, [e["max_abs"] for e in r.rollout], "o-", label=f"{p} max abs")
+        ax.semilogy(steps, [e["mean_abs"] for e in r.rollout], "s--", label=f"{p} mean abs")
+        ax.axhline(r.tolerance.max_abs, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("rollout step")
+    ax.set_ylabel("error vs PyTorch reference")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

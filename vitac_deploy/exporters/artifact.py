@@ -1,0 +1,194 @@
+"""`export`: reference model -> validated artifact directory (graphs, weights, manifest), atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..contract import step_io
+from ..errors import ValidationError, VitacError
+from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, now_iso, sha256_file, versions,
+                        write_json_atomic)
+from ..metrics import TOLERANCES
+from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_step_graph
+from .weights import save_with_shared_data
+
+PRECISIONS = ("fp32", "fp16")
+Progress = Callable[[str], None]
+
+
+def graph_files(precision: str) -> dict[str, str]:
+    suffix = "" if precision == "fp32" else f".{precision}"
+    return {"step": f"step{suffix}.onnx", "first": f"first{suffix}.onnx", "weights": f"weights.{precision}.bin"}
+
+
+@dataclass
+class ExportOptions:
+    """Every `vitac-deploy export` flag, as a Python argument."""
+
+    precisions: Sequence[str] = PRECISIONS
+    opset: int = DEFAULT_OPSET
+    validate: bool = True
+    first_frame_graph: bool = True
+    validation_frames: int = 4
+    validation_batch: int = 2
+    validation_seed: int = 0
+    force: bool = False
+    source: dict[str, Any] = field(default_factory=dict)   # checkpoint path/sha256 or random-init seed
+
+
+def _check_options(opts: ExportOptions) -> None:
+    bad = [p for p in opts.precisions if p not in PRECISIONS]
+    if bad or not opts.precisions:
+        raise VitacError(f"--precision takes a comma list of {', '.join(PRECISIONS)}, got {','.join(opts.precisions)}")
+    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
+        raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.opset}")
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    """A temp dir beside `out` (same filesystem, so the final rename is atomic)."""
+    if out.exists() and not out.is_dir():
+        raise VitacError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise VitacError(f"--out {out} exists and is not empty (use --force to replace it)")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise VitacError(f"cannot write {out}: {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VitacError(f"cannot write {out}: {parent} is not writable")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    except OSError as e:
+        raise VitacError(f"cannot write {out}: {e.strerror}") from None
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the artifact is an ordinary directory
+    return tmp
+
+
+def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptions] = None,
+                    progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Write `model`'s step graphs to the directory `out` and return the manifest.
+
+    Every graph is validated with ONNX Runtime against the reference (full recompute) unless
+    `options.validate` is False; a graph outside its tolerance raises ValidationError and
+    nothing is left at `out`.
+    """
+    import onnx
+
+    opts = options or ExportOptions()
+    _check_options(opts)
+    say = progress or (lambda msg: None)
+    out = Path(out)
+    cfg = model.cfg
+    tmp = _prepare_out(out, opts.force)
+    try:
+        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        graphs: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        for precision in opts.precisions:
+            names = graph_files(precision)
+            t0 = time.perf_counter()
+            say(f"building {precision} graphs")
+            roles = ["step"] + (["first"] if opts.first_frame_graph else [])
+            models = [(build_step_graph(cfg, weights, precision, role == "first", opts.opset), tmp / names[role])
+                      for role in roles]
+            say(f"writing {', '.join(names[r] for r in roles)} + {names['weights']}")
+            save_with_shared_data(models, tmp / names["weights"])
+            for role in roles:
+                onnx.checker.check_model(str(tmp / names[role]), full_check=False)
+                ins, outs = step_io(cfg, "float16" if precision == "fp16" else "float32", role == "first")
+                graphs[f"{role}.{precision}"] = {
+                    "file": names[role], "role": role, "precision": precision,
+                    "cache_dtype": "float16" if precision == "fp16" else "float32",
+                    "external_data": names["weights"],
+                    "inputs": [s.to_dict() for s in ins], "outputs": [s.to_dict() for s in outs],
+                }
+            timings[f"convert_{precision}_s"] = round(time.perf_counter() - t0, 3)
+
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        manifest: dict[str, Any] = {
+            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION, "created": now_iso(),
+            "config": cfg.to_dict(),
+            "tokens": {"per_frame": cfg.tokens_per_frame, "conditioning": cfg.cond_tokens,
+                       "per_cache_frame": cfg.tokens_per_step},
+            "source": opts.source,
+            "opset": opts.opset,
+            "exporter": {"name": "vitac_deploy.exporters.step_graph", "vitac_deploy": __version__, **versions()},
+            "graphs": graphs,
+            "first_frame": ("first.* graphs take no past inputs: TensorRT profiles may not express "
+                            "past_len = 0; step.* graphs accept past_len = 0 on ONNX Runtime"),
+            "files": files,
+            "tolerances": {p: TOLERANCES[p].to_dict() for p in opts.precisions},
+            "validation": {"skipped": not opts.validate},
+            "timings": timings,
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+
+        if opts.validate:
+            manifest["validation"] = validate_artifact(model, tmp, opts, say)
+            write_json_atomic(tmp / MANIFEST, manifest)
+            failed = [p for p in opts.precisions if not manifest["validation"][p]["passed"]]
+            if failed:
+                worst = {p: manifest["validation"][p]["worst_max_abs"] for p in failed}
+                raise ValidationError(
+                    "exported graph does not match the reference: " + ", ".join(
+                        f"{p} max abs {worst[p]:.3g} > tolerance {TOLERANCES[p].max_abs:g}" for p in failed)
+                    + " (nothing was written)")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def validate_artifact(model, artifact: Path, opts: ExportOptions, say: Progress) -> dict[str, Any]:
+    """Each precision's step graph through the ONNX Runtime runtime (CPU) and each first-frame
+    graph directly, against the reference recomputing the whole sequence."""
+    from ..runtimes import open_runtime
+    from ..validation import ParityInputs, check_parity
+
+    inputs = ParityInputs.make(model.cfg, opts.validation_batch, opts.validation_frames, seed=opts.validation_seed)
+    results: dict[str, Any] = {"inputs": {"batch": opts.validation_batch, "context_frames": 1,
+                                          "horizon": inputs.horizon, "seed": opts.validation_seed,
+                                          "raw_max_abs": float(np.abs(inputs.context).max())}}
+    for precision in opts.precisions:
+        say(f"validating {precision}: {inputs.horizon}-frame rollout with ONNX Runtime vs PyTorch (full recompute)")
+        t0 = time.perf_counter()
+        rt = open_runtime(artifact, backend="onnxruntime", device="cpu", precision=precision)
+        report = check_parity(rt, model, inputs, precision)
+        entry = report.to_dict()
+        entry["worst_max_abs"] = report.worst("max_abs")
+        entry["worst_cosine"] = report.worst("cosine")
+        if opts.first_frame_graph:
+            entry["first_frame_graph_max_abs"] = _check_first_graph(artifact, precision, rt, inputs)
+            entry["passed"] = entry["passed"] and entry["first_frame_graph_max_abs"] <= report.tolerance.max_abs
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        results[precision] = entry
+    return results
+
+
+def _check_first_graph(artifact: Path, precision: str, rt, inputs) -> float:
+    """The first-frame graph must give what the step graph gives at past_len = 0 (outputs and cache)."""
+    import onnxruntime as ort
+
+    names = graph_files(precision)
+    sess = ort.InferenceSession(str(artifact / names["first"]), providers=["CPUExecutionProvider"])
+    B = inputs.context.shape[0]
+    feeds = {"features": inputs.context[:, 0], "action": inputs.actions[:, 0], "state": inputs.states[:, 0]}
+    if inputs.extrinsics is not None:
+        feeds["extrinsics"] = inputs.extrinsics[:, 0]
+    first = sess.run(["next_features"], feeds)[0]
+    rt.reset(B)
+    step = rt.append(feeds["features"], feeds["action"], feeds["state"], feeds.get("extrinsics"))
+    return float(np.abs(first - step).max())

@@ -1,0 +1,227 @@
+"""The per-step ONNX graph, emitted node by node from the reference model's weights.
+
+Why not `torch.onnx.export`: the float16 artifact must be strongly typed (every tensor's type
+explicit, float32 exactly where float16 breaks), attention must stay in the MatMul-Softmax-MatMul
+form TensorRT fuses, and the RoPE position must come from `past_len`. Writing the graph directly
+keeps all three under our control, and the export's validation compares it with the independent
+PyTorch reference, so a mistake here cannot hide.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..config import PredictorConfig
+from ..contract import TensorSpec, step_io
+from ..rope import all_frame_tables, frame_tables, pair_rotation_matrix
+
+_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+_NP = {"float32": np.float32, "float16": np.float16}
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 21, 17
+
+
+class _Graph:
+    """A tiny builder: named nodes, typed constants, unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._n = 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: Optional[str] = None, outputs: int = 1,
+           out_names: Optional[list[str]] = None, **attrs) -> list[str]:
+        self._n += 1
+        base = name or f"{op_type.lower()}_{self._n}"
+        outs = out_names or ([base] if outputs == 1 else [f"{base}_{i}" for i in range(outputs)])
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"n{self._n}_{base}", **attrs))
+        return outs
+
+    def one(self, op_type: str, inputs: list[str], name: Optional[str] = None, **attrs) -> str:
+        return self.op(op_type, inputs, name, **attrs)[0]
+
+
+class StepGraphBuilder:
+    """Emit the step (or first-frame) graph of `cfg` with `weights` (upstream key names).
+
+    precision "fp32": everything float32. "fp16": float16 weights, matmuls, residual stream and
+    KV cache; float32 for the feature normalization, LayerNorm statistics and the output.
+    """
+
+    def __init__(self, cfg: PredictorConfig, weights: Mapping[str, np.ndarray], precision: str = "fp32",
+                 first_frame: bool = False, opset: int = DEFAULT_OPSET):
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+        self.cfg, self.w, self.first_frame, self.opset = cfg, weights, first_frame, opset
+        self.cd = "float16" if precision == "fp16" else "float32"   # compute + cache dtype
+        self.precision = precision
+        self.g = _Graph()
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _w(self, key: str, transpose: bool = False, dtype: Optional[str] = None) -> str:
+        a = np.asarray(self.w[key], dtype=np.float64)
+        if transpose:
+            a = a.T
+        dt = dtype or self.cd
+        return self.g.const(f"{key}{'.T' if transpose else ''}:{dt}", a.astype(_NP[dt]))
+
+    def _cast(self, x: str, dtype: str) -> str:
+        return self.g.one("Cast", [x], f"{x}_to_{dtype}", to=_DTYPE[dtype])
+
+    def _to_cd(self, x: str) -> str:
+        return x if self.cd == "float32" else self._cast(x, self.cd)
+
+    def _to_f32(self, x: str) -> str:
+        return x if self.cd == "float32" else self._cast(x, "float32")
+
+    def _scalar(self, value: float, dtype: Optional[str] = None) -> str:
+        dt = dtype or self.cd
+        return self.g.const(f"scalar_{value!r}:{dt}", np.array(value, dtype=_NP[dt]))
+
+    def _ints(self, *values: int) -> str:
+        return self.g.const("ints_" + "_".join(map(str, values)), np.array(values, dtype=np.int64))
+
+    def linear(self, x: str, prefix: str) -> str:
+        y = self.g.one("MatMul", [x, self._w(f"{prefix}.weight", transpose=True)], f"{prefix}.matmul")
+        if f"{prefix}.bias" in self.w:
+            y = self.g.one("Add", [y, self._w(f"{prefix}.bias")], f"{prefix}.add")
+        return y
+
+    def layer_norm(self, x: str, prefix: Optional[str], eps: float, dim: int, name: str) -> str:
+        """LayerNorm in float32 (statistics in float16 overflow or lose precision); x is float32."""
+        scale = (self._w(f"{prefix}.weight", dtype="float32") if prefix
+                 else self.g.const(f"ones_{dim}", np.ones(dim, np.float32)))
+        bias = self._w(f"{prefix}.bias", dtype="float32") if prefix else None
+        if self.opset >= 17:
+            ins = [x, scale] + ([bias] if bias else [])
+            return self.g.one("LayerNormalization", ins, name, axis=-1, epsilon=float(eps))
+        g = self.g
+        mean = g.one("ReduceMean", [x], f"{name}.mean", axes=[-1], keepdims=1)
+        xc = g.one("Sub", [x, mean], f"{name}.center")
+        var = g.one("ReduceMean", [g.one("Mul", [xc, xc], f"{name}.sq")], f"{name}.var", axes=[-1], keepdims=1)
+        std = g.one("Sqrt", [g.one("Add", [var, self._scalar(eps, "float32")], f"{name}.vareps")], f"{name}.std")
+        y = g.one("Mul", [g.one("Div", [xc, std], f"{name}.norm"), scale], f"{name}.scale")
+        return g.one("Add", [y, bias], f"{name}.bias") if bias else y
+
+    def block_norm(self, x: str, prefix: str) -> str:
+        return self._to_cd(self.layer_norm(self._to_f32(x), prefix, self.cfg.layer_norm_eps,
+                                           self.cfg.predictor_embed_dim, prefix))
+
+    def gelu(self, x: str, name: str) -> str:
+        if self.opset >= 20:
+            return self.g.one("Gelu", [x], name)
+        g = self.g
+        erf = g.one("Erf", [g.one("Mul", [x, self._scalar(1 / math.sqrt(2))], f"{name}.div")], f"{name}.erf")
+        half = g.one("Mul", [x, self._scalar(0.5)], f"{name}.half")
+        return g.one("Mul", [half, g.one("Add", [erf, self._scalar(1.0)], f"{name}.one")], name)
+
+    # -- the model -----------------------------------------------------------------------------------
+    def _rope_tables(self) -> tuple[str, str]:
+        """cos, sin for this frame's tokens: [1, K+N, head_dim] (step: gathered at past_len/(K+N))."""
+        cfg, g = self.cfg, self.g
+        if self.first_frame:
+            cos, sin = frame_tables(cfg, 0)
+            return (g.const("rope_cos_frame0", cos[None].astype(_NP[self.cd])),
+                    g.const("rope_sin_frame0", sin[None].astype(_NP[self.cd])))
+        cos, sin = all_frame_tables(cfg)
+        past_len = g.one("Gather", [g.one("Shape", ["past_key.0"], "past_shape"), self._ints(2)], "past_len", axis=0)
+        frame = g.one("Div", [past_len, self._ints(cfg.tokens_per_step)], "frame_index")  # [1]
+        return (g.one("Gather", [g.const("rope_cos", cos.astype(_NP[self.cd])), frame], "rope_cos_frame", axis=0),
+                g.one("Gather", [g.const("rope_sin", sin.astype(_NP[self.cd])), frame], "rope_sin_frame", axis=0))
+
+    def attention(self, x: str, i: int, cos: str, sin: str) -> str:
+        cfg, g, p = self.cfg, self.g, f"predictor_blocks.{i}.attn"
+        L, H, hd, d = cfg.tokens_per_step, cfg.num_heads, cfg.head_dim, cfg.predictor_embed_dim
+        qkv = self.linear(x, f"{p}.qkv")
+        q, k, v = g.op("Split", [qkv, self._ints(d, d, d)], f"{p}.split", outputs=3, axis=-1)
+        heads = self._ints(0, L, H, hd)
+
+        def split_heads(t: str, name: str) -> str:
+            return g.one("Transpose", [g.one("Reshape", [t, heads], f"{p}.{name}.reshape")],
+                         f"{p}.{name}.heads", perm=[0, 2, 1, 3])
+
+        R = g.const(f"rope_pair_rotation:{self.cd}", pair_rotation_matrix(hd).astype(_NP[self.cd]))
+
+        def rope(t: str, name: str) -> str:
+            rot = g.one("MatMul", [t, R], f"{p}.{name}.pairs")
+            return g.one("Add", [g.one("Mul", [t, cos], f"{p}.{name}.cos"),
+                                 g.one("Mul", [rot, sin], f"{p}.{name}.sin")], f"{p}.{name}.rope")
+
+        q = g.one("Mul", [rope(split_heads(q, "q"), "q"), self._scalar(hd ** -0.5)], f"{p}.q.scaled")
+        k = rope(split_heads(k, "k"), "k")
+        v = split_heads(v, "v")
+        if self.first_frame:
+            k = g.one("Identity", [k], out_names=[f"present_key.{i}"])
+            v = g.one("Identity", [v], out_names=[f"present_value.{i}"])
+        else:
+            k = g.one("Concat", [f"past_key.{i}", k], out_names=[f"present_key.{i}"], axis=2)
+            v = g.one("Concat", [f"past_value.{i}", v], out_names=[f"present_value.{i}"], axis=2)
+        scores = g.one("MatMul", [q, g.one("Transpose", [k], f"{p}.kT", perm=[0, 1, 3, 2])], f"{p}.scores")
+        probs = g.one("Softmax", [scores], f"{p}.softmax", axis=-1)
+        out = g.one("MatMul", [probs, v], f"{p}.context")
+        out = g.one("Reshape", [g.one("Transpose", [out], f"{p}.merge", perm=[0, 2, 1, 3]), self._ints(0, L, d)],
+                    f"{p}.merged")
+        return self.linear(out, f"{p}.proj")
+
+    def mlp(self, x: str, i: int) -> str:
+        p, g = f"predictor_blocks.{i}.mlp", self.g
+        if self.cfg.use_silu:
+            x1, x2 = self.linear(x, f"{p}.fc1"), self.linear(x, f"{p}.fc2")
+            silu = g.one("Mul", [x1, g.one("Sigmoid", [x1], f"{p}.sigmoid")], f"{p}.silu")
+            return self.linear(g.one("Mul", [silu, x2], f"{p}.gate"), f"{p}.fc3")
+        return self.linear(self.gelu(self.linear(x, f"{p}.fc1"), f"{p}.gelu"), f"{p}.fc2")
+
+    def build(self) -> onnx.ModelProto:
+        cfg, g = self.cfg, self.g
+        feats = "features"
+        if cfg.normalize_reps:  # float32 always: a raw 1024-dim token's sum of squares overflows float16
+            feats = self.layer_norm(feats, None, cfg.feature_norm_eps, cfg.embed_dim, "normalize_features")
+        x = self.linear(self._to_cd(feats), "predictor_embed")
+        cond = [("action", "action_encoder"), ("state", "state_encoder")]
+        if cfg.use_extrinsics:
+            cond.append(("extrinsics", "extrinsics_encoder"))
+        tokens = [g.one("Unsqueeze", [self.linear(self._to_cd(name), enc), self._ints(1)], f"{name}_token")
+                  for name, enc in cond]
+        x = g.one("Concat", tokens + [x], "frame_tokens", axis=1)        # [B, K+N, d]: conditioning first
+        cos, sin = self._rope_tables()
+        for i in range(cfg.depth):
+            b = f"predictor_blocks.{i}"
+            x = g.one("Add", [x, self.attention(self.block_norm(x, f"{b}.norm1"), i, cos, sin)], f"{b}.residual1")
+            x = g.one("Add", [x, self.mlp(self.block_norm(x, f"{b}.norm2"), i)], f"{b}.residual2")
+        L = cfg.tokens_per_step
+        x = g.one("Slice", [x, self._ints(cfg.cond_tokens), self._ints(L), self._ints(1)], "patch_tokens")
+        x = self.linear(self.block_norm(x, "predictor_norm"), "predictor_proj")
+        x = self._to_f32(x)
+        if cfg.normalize_reps:
+            g.op("Identity", [x], out_names=["next_features_raw"])
+            x = self.layer_norm(x, None, cfg.feature_norm_eps, cfg.embed_dim, "normalize_prediction")
+        g.op("Identity", [x], out_names=["next_features"])
+
+        inputs, outputs = step_io(cfg, self.cd, self.first_frame)
+        graph = helper.make_graph(
+            g.nodes, f"vitac_{'first' if self.first_frame else 'step'}_{self.precision}",
+            [_value_info(s) for s in inputs], [_value_info(s) for s in outputs],
+            initializer=list(g.initializers.values()))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+                                  producer_name="vitac-deploy")
+        model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9)  # readable by older runtimes
+        return model
+
+
+def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(spec.name, _DTYPE[spec.dtype], list(spec.shape))
+
+
+def build_step_graph(cfg: PredictorConfig, weights: Mapping[str, np.ndarray], precision: str = "fp32",
+                     first_frame: bool = False, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The step (or first-frame) graph of `cfg` as an in-memory ONNX model."""
+    return StepGraphBuilder(cfg, weights, precision, first_frame, opset).build()

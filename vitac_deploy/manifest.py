@@ -1,0 +1,95 @@
+"""Manifests: every artifact carries one (config, IO contract, versions, hashes). numpy-free."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import VitacError
+
+ARTIFACT_FORMAT = "vitac-deploy/artifact"
+ARTIFACT_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions(packages: Iterable[str] = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
+                                        "tensorrt", "vitac-deploy")) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temp file beside `path`, then rename: never a half-written file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an artifact directory, checked for its format."""
+    p = Path(artifact)
+    if not p.exists():
+        raise VitacError(f"artifact not found: {p}")
+    path = p / MANIFEST if p.is_dir() else p
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VitacError(f"{p} is not an export artifact (no {MANIFEST}); create one with `vitac-deploy export`") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise VitacError(f"cannot read manifest {path}: {e}") from None
+    if data.get("format") != ARTIFACT_FORMAT:
+        raise VitacError(f"{path} is not a vitac-deploy artifact manifest")
+    if int(data.get("format_version", 0)) > ARTIFACT_FORMAT_VERSION:
+        raise VitacError(f"{path} has format version {data['format_version']}; this vitac-deploy reads "
+                         f"up to {ARTIFACT_FORMAT_VERSION}: upgrade vitac-deploy")
+    return data
+
+
+def verify_files(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact whose files do not have the hashes its manifest states."""
+    root = Path(artifact)
+    for name, digest in manifest.get("files", {}).items():
+        f = root / name
+        if not f.is_file():
+            raise VitacError(f"artifact {root} is missing {name}")
+        if sha256_file(f) != digest:
+            raise VitacError(f"artifact {root}: {name} does not match the sha256 in its manifest "
+                             f"(modified or corrupted after export)")

@@ -1,0 +1,77 @@
+"""Runtimes: roll the world model forward on a KV cache. Imports with numpy alone; each backend
+imports its own library (onnxruntime, torch, tensorrt) only when opened."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Optional
+
+from ..config import PredictorConfig
+from ..errors import BackendUnavailable, VitacError
+from ..manifest import read_manifest
+from .base import Runtime
+
+__all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]
+
+log = logging.getLogger("vitac_deploy")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if importlib.util.find_spec(b if b != "onnxruntime" else "onnxruntime")]
+
+
+def _auto_backend(device: str) -> str:
+    have = available_backends()
+    if device == "cuda":
+        if "onnxruntime" in have:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                return "onnxruntime"
+        if "torch" in have:
+            return "torch"
+        raise BackendUnavailable("no backend for device cuda: install onnxruntime-gpu or torch with CUDA")
+    for b in ("onnxruntime", "torch"):
+        if b in have:
+            return b
+    raise BackendUnavailable("no runtime backend installed: pip install 'vitac-deploy[onnxruntime]'")
+
+
+def open_runtime(path: str | Path, backend: str = "auto", device: str = "cpu", precision: Optional[str] = None,
+                 max_batch: Optional[int] = None, max_frames: Optional[int] = None, **options) -> Runtime:
+    """Open an export artifact directory with a backend ("auto" picks the best one available and
+    logs which). precision defaults to fp32 on cpu and fp16 on cuda."""
+    p = Path(path)
+    if p.suffix in (".plan", ".engine"):
+        raise BackendUnavailable(f"{p}: TensorRT engines are not supported by this version "
+                                 f"(the tensorrt backend comes with `vitac-deploy build-engine`)")
+    manifest = read_manifest(p)
+    cfg = PredictorConfig.from_dict(manifest["config"])
+    if device not in ("cpu", "cuda"):
+        raise VitacError(f"device must be cpu or cuda, got {device!r}")
+    precision = precision or ("fp16" if device == "cuda" else "fp32")
+    if precision not in ("fp32", "fp16"):
+        raise VitacError(f"precision must be fp32 or fp16, got {precision!r}")
+    if backend == "auto":
+        backend = _auto_backend(device)
+        log.info("runtime backend: %s", backend)
+    if backend not in BACKENDS:
+        raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
+    if backend == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeRuntime
+
+        key = f"step.{precision}"
+        if key not in manifest["graphs"]:
+            raise VitacError(f"{p} has no {precision} step graph (exported: "
+                             f"{', '.join(sorted(manifest['graphs']))})")
+        return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
+                                  max_batch, max_frames, **options)
+    if backend == "torch":
+        from .torch import TorchRuntime
+
+        return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames)
+    raise BackendUnavailable("the tensorrt backend needs a TensorRT engine (.plan), built by "
+                             "`vitac-deploy build-engine` (not in this version)")

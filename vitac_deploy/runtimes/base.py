@@ -1,0 +1,196 @@
+"""The runtime loop every backend shares: input checks, streaming `append`, batched `rollout`.
+
+numpy only. A backend owns the KV cache (allocated once for max batch x max frames) and
+implements four hooks: `_allocate`, `_run`, `_broadcast_cache` and `_prediction`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..config import PredictorConfig
+from ..errors import VitacError
+
+StateUpdate = Union[None, str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+
+
+class Runtime:
+    """Rolls the world model forward frame by frame on a KV cache.
+
+    Streaming: `reset(batch)`, then `append(features, action, state[, extrinsics])` per camera frame
+    returns the prediction of the next frame. Planning: `rollout(context, actions, states, horizon)`.
+    """
+
+    backend = "base"
+
+    def __init__(self, cfg: PredictorConfig, precision: str, device: str,
+                 max_batch: Optional[int] = None, max_frames: Optional[int] = None):
+        self.cfg, self.precision, self.device = cfg, precision, device
+        if max_frames is not None and not 1 <= max_frames <= cfg.max_frames:
+            raise VitacError(f"max_frames must be in 1..{cfg.max_frames} (the model's limit), got {max_frames}")
+        if max_batch is not None and max_batch < 1:
+            raise VitacError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_frames = max_frames or cfg.max_frames
+        self.max_batch = max_batch
+        self._capacity = 0          # batch the buffers are allocated for
+        self.batch = 0
+        self.frames = 0             # frames in the cache
+
+    # -- backend hooks --------------------------------------------------------------------------------
+    def _allocate(self, batch: int) -> None:
+        raise NotImplementedError
+
+    def _run(self, features: Optional[np.ndarray], cond: dict[str, np.ndarray]) -> None:
+        """One frame: features [B, N, D] float32, or None to feed back the last raw prediction.
+        Must leave the cache untouched if it raises."""
+        raise NotImplementedError
+
+    def _broadcast_cache(self, batch: int) -> None:
+        """Tile a batch-1 cache to `batch` rows (shared context)."""
+        raise NotImplementedError
+
+    def _prediction(self) -> np.ndarray:
+        """The last normalized prediction, [B, N, D] float32 (a copy)."""
+        raise NotImplementedError
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def _check(self, name: str, x, shape: tuple[int, ...]) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.dtype.kind != "f":
+            raise VitacError(f"{name} must be a float array of shape {list(shape)}, got dtype {arr.dtype}")
+        if tuple(arr.shape) != tuple(shape):
+            raise VitacError(f"{name} must have shape {list(shape)}, got {list(arr.shape)}")
+        if not np.isfinite(arr).all():
+            raise VitacError(f"{name} contains NaN or inf")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _cond(self, action, state, extrinsics, B: int) -> dict[str, np.ndarray]:
+        A = self.cfg.action_dim
+        cond = {"action": self._check("action", action, (B, A)), "state": self._check("state", state, (B, A))}
+        if self.cfg.use_extrinsics:
+            if extrinsics is None:
+                raise VitacError(f"this model uses extrinsics: pass extrinsics of shape {[B, A - 1]}")
+            cond["extrinsics"] = self._check("extrinsics", extrinsics, (B, A - 1))
+        return cond
+
+    # -- streaming ------------------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Empty the cache for `batch` trajectories (buffers are reused; grown only past capacity)."""
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise VitacError(f"batch must be a positive integer, got {batch!r}")
+        if self.max_batch is not None and batch > self.max_batch:
+            raise VitacError(f"batch {batch} exceeds max_batch={self.max_batch} of this runtime")
+        if batch > self._capacity:
+            self._allocate(self.max_batch or batch)
+            self._capacity = self.max_batch or batch
+        self.batch, self.frames = int(batch), 0
+
+    def append(self, features, action, state, extrinsics=None) -> np.ndarray:
+        """Append one frame (raw or normalized features [B, N, D]); returns the next frame's
+        normalized prediction [B, N, D]. The cache grows by one frame."""
+        self._require_room(1)
+        B, cfg = self.batch, self.cfg
+        feats = self._check("features", features, (B, cfg.tokens_per_frame, cfg.embed_dim))
+        cond = self._cond(action, state, extrinsics, B)
+        self._run(feats, cond)
+        self.frames += 1
+        return self._prediction()
+
+    def _require_room(self, n: int) -> None:
+        if self.batch == 0:
+            raise VitacError("call reset(batch) before append()")
+        if self.frames + n > self.max_frames:
+            raise VitacError(f"the cache holds {self.frames} of max {self.max_frames} frames: appending "
+                             f"{n} more exceeds it (reset, or open the runtime with more max_frames)")
+
+    # -- rollout --------------------------------------------------------------------------------------
+    def rollout(self, context, actions, states, horizon: int, extrinsics=None,
+                state_update: StateUpdate = None) -> np.ndarray:
+        """Predict frames C..C+horizon-1 from RAW context features [B or 1, C, N, D].
+
+        actions [B, C+horizon-1, A]; states [B, C+horizon-1, A] (with `state_update="delta"` or a
+        callable `f(state_t, action_t) -> state_{t+1}`, only the C context states are needed).
+        A context of batch 1 is shared by every row: the frames whose conditioning is identical in
+        every row are computed once and their cache broadcast. Returns [B, horizon, N, D].
+        """
+        cfg = self.cfg
+        N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
+        context = np.asarray(context)
+        if context.ndim != 4 or context.shape[2:] != (N, D):
+            raise VitacError(f"context must have shape [B, C, {N}, {D}], got {list(context.shape)}")
+        if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise VitacError(f"horizon must be a positive integer, got {horizon!r}")
+        actions = np.asarray(actions)
+        if actions.ndim != 3:
+            raise VitacError(f"actions must have shape [B, C+horizon-1, {A}], got {list(actions.shape)}")
+        B, C = actions.shape[0], context.shape[1]
+        F = C + horizon - 1
+        if context.shape[0] not in (1, B):
+            raise VitacError(f"context batch {context.shape[0]} must be 1 or the actions' batch {B}")
+        if F > self.max_frames:
+            raise VitacError(f"context {C} + horizon {horizon} - 1 = {F} frames exceed max_frames={self.max_frames}")
+        actions = self._check("actions", actions, (B, F, A))
+        states = self._states(states, actions, B, C, F, state_update)
+        ext = None
+        if cfg.use_extrinsics:
+            if extrinsics is None:
+                raise VitacError(f"this model uses extrinsics: pass extrinsics of shape {[B, F, A - 1]}")
+            ext = self._check("extrinsics", extrinsics, (B, F, A - 1))
+        context = self._check("context", context, (context.shape[0], C, N, D))
+
+        def cond(t: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+            c = {"action": actions[rows, t], "state": states[rows, t]}
+            if ext is not None:
+                c["extrinsics"] = ext[rows, t]
+            return {k: np.ascontiguousarray(v) for k, v in c.items()}
+
+        # Frames of a shared context whose conditioning is the same in every row run once at batch 1.
+        shared = 0
+        if context.shape[0] == 1 and B > 1:
+            while shared < C - 1 and all(np.array_equal(v[:1], v) for v in cond(shared).values()):
+                shared += 1
+        out = np.empty((B, horizon, N, D), np.float32)
+        if shared:
+            self.reset(B)  # allocates for B once, so the broadcast fits
+            self.reset(1)
+            for t in range(shared):
+                self._run(np.ascontiguousarray(context[:, t]), cond(t, slice(0, 1)))
+                self.frames += 1
+            self._broadcast_cache(B)
+            self.batch = B
+        else:
+            self.reset(B)
+        for t in range(shared, C):
+            feats = np.ascontiguousarray(np.broadcast_to(context[:, t], (B, N, D)))
+            self._run(feats, cond(t))
+            self.frames += 1
+        out[:, 0] = self._prediction()
+        for j in range(1, horizon):
+            self._run(None, cond(C + j - 1))   # feeds back the raw prediction: normalized once, as upstream
+            self.frames += 1
+            out[:, j] = self._prediction()
+        return out
+
+    def _states(self, states, actions: np.ndarray, B: int, C: int, F: int, update: StateUpdate) -> np.ndarray:
+        A = self.cfg.action_dim
+        states = np.asarray(states)
+        if update is None or update == "given":
+            return self._check("states", states, (B, F, A))
+        if states.ndim != 3 or states.shape[0] != B or states.shape[1] < C or states.shape[2] != A:
+            raise VitacError(f"states must have shape [{B}, >={C}, {A}] with state_update, got {list(states.shape)}")
+        full = np.empty((B, F, A), np.float32)
+        full[:, :C] = self._check("states", states[:, :C], (B, C, A))
+        if update == "delta":
+            step = lambda s, a: s + a  # noqa: E731
+        elif callable(update):
+            step = update
+        else:
+            raise VitacError(f"state_update must be 'given', 'delta' or a callable, got {update!r}")
+        for t in range(C - 1, F - 1):
+            full[:, t + 1] = self._check("state_update result", step(full[:, t], actions[:, t]), (B, A))
+        return full
+
+    def describe(self) -> str:
+        return f"{self.backend} ({self.device}, {self.precision})"

@@ -1,0 +1,93 @@
+"""The reference model behind the `Runtime` interface: the parity baseline on CPU and CUDA.
+
+Its cache is preallocated like the other backends' (per block [max batch, heads, max tokens,
+head_dim] for keys and values, each frame written in place), but the reference attention
+concatenates past and new keys into a temporary every frame: this backend is the parity
+baseline, not the fast path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ...config import PredictorConfig
+from ...errors import BackendUnavailable, VitacError
+from ..base import Runtime
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable("the torch backend needs PyTorch: pip install 'vitac-deploy[export]'") from None
+    return torch
+
+
+class TorchRuntime(Runtime):
+    backend = "torch"
+
+    def __init__(self, model, precision: str = "fp32", device: str = "cpu",
+                 max_batch: Optional[int] = None, max_frames: Optional[int] = None):
+        torch = self._torch = _import_torch()
+        super().__init__(model.cfg, precision, device, max_batch, max_frames)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("torch has no CUDA device here")
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+
+    @classmethod
+    def from_artifact(cls, path: Path, manifest: dict[str, Any], precision: str, device: str,
+                      max_batch: Optional[int], max_frames: Optional[int]) -> "TorchRuntime":
+        """The reference model with the weights of the artifact's float32 graph."""
+        from ...exporters.weights import state_dict_from_graph
+        from ...reference import Predictor
+
+        torch = _import_torch()
+        cfg = PredictorConfig.from_dict(manifest["config"])
+        graph = manifest["graphs"].get("step.fp32")
+        if graph is None:
+            raise VitacError(f"{path}: the torch backend reads the weights of step.onnx (fp32), which is missing")
+        model = Predictor(cfg)
+        sd = state_dict_from_graph(path / graph["file"], cfg)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+        return cls(model.eval(), precision, device, max_batch, max_frames)
+
+    def _allocate(self, batch: int) -> None:
+        torch, cfg = self._torch, self.cfg
+        shape = (batch, cfg.num_heads, self.max_frames * cfg.tokens_per_step, cfg.head_dim)
+        self._k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.depth)]
+        self._v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.depth)]
+        self._last = None
+        self._last_raw = None
+
+    def _run(self, features: Optional[np.ndarray], cond: dict[str, np.ndarray]) -> None:
+        torch, cfg, B = self._torch, self.cfg, self.batch
+        P, L = self.frames * cfg.tokens_per_step, cfg.tokens_per_step
+        t = lambda a: torch.tensor(a, device=self.device, dtype=self.dtype)[:, None]  # noqa: E731
+        with torch.no_grad():
+            if features is None:
+                h = self.model.normalize(self._last_raw.float()).to(self.dtype)
+            else:
+                h = self.model.normalize(torch.tensor(features, device=self.device)).to(self.dtype)
+            cache = [(k[:B, :, :P], v[:B, :, :P]) for k, v in zip(self._k, self._v)] if P else None
+            out, new = self.model.forward_frames(h[:, None], t(cond["action"]), t(cond["state"]),
+                                                 t(cond["extrinsics"]) if "extrinsics" in cond else None,
+                                                 cache, start=self.frames)
+            for i, (k, v) in enumerate(new):
+                self._k[i][:B, :, P:P + L] = k[:, :, P:]
+                self._v[i][:B, :, P:P + L] = v[:, :, P:]
+            self._last_raw = out[:, 0].float()
+            self._last = self.model.normalize(self._last_raw)
+
+    def _broadcast_cache(self, batch: int) -> None:
+        P = self.frames * self.cfg.tokens_per_step
+        for buf in self._k + self._v:
+            buf[1:batch, :, :P] = buf[:1, :, :P]
+        self._last_raw = self._last_raw.expand(batch, *self._last_raw.shape[1:]).contiguous()
+        self._last = self._last.expand(batch, *self._last.shape[1:]).contiguous()
+
+    def _prediction(self) -> np.ndarray:
+        return self._last.detach().cpu().numpy().astype(np.float32, copy=True)
