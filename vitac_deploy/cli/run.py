@@ -61,8 +61,12 @@ def rollout(
     ext = data["extrinsics"][:, :F] if "extrinsics" in data else None
     t0 = time.perf_counter()
     if progress_enabled() and H > 2:
-        with err.status(f"rolling out {H} frames"):
-            preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update)
+        from rich.progress import Progress
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task(f"rollout ({rt.describe()})", total=F)
+            preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update,
+                               on_frame=lambda done, total: bar.update(task, completed=done))
     else:
         preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update)
     seconds = time.perf_counter() - t0

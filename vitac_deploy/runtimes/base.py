@@ -107,13 +107,15 @@ class Runtime:
 
     # -- rollout --------------------------------------------------------------------------------------
     def rollout(self, context, actions, states, horizon: int, extrinsics=None,
-                state_update: StateUpdate = None) -> np.ndarray:
+                state_update: StateUpdate = None,
+                on_frame: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Predict frames C..C+horizon-1 from RAW context features [B or 1, C, N, D].
 
         actions [B, C+horizon-1, A]; states [B, C+horizon-1, A] (with `state_update="delta"` or a
         callable `f(state_t, action_t) -> state_{t+1}`, only the C context states are needed).
         A context of batch 1 is shared by every row: the frames whose conditioning is identical in
         every row are computed once and their cache broadcast. Returns [B, horizon, N, D].
+        `on_frame(done, total)` is called after every frame (for progress bars).
         """
         cfg = self.cfg
         N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
@@ -152,12 +154,14 @@ class Runtime:
             while shared < C - 1 and all(np.array_equal(v[:1], v) for v in cond(shared).values()):
                 shared += 1
         out = np.empty((B, horizon, N, D), np.float32)
+        tick = on_frame or (lambda done, total: None)
         if shared:
             self.reset(B)  # allocates for B once, so the broadcast fits
             self.reset(1)
             for t in range(shared):
                 self._run(np.ascontiguousarray(context[:, t]), cond(t, slice(0, 1)))
                 self.frames += 1
+                tick(t + 1, F)
             self._broadcast_cache(B)
             self.batch = B
         else:
@@ -166,11 +170,13 @@ class Runtime:
             feats = np.ascontiguousarray(np.broadcast_to(context[:, t], (B, N, D)))
             self._run(feats, cond(t))
             self.frames += 1
+            tick(t + 1, F)
         out[:, 0] = self._prediction()
         for j in range(1, horizon):
             self._run(None, cond(C + j - 1))   # feeds back the raw prediction: normalized once, as upstream
             self.frames += 1
             out[:, j] = self._prediction()
+            tick(C + j, F)
         return out
 
     def _states(self, states, actions: np.ndarray, B: int, C: int, F: int, update: StateUpdate) -> np.ndarray:
