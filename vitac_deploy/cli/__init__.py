@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .. import __version__
+from .bench import bench
 from .demo import demo
 from .export import export, inspect
 from .info import info
@@ -40,6 +41,7 @@ app.command()(export)
 app.command()(inspect)
 app.command()(rollout)
 app.command()(validate)
+app.command()(bench)
 app.command()(demo)
 
 
