@@ -9,6 +9,7 @@ import typer
 from .. import __version__
 from .bench import bench
 from .demo import demo
+from .engine import build_engine
 from .export import export, inspect
 from .info import info
 from .run import rollout, validate
@@ -42,6 +43,7 @@ app.command()(inspect)
 app.command()(rollout)
 app.command()(validate)
 app.command()(bench)
+app.command(name="build-engine")(build_engine)
 app.command()(demo)
 
 

@@ -1,0 +1,95 @@
+"""The TensorRT side that needs neither TensorRT nor a GPU: profiles, compatibility checks, CLI errors.
+Engine building itself needs both (marked `tensorrt`, skipped here with the reason)."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import SMALL
+from vitac_deploy import VitacError
+from vitac_deploy.contract import step_io
+from vitac_deploy.runtimes.tensorrt.compat import check_engine_compat
+from vitac_deploy.runtimes.tensorrt.profiles import ProfileOptions, check_profile_options, step_profile
+
+
+def _graph(first=False):
+    ins, outs = step_io(SMALL, "float16", first)
+    return {"inputs": [s.to_dict() for s in ins]}
+
+
+def test_step_profile_covers_whole_frames():
+    o = check_profile_options(ProfileOptions(1, 8, 64, 0, 1), SMALL)
+    p = step_profile(_graph(), SMALL, o)
+    L, H, hd = SMALL.tokens_per_step, SMALL.num_heads, SMALL.head_dim
+    assert p["past_key.0"] == ((1, H, L, hd), (8, H, 2 * L, hd), (64, H, 3 * L, hd))  # max_frames 4 -> 3 cached
+    assert p["features"] == ((1, 16, 32), (8, 16, 32), (64, 16, 32))
+    assert p["action"][2] == (64, SMALL.action_dim)
+    first = step_profile(_graph(True), SMALL, ProfileOptions(1, 8, 64, 4, 0))
+    assert "past_key.0" not in first and first["features"][0] == (1, 16, 32)
+    zero = step_profile(_graph(), SMALL, ProfileOptions(1, 1, 1, 4, 0))
+    assert zero["past_value.1"][0][2] == 0
+
+
+@pytest.mark.parametrize("opts, msg", [
+    (ProfileOptions(2, 1, 4), "--min-batch"),
+    (ProfileOptions(1, 1, 1, 9), "--max-frames"),
+])
+def test_profile_option_errors(opts, msg):
+    with pytest.raises(VitacError, match=msg):
+        check_profile_options(opts, SMALL)
+
+
+ENGINE = {"tensorrt": {"flavour": "tensorrt", "version": "10.3.0"},
+          "gpu": {"name": "Orin", "compute_capability": "8.7"}, "build_flags": {}}
+
+
+def test_compat_accepts_the_building_setup():
+    check_engine_compat(ENGINE, "10.3.0", "tensorrt", "Orin", "8.7")
+
+
+@pytest.mark.parametrize("version, flavour, cc, msg", [
+    ("10.13.0", "tensorrt", "8.7", "TensorRT 10.13.0"),
+    ("10.3.0", "tensorrt", "9.0", "compute capability 9.0"),
+    ("10.3.0", "tensorrt_rtx", "8.7", "tensorrt_rtx"),
+    ("10.3.0", "tensorrt", None, "no CUDA GPU"),
+])
+def test_compat_refusals_say_where_it_was_built(version, flavour, cc, msg):
+    with pytest.raises(VitacError, match=msg) as e:
+        check_engine_compat(ENGINE, version, flavour, "GPU", cc)
+    assert "built with tensorrt 10.3.0 on Orin" in str(e.value) and "rebuild" in str(e.value)
+
+
+def test_compat_flags_widen_what_runs():
+    eng = {**ENGINE, "build_flags": {"version_compatible": True, "hardware_compatible": True}}
+    check_engine_compat(eng, "10.13.0", "tensorrt", "H100", "9.0")
+    with pytest.raises(VitacError):
+        check_engine_compat(eng, "11.0.0", "tensorrt", "H100", "9.0")  # not across major versions
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_build_engine_without_tensorrt_is_one_line_exit_2(tmp_path):
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+
+    art = tmp_path / "a"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(validate=False))
+    p = subprocess.run([sys.executable, "-m", "vitac_deploy", "build-engine", str(art), "--out", str(tmp_path / "e.plan")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: tensorrt is not installed")
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "e.plan").exists()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="needs TensorRT and a CUDA GPU")
+def test_build_engine_for_real(tmp_path):
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+    from vitac_deploy.runtimes.tensorrt.build import EngineOptions, build_engine
+
+    art = tmp_path / "a"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(validate=False))
+    data = build_engine(art, tmp_path / "e.plan", EngineOptions(profile=ProfileOptions(1, 2, 4)))
+    assert (tmp_path / "e.plan").stat().st_size > 0 and (tmp_path / "e.first.plan").is_file()
+    assert data["engines"][0]["sha256"]

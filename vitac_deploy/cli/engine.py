@@ -1,0 +1,58 @@
+"""`vitac-deploy build-engine`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import VitacError
+from ._common import cli_errors, stderr_console
+
+
+@cli_errors
+def build_engine(
+    artifact: Path = typer.Argument(..., help="Export artifact directory."),
+    out: Path = typer.Option(..., "--out", help="ENGINE.plan to write (+ ENGINE.plan.json)."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16 or fp32."),
+    min_batch: int = typer.Option(1, "--min-batch"),
+    opt_batch: int = typer.Option(1, "--opt-batch"),
+    max_batch: int = typer.Option(1, "--max-batch"),
+    max_frames: int = typer.Option(0, "--max-frames", help="Frames the engine serves (default: the model's)."),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="Workspace limit in MiB."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Read and update this timing cache."),
+    version_compatible: bool = typer.Option(False, "--version-compatible"),
+    hardware_compatible: bool = typer.Option(False, "--hardware-compatible"),
+    first_frame: str = typer.Option("engine", "--first-frame",
+                                    help="engine: a second engine from first*.onnx; zero-past: profile past_len from 0."),
+    flavour: str = typer.Option("tensorrt", "--flavour", help="tensorrt or tensorrt-rtx."),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT's own log."),
+) -> None:
+    """Build FP16 (or FP32) TensorRT engines from an artifact, with profiles for batch and past_len."""
+    from ..manifest import read_manifest
+    from ..runtimes.tensorrt.build import EngineOptions, build_engine as build
+    from ..runtimes.tensorrt.profiles import ProfileOptions
+
+    read_manifest(artifact)  # a bad artifact is reported before TensorRT is looked for
+    if first_frame not in ("engine", "zero-past"):
+        raise VitacError(f"--first-frame must be engine or zero-past, got {first_frame}")
+    if out.suffix not in (".plan", ".engine"):
+        raise VitacError(f"--out must end in .plan or .engine, got {out}")
+    if not out.parent.is_dir():
+        raise VitacError(f"cannot write {out}: {out.parent} does not exist")
+    opts = EngineOptions(
+        precision=precision,
+        profile=ProfileOptions(min_batch, opt_batch, max_batch, max_frames, 1 if first_frame == "engine" else 0),
+        workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
+        version_compatible=version_compatible, hardware_compatible=hardware_compatible, verbose=verbose,
+        flavour=flavour)
+    err = stderr_console()
+    with err.status("building") as status:
+        data = build(artifact, out, opts, say=lambda m: (status.update(m), err.print(f"  {m}")))
+    for e in data["engines"]:
+        Console().print(f"{e['role']} engine -> {out.parent / e['file']} ({e['build_s']} s)")
+    Console().print(f"{data['precision']}: {data['precision_how']}; TensorRT {data['tensorrt']['version']} on "
+                    f"{data['gpu']['name']} ({data['gpu']['compute_capability']})")

@@ -1,0 +1,217 @@
+"""Build TensorRT engines from an artifact's step graphs (needs tensorrt or tensorrt_rtx, and a GPU).
+
+Written against the TensorRT Python API documentation; version differences are looked up, not
+assumed:
+- TensorRT >= 9 (and TensorRT for RTX): the float16 graph as a STRONGLY_TYPED network; the ONNX
+  types decide precision (TensorRT 11 has no other way).
+- TensorRT 8.x: no strong typing; the float32 graph with the FP16 builder flag, and the layers
+  that the float16 graph keeps in float32 (normalization) pinned to float32 with
+  OBEY_PRECISION_CONSTRAINTS. The manifest says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ...config import PredictorConfig
+from ...errors import BackendUnavailable, VitacError
+from ...manifest import now_iso, read_manifest, sha256_file, write_json_atomic
+from .profiles import ProfileOptions, check_profile_options, step_profile
+
+FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+
+
+@dataclass
+class EngineOptions:
+    """Every `vitac-deploy build-engine` flag, as a Python argument."""
+
+    precision: str = "fp16"
+    profile: ProfileOptions = field(default_factory=ProfileOptions)
+    workspace_mib: Optional[int] = None
+    opt_level: Optional[int] = None
+    timing_cache: Optional[Path] = None
+    version_compatible: bool = False
+    hardware_compatible: bool = False
+    verbose: bool = False
+    flavour: str = "tensorrt"
+
+
+def import_tensorrt(flavour: str = "tensorrt"):
+    """The TensorRT module, or one line saying what is missing and how to get it."""
+    module = FLAVOURS.get(flavour)
+    if module is None:
+        raise VitacError(f"unknown TensorRT flavour {flavour!r} (tensorrt or tensorrt-rtx)")
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        hint = ("on a Jetson it comes with JetPack (python3-libnvinfer); on a desktop: pip install tensorrt"
+                if module == "tensorrt" else "pip install tensorrt-rtx-cu13 (RTX GPUs, compute capability 7.5+)")
+        raise BackendUnavailable(f"{module} is not installed: {hint}") from None
+
+
+def gpu_info() -> dict[str, Any]:
+    """Name, compute capability and CUDA runtime version of GPU 0, via cuda-python or torch."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            _, rt_ver = cudart.cudaRuntimeGetVersion()
+            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+            return {"name": name.strip("\x00"), "compute_capability": f"{props.major}.{props.minor}",
+                    "cuda_runtime": f"{rt_ver // 1000}.{rt_ver % 1000 // 10}"}
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "cuda_runtime": torch.version.cuda}
+    except ImportError:
+        pass
+    raise BackendUnavailable("no CUDA GPU found (or neither cuda-python nor torch to query it): "
+                             "build engines on the GPU that will run them")
+
+
+def _strongly_typed(trt) -> Optional[int]:
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return None if flag is None else 1 << int(flag)
+
+
+def _network_flags(trt, strongly_typed: bool) -> int:
+    flags = 0
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    if explicit is not None and int(trt.__version__.split(".")[0]) < 10:
+        flags |= 1 << int(explicit)
+    if strongly_typed:
+        flags |= _strongly_typed(trt)
+    return flags
+
+
+def _pin_normalization_fp32(trt, network) -> int:
+    """TensorRT 8.x weak typing: keep normalization layers (and their reductions) in float32."""
+    pinned = 0
+    names = ("normalize_features", "normalize_prediction", "norm1", "norm2", "predictor_norm")
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if any(n in layer.name for n in names) or layer.type == getattr(trt.LayerType, "NORMALIZATION", None):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def build_engine(artifact: Path, out: Path, opts: EngineOptions,
+                 say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Build `out` (step engine) and, where the first frame needs it, `out` with `.first.plan`;
+    write `out.json`. Atomic: nothing is left behind on failure."""
+    trt = import_tensorrt(opts.flavour)
+    manifest = read_manifest(artifact)
+    cfg = PredictorConfig.from_dict(manifest["config"])
+    prof = check_profile_options(opts.profile, cfg)
+    if opts.precision not in ("fp16", "fp32"):
+        raise VitacError(f"--precision must be fp16 or fp32, got {opts.precision}")
+    if opts.opt_level is not None and not 0 <= opts.opt_level <= 5:
+        raise VitacError(f"--opt-level must be in 0..5, got {opts.opt_level}")
+    gpu = gpu_info()
+    major = int(trt.__version__.split(".")[0])
+    strong = opts.flavour == "tensorrt-rtx" or (major >= 9 and _strongly_typed(trt) is not None)
+    if opts.precision == "fp16" and strong:
+        source_precision, how = "fp16", "strongly typed network from step.fp16.onnx (ONNX types decide precision)"
+    elif opts.precision == "fp16":
+        source_precision, how = "fp32", ("FP16 builder flag on step.onnx, normalization layers pinned to float32 "
+                                         "(OBEY_PRECISION_CONSTRAINTS): TensorRT < 9 has no strong typing")
+    else:
+        source_precision, how = "fp32", "float32 network from step.onnx"
+    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+
+    def build_one(role: str, min_past: int, target: Path) -> dict[str, Any]:
+        graph = manifest["graphs"].get(f"{role}.{source_precision}")
+        if graph is None:
+            raise VitacError(f"{artifact} has no {role}.{source_precision} graph: re-export with that precision")
+        onnx_path = artifact / graph["file"]
+        network = builder.create_network(_network_flags(trt, strong and source_precision == "fp16"))
+        parser = trt.OnnxParser(network, logger)
+        say(f"parsing {graph['file']}")
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise VitacError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        if opts.workspace_mib:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
+        if opts.opt_level is not None and hasattr(config, "builder_optimization_level"):
+            config.builder_optimization_level = opts.opt_level
+        pinned = 0
+        if opts.precision == "fp16" and not strong:
+            config.set_flag(trt.BuilderFlag.FP16)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            pinned = _pin_normalization_fp32(trt, network)
+        if opts.version_compatible:
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        if opts.hardware_compatible:
+            config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        cache = None
+        if opts.timing_cache is not None:
+            blob = opts.timing_cache.read_bytes() if opts.timing_cache.is_file() else b""
+            cache = config.create_timing_cache(blob)
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        shapes = step_profile(graph, cfg, ProfileOptions(prof.min_batch, prof.opt_batch, prof.max_batch,
+                                                         prof.max_frames, min_past))
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        say(f"building the {role} engine ({how}); this can take minutes")
+        t0 = time.perf_counter()
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise VitacError(f"TensorRT failed to build the {role} engine (run with --verbose for its log)")
+        tmp = target.with_name(target.name + ".partial")
+        with open(tmp, "wb") as f:
+            f.write(memoryview(plan))
+        if cache is not None:
+            ser = config.get_timing_cache().serialize()
+            tc_tmp = opts.timing_cache.with_name(opts.timing_cache.name + ".partial")
+            tc_tmp.write_bytes(memoryview(ser))
+            os.replace(tc_tmp, opts.timing_cache)
+        return {"role": role, "file": target.name, "tmp": tmp, "source_onnx": graph["file"],
+                "source_onnx_sha256": manifest["files"].get(graph["file"]), "build_s": round(time.perf_counter() - t0, 1),
+                "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "layers_pinned_fp32": pinned}
+
+    first_target = out.with_name(out.stem + ".first" + out.suffix)
+    built: list[dict[str, Any]] = []
+    try:
+        built.append(build_one("step", prof.min_past_frames, out))
+        if prof.min_past_frames > 0:
+            built.append(build_one("first", 0, first_target))
+        engines = []
+        for b in built:
+            final = out.parent / b.pop("file")
+            os.replace(b.pop("tmp"), final)
+            engines.append({**b, "file": final.name, "sha256": sha256_file(final)})
+    except BaseException:
+        for b in built:
+            Path(b.get("tmp", "")).unlink(missing_ok=True)
+        raise
+    data = {
+        "format": "vitac-deploy/engine", "format_version": 1, "created": now_iso(),
+        "tensorrt": {"flavour": opts.flavour, "version": trt.__version__},
+        "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
+        "precision": opts.precision, "precision_how": how,
+        "first_frame": "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0",
+        "build_flags": {"workspace_mib": opts.workspace_mib, "opt_level": opts.opt_level,
+                        "version_compatible": opts.version_compatible, "hardware_compatible": opts.hardware_compatible,
+                        "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
+                        "batch": [prof.min_batch, prof.opt_batch, prof.max_batch], "max_frames": prof.max_frames},
+        "engines": engines,
+    }
+    write_json_atomic(out.with_name(out.name + ".json"), data)
+    return data

@@ -1,0 +1,42 @@
+"""Will this engine run here? Checked from its manifest before TensorRT touches the plan."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ...errors import VitacError
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = (version.split(".") + ["0"])[:2]
+    return int(parts[0]), int(parts[1])
+
+
+def check_engine_compat(manifest: dict[str, Any], trt_version: str, trt_flavour: str,
+                        gpu_name: Optional[str], compute_capability: Optional[str]) -> None:
+    """Refuse, with a message that says where the engine was built and what to do, an engine that
+    this TensorRT or GPU cannot run (a plan is tied to its TensorRT version and GPU unless built
+    version/hardware compatible)."""
+    built = manifest.get("tensorrt", {})
+    where = (f"built with {built.get('flavour', 'tensorrt')} {built.get('version', '?')} on "
+             f"{manifest.get('gpu', {}).get('name', '?')} (compute capability "
+             f"{manifest.get('gpu', {}).get('compute_capability', '?')})")
+    fix = "rebuild it here with `vitac-deploy build-engine`"
+    if built.get("flavour", "tensorrt") != trt_flavour:
+        raise VitacError(f"this engine was {where}, but this runtime has {trt_flavour} {trt_version}: {fix}")
+    b_ver, r_ver = built.get("version", "0.0"), trt_version
+    same = b_ver == r_ver
+    if not same:
+        vc = manifest.get("build_flags", {}).get("version_compatible", False)
+        if not (vc and _major_minor(r_ver) >= _major_minor(b_ver) and _major_minor(r_ver)[0] == _major_minor(b_ver)[0]):
+            raise VitacError(f"this engine was {where}; this machine has TensorRT {r_ver}: engines run only on the "
+                             f"TensorRT version that built them (unless built --version-compatible): {fix}")
+    b_cc = manifest.get("gpu", {}).get("compute_capability")
+    if compute_capability is None:
+        raise VitacError(f"this engine was {where}, and no CUDA GPU is visible here: run it on a GPU, or {fix}")
+    if b_cc and b_cc != compute_capability:
+        hc = manifest.get("build_flags", {}).get("hardware_compatible", False)
+        if not (hc and float(compute_capability) >= 8.0 and float(b_cc) >= 8.0):
+            raise VitacError(f"this engine was {where}; this GPU is {gpu_name} (compute capability "
+                             f"{compute_capability}): engines are specific to the GPU architecture "
+                             f"(unless built --hardware-compatible, Ampere and newer): {fix}")
