@@ -189,3 +189,21 @@ print('ok')
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rollout_without_normalize_reps(tmp_path, backend):
+    """normalize_reps off: no next_features_raw output; the prediction itself is fed back."""
+    import dataclasses
+
+    import torch
+
+    cfg = dataclasses.replace(SMALL, normalize_reps=False)
+    model = random_predictor(cfg, 4)
+    art = tmp_path / "a"
+    export_artifact(model, art, ExportOptions(precisions=["fp32"], validation_frames=3))
+    ctx, acts, states, _ = _inputs(cfg, 2, 4)
+    out = open_runtime(art, backend=backend).rollout(ctx, acts, states, 4)
+    with torch.no_grad():
+        ref = model.rollout(*(torch.from_numpy(a) for a in (ctx, acts, states)), 4, use_cache=False).numpy()
+    assert np.abs(out - ref).max() < 1e-4

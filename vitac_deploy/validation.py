@@ -74,10 +74,8 @@ def reference_teacher_forcing(model, frames: np.ndarray, inputs: ParityInputs) -
     """Predictions of frames 1..T-1 given the TRUE raw frames [B, T, N, D], normalized."""
     import torch
 
-    from .reference import normalize_features
-
     B, T, N, D = frames.shape
-    h = normalize_features(torch.from_numpy(frames), model.cfg.feature_norm_eps)
+    h = model.normalize(torch.from_numpy(frames))  # the identity when normalize_reps is off
     ex = None if inputs.extrinsics is None else torch.from_numpy(inputs.extrinsics[:, :T - 1])
     with torch.no_grad():
         out = model(h[:, :T - 1].reshape(B, (T - 1) * N, D), torch.from_numpy(inputs.actions[:, :T - 1]),
