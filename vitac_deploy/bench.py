@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -11,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .manifest import now_iso, versions
+from .manifest import now_iso, save_figure, versions
 from .validation import ParityInputs
 
 
@@ -68,7 +69,7 @@ def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], No
     elem = 2 if opts.precision == "fp16" else 4
     result: dict[str, Any] = {
         "date": now_iso(), "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                       "cpu_count": __import__("os").cpu_count(), **_gpu_info(opts.device)},
+                                       "cpu_count": os.cpu_count(), **_gpu_info(opts.device)},
         "versions": versions(), "config": cfg.to_dict(), "options": {
             k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in opts.__dict__.items()},
         "entries": [], "baseline": {},
@@ -142,7 +143,4 @@ def plot_per_frame(result: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name: for one-line errors."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class VitacError(Exception):
     """A user or input error: bad path, bad config, checkpoint mismatch. Exit code 2."""
 

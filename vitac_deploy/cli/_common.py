@@ -12,7 +12,7 @@ from typing import Callable, Optional, TypeVar
 import typer
 
 from ..config import DEFAULT_PRESET, PredictorConfig
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 
 F = TypeVar("F", bound=Callable)
 
@@ -39,8 +39,7 @@ def cli_errors(fn: F) -> F:
         except Exception as e:  # noqa: BLE001 - the CLI promises no tracebacks
             if os.environ.get("VITAC_DEBUG"):
                 traceback.print_exc()
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise fail(f"internal error ({type(e).__name__}): {first} (VITAC_DEBUG=1 for details)", 1) from None
+            raise fail(f"internal error ({type(e).__name__}): {first_line(e)} (VITAC_DEBUG=1 for details)", 1) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 from ._common import cli_errors, load_model, stderr_console
 
 
@@ -104,7 +104,7 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory or .onnx f
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise VitacError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VitacError(f"cannot read {path}: {first_line(e)}") from None
 
     def spec(v):
         t = v.type.tensor_type

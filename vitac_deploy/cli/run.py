@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ValidationError, VitacError
+from ..errors import ValidationError, VitacError, first_line
 from ._common import cli_errors, progress_enabled, resolve_config, stderr_console
 
 
@@ -22,7 +22,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:
-        raise VitacError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VitacError(f"cannot read {path}: {first_line(e)}") from None
 
 
 @cli_errors
@@ -158,6 +158,8 @@ def _plot(path: Path, results) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
+    from ..manifest import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for p, r in results.items():
         steps = [e["frame"] + 1 for e in r.rollout]
@@ -169,7 +171,4 @@ def _plot(path: Path, results) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..contract import step_io
 from ..errors import ValidationError, VitacError
-from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, now_iso, sha256_file, versions,
+from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, now_iso, sha256_file, umask, versions,
                         write_json_atomic)
 from ..metrics import TOLERANCES
 from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_step_graph
@@ -68,9 +68,7 @@ def _prepare_out(out: Path, force: bool) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
     except OSError as e:
         raise VitacError(f"cannot write {out}: {e.strerror}") from None
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the artifact is an ordinary directory
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the artifact is an ordinary directory
     return tmp
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..config import PredictorConfig
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 
 _PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NESTS = ("predictor", "state_dict", "model")
@@ -34,12 +34,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     except VitacError:
         raise
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VitacError(f"refusing to load {p}: it holds pickled objects other than tensors, which could "
-                         f"run code on load (weights_only=True): {first}") from None
+                         f"run code on load (weights_only=True): {first_line(e)}") from None
     except Exception as e:  # corrupt zip, truncated file, bad header, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VitacError(f"cannot read checkpoint {p}: {first}") from None
+        raise VitacError(f"cannot read checkpoint {p}: {first_line(e)}") from None
     return normalize_state_dict(raw, source=str(p))
 
 

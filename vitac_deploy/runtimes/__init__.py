@@ -20,7 +20,7 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 def available_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(b if b != "onnxruntime" else "onnxruntime")]
+    return [b for b in BACKENDS if importlib.util.find_spec(b)]
 
 
 def _auto_backend(device: str) -> str:

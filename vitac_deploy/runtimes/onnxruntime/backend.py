@@ -15,7 +15,7 @@ import numpy as np
 
 from ...config import PredictorConfig
 from ...contract import past_names, present_names
-from ...errors import BackendUnavailable, VitacError
+from ...errors import BackendUnavailable, VitacError, first_line
 from ..base import Runtime
 
 _NP = {"float32": np.float32, "float16": np.float16}
@@ -81,7 +81,7 @@ class OnnxRuntimeRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(graph_path), so, providers=providers)
         except Exception as e:
-            raise VitacError(f"onnxruntime cannot load {graph_path}: {str(e).splitlines()[0]}") from None
+            raise VitacError(f"onnxruntime cannot load {graph_path}: {first_line(e)}") from None
         names = {i.name for i in self.session.get_inputs()}
         if "past_key.0" not in names:
             raise VitacError(f"{graph_path} is not a step graph (no past_key.0 input)")
@@ -134,19 +134,17 @@ class OnnxRuntimeRuntime(Runtime):
         for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
             self._bind(p_name, past[p_name], kv_past)
             self._bind(q_name, present[p_name], kv_present, output=True)
-        self._bind("next_features", self._pred, frame, output=True)
         if "next_features_raw" in self._outputs:
+            self._bind("next_features", self._pred, frame, output=True)
             self._bind("next_features_raw", raw_out, frame, output=True)
+        else:  # normalize_reps off: the prediction is what is fed back, written where it is read from
+            self._bind("next_features", raw_out, frame, output=True)
         try:
             self.session.run_with_iobinding(self._binding)
         except Exception as e:
-            raise VitacError(f"onnxruntime failed on frame {self.frames}: {str(e).splitlines()[0]}") from None
+            raise VitacError(f"onnxruntime failed on frame {self.frames}: {first_line(e)}") from None
         self._cur = 1 - self._cur
-        if "next_features_raw" in self._outputs:
-            self._raw_cur = 1 - self._raw_cur
-        else:  # normalize_reps off: the prediction is what is fed back
-            raw_out.write(self._pred.view(frame))
-            self._raw_cur = 1 - self._raw_cur
+        self._raw_cur = 1 - self._raw_cur
 
     def _broadcast_cache(self, batch: int) -> None:
         if batch > self._capacity:
@@ -162,4 +160,5 @@ class OnnxRuntimeRuntime(Runtime):
 
     def _prediction(self) -> np.ndarray:
         cfg = self.cfg
-        return np.array(self._pred.view((self.batch, cfg.tokens_per_frame, cfg.embed_dim)), copy=True)
+        src = self._pred if "next_features_raw" in self._outputs else self._raw[self._raw_cur]
+        return np.array(src.view((self.batch, cfg.tokens_per_frame, cfg.embed_dim)), copy=True)
