@@ -23,3 +23,29 @@ def test_bench_cli_measures_against_baseline(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--batch", "x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --batch")
+
+
+def test_bench_plan_times_one_cem_plan_against_baseline(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(SMALL.to_json())
+    out = tmp_path / "plan.json"
+    p = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--plan", "--samples", "12",
+                        "--iterations", "2", "--horizon", "3", "--backend", "onnxruntime", "--json", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "CEM plan: 12 samples x 2 iterations x horizon 3" in p.stdout
+    r = json.loads(out.read_text())
+    assert r["mode"] == "plan" and r["options"]["plan"] == {"samples": 12, "elites": 1, "iterations": 2,
+                                                             "horizon": 3, "seed": 0}
+    (e,) = r["entries"]
+    assert e["backend"] == "onnxruntime" and e["batch"] == 12
+    assert abs(e["speedup_vs_baseline"] - r["baseline"]["plan"]["plan_s"] / e["plan_s"]) < 1e-9
+    # same seed, same samples, float32: the cached runtime reaches the same plan as the upstream way
+    assert e["score_diff_vs_baseline"] < 1e-5
+    assert e["kv_cache_mib"] > 0 and e["device_memory"] is None   # cpu: no device figures
+    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--plan",
+                          "--samples", "4", "--elites", "5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--elites" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--backend", "jax"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown backend 'jax'" in bad.stderr

@@ -1,7 +1,5 @@
 """Loading checkpoints: every upstream layout, safe unpickling, clear mismatches."""
 
-import pickle
-
 import pytest
 import torch
 

@@ -171,7 +171,7 @@ def test_opset_13_decomposed_layernorm(tmp_path):
 
 def test_corrupted_graph_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
     """A graph that does not match the reference fails the export, atomically."""
-    from vitac_deploy.exporters import artifact, step_graph
+    from vitac_deploy.exporters import step_graph
 
     real = step_graph.StepGraphBuilder.build
 

@@ -49,6 +49,18 @@ def test_golden_rollout_through_runtime(golden_extr_artifact, backend):
     assert np.abs(out - g.z_ar()).max() < 1e-4
 
 
+def test_golden_rollout_through_torch_compile(golden_extr_artifact):
+    """The torch.compile variant (a GPU benchmark row) reproduces upstream too; one dynamic graph
+    serves every cache length."""
+    g, art = golden_extr_artifact
+    rt = open_runtime(art, backend="torch-compile")
+    assert rt.describe().startswith("torch-compile")
+    for _ in range(2):
+        out = rt.rollout(g.frames()[:, :1], g.arrays["actions"], g.arrays["states"][:, :2], g.steps,
+                         g.extrinsics()[:, :2])
+        assert np.abs(out - g.z_ar()).max() < 1e-4
+
+
 def test_golden_default_model_through_runtime_fp32_and_fp16(tmp_path):
     from tests.conftest import load_golden
 
@@ -161,8 +173,40 @@ def test_open_runtime_errors(tmp_path, small_artifact):
         open_runtime(art, backend="onnxruntime", precision="fp16")
     with pytest.raises(VitacError, match="unknown backend"):
         open_runtime(art, backend="jax")
-    with pytest.raises(VitacError, match="TensorRT engines"):
+    with pytest.raises(VitacError, match="engine not found"):
         open_runtime(tmp_path / "x.plan")
+    (tmp_path / "x.plan").write_bytes(b"plan")
+    with pytest.raises(VitacError, match="x.plan.json is missing"):
+        open_runtime(tmp_path / "x.plan")
+    with pytest.raises(VitacError, match="runs on device cuda, not cpu"):
+        open_runtime(tmp_path / "x.plan", device="cpu")
+    with pytest.raises(VitacError, match="build-engine"):
+        open_runtime(art, backend="tensorrt")
+    with pytest.raises(VitacError, match="cuda_graphs needs device cuda"):
+        open_runtime(art, backend="onnxruntime", cuda_graphs=True)
+
+
+def test_cuda_arrays_are_refused_by_host_backends(small_artifact):
+    """Anything with __cuda_array_interface__ is seen as device memory without importing its
+    library; host backends say how to pass it instead of crashing in np.asarray."""
+    _, art = small_artifact
+    rt = open_runtime(art)
+    rt.reset(1)
+
+    class CudaLike:  # the protocol PyTorch and CuPy implement
+        __cuda_array_interface__ = {"shape": (1, 16, 32), "typestr": "<f4", "data": (1234, False), "version": 3}
+
+    with pytest.raises(VitacError, match="features is a CUDA array.*host arrays"):
+        rt.append(CudaLike(), np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32))
+    from vitac_deploy.runtimes.arrays import as_device_array
+
+    d = as_device_array(CudaLike())
+    assert d.ptr == 1234 and d.shape == (1, 16, 32) and d.nbytes == 16 * 32 * 4
+    strided = CudaLike()
+    strided.__cuda_array_interface__ = {**CudaLike.__cuda_array_interface__, "strides": (4, 4 * 32, 4)}
+    with pytest.raises(VitacError, match="strided CUDA array"):
+        as_device_array(strided, "features")
+    assert as_device_array(np.zeros(3)) is None
 
 
 def test_runtime_side_imports_without_torch_or_onnx(small_artifact):

@@ -52,13 +52,29 @@ def test_compat_accepts_the_building_setup():
 @pytest.mark.parametrize("version, flavour, cc, msg", [
     ("10.13.0", "tensorrt", "8.7", "TensorRT 10.13.0"),
     ("10.3.0", "tensorrt", "9.0", "compute capability 9.0"),
-    ("10.3.0", "tensorrt_rtx", "8.7", "tensorrt_rtx"),
-    ("10.3.0", "tensorrt", None, "no CUDA GPU"),
+    ("10.3.0", "tensorrt-rtx", "8.7", "tensorrt-rtx"),
 ])
 def test_compat_refusals_say_where_it_was_built(version, flavour, cc, msg):
     with pytest.raises(VitacError, match=msg) as e:
         check_engine_compat(ENGINE, version, flavour, "GPU", cc)
     assert "built with tensorrt 10.3.0 on Orin" in str(e.value) and "rebuild" in str(e.value)
+
+
+def test_compat_without_a_gpu_says_engines_need_one():
+    with pytest.raises(VitacError, match="built with tensorrt 10.3.0 on Orin .* no CUDA GPU is visible here"):
+        check_engine_compat(ENGINE, "10.3.0", "tensorrt", None, None)
+
+
+RTX = {"tensorrt": {"flavour": "tensorrt-rtx", "version": "1.7.1.116"}, "gpu": None, "build_flags": {}}
+
+
+def test_compat_rtx_engines_follow_their_target_list():
+    check_engine_compat({**RTX, "compute_capabilities": ["8.6", "8.9"]}, "1.7.1.116", "tensorrt-rtx", "RTX 4090", "8.9")
+    check_engine_compat({**RTX, "compute_capabilities": ["default"]}, "1.7.1.116", "tensorrt-rtx", "RTX 5090", "12.0")
+    with pytest.raises(VitacError, match=r"without a GPU .* for compute capability 8.6.*--compute-capability 8.9"):
+        check_engine_compat({**RTX, "compute_capabilities": ["8.6"]}, "1.7.1.116", "tensorrt-rtx", "RTX 4090", "8.9")
+    with pytest.raises(VitacError, match="Ampere and newer.*--compute-capability 7.5"):
+        check_engine_compat({**RTX, "compute_capabilities": ["default"]}, "1.7.1.116", "tensorrt-rtx", "RTX 2080", "7.5")
 
 
 def test_compat_flags_widen_what_runs():

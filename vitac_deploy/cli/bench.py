@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -29,37 +30,56 @@ def bench(
     artifact: Optional[Path] = typer.Argument(None, help="Artifact directory (or use --preset/--config)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Benchmark seeded random weights of a preset."),
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig or upstream kwargs JSON."),
-    backend: list[str] = typer.Option(["onnxruntime", "torch"], "--backend", help="Backends (repeatable)."),
+    backend: list[str] = typer.Option(["onnxruntime", "torch"], "--backend",
+                                      help="onnxruntime, torch, torch-compile, tensorrt (repeatable)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (baseline uses the same)."),
     batch: str = typer.Option("1", "--batch", help="Comma list of batch sizes."),
-    horizon: int = typer.Option(7, "--horizon", help="Frames predicted per rollout."),
-    context: int = typer.Option(1, "--context", help="Context frames."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", help="Frames predicted per rollout (default 7; 6 with --plan)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Context frames (default 1; 2 with --plan)."),
     repeats: int = typer.Option(3, "--repeats", help="Timed rollouts per entry (median reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed rollouts first."),
-    baseline: str = typer.Option("full-recompute", "--baseline", help="Only full-recompute (the upstream way)."),
+    baseline: str = typer.Option("full-recompute", "--baseline",
+                                 help="full-recompute (the upstream way), or none to skip it."),
+    plan: bool = typer.Option(False, "--plan", help="Time one CEM plan end to end instead of rollouts."),
+    samples: int = typer.Option(300, "--samples", help="--plan: action sequences per iteration (the batch)."),
+    elites: Optional[int] = typer.Option(None, "--elites", help="--plan: elites refit per iteration (default samples/10)."),
+    iterations: int = typer.Option(30, "--iterations", help="--plan: CEM iterations."),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs (onnxruntime cuda, tensorrt)."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights and inputs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of per-frame latency vs frame index."),
 ) -> None:
-    """Per-frame and rollout latency, throughput and agreement of each backend vs the upstream way."""
+    """Per-frame and rollout latency (or one CEM plan), throughput, memory and agreement of each
+    backend against the upstream way, measured in the same run."""
     from ..bench import BenchOptions, plot_per_frame, run_bench
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
     from ..manifest import read_manifest, write_json_atomic
+    from ..planning import CEMOptions
     from ..reference import Predictor, random_predictor
 
-    if baseline != "full-recompute":
-        raise VitacError("--baseline supports only full-recompute")
     if precision not in ("fp32", "fp16"):
         raise VitacError(f"--precision must be fp32 or fp16, got {precision}")
+    horizon = horizon if horizon is not None else (6 if plan else 7)
+    context = context if context is not None else (2 if plan else 1)
     if horizon < 1 or context < 1 or repeats < 1 or warmup < 0:
         raise VitacError("--horizon, --context and --repeats must be >= 1, --warmup >= 0")
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
+    if device not in ("cpu", "cuda"):
+        raise VitacError(f"--device must be cpu or cuda, got {device}")
+    cem = None
+    if plan:
+        elites = elites if elites is not None else max(1, samples // 10)
+        if samples < 1 or iterations < 1 or not 1 <= elites <= samples:
+            raise VitacError("--plan needs --samples >= 1, --iterations >= 1 and 1 <= --elites <= --samples")
+        cem = CEMOptions(samples, elites, iterations, horizon, seed)
     opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch, "--batch"),
-                        horizon=horizon, context=context, repeats=repeats, warmup=warmup, seed=seed)
-    err, console = stderr_console(), Console()
+                        horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
+                        seed=seed, plan=cem, cuda_graphs=cuda_graphs)
+    err = stderr_console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
     with tempfile.TemporaryDirectory() as tmp:
         if artifact is not None:
             import torch
@@ -78,26 +98,70 @@ def bench(
             model = random_predictor(cfg, seed)
             art = Path(tmp) / "artifact"
             err.print("exporting seeded random weights to a temp artifact")
-            export_artifact(model, art, ExportOptions(precisions=[precision], validate=False, first_frame_graph=False))
+            # fp32 carries the weights the torch backends read; TensorRT 8.x builds fp16 from it too
+            precisions = sorted({precision, "fp32"} | ({"fp16"} if "tensorrt" in backend else set()))
+            export_artifact(model, art, ExportOptions(precisions=precisions, validate=False,
+                                                      first_frame_graph="tensorrt" in backend))
         with err.status("benchmarking") as status:
             result = run_bench(model, art, opts, say=lambda m: (status.update(m), err.print(f"  {m}")))
-    table = Table(title=f"{cfg.num_parameters():,}-parameter model, {context} context + {horizon} predicted frames, "
-                        f"{device}, {precision}; baseline = torch full recompute, same run", header_style="bold")
-    for col in ("backend", "batch", "step p50", "step p90", "rollout", "frames/s", "speedup", "max abs err"):
-        table.add_column(col, justify="right")
-    for e in result["entries"]:
-        table.add_row(e["backend"], str(e["batch"]), f"{e['step_latency_median_ms']:.1f} ms",
-                      f"{e['step_latency_p90_ms']:.1f} ms", f"{e['rollout_ms']:.0f} ms",
-                      f"{e['predicted_frames_per_s']:.1f}", f"{e['speedup_vs_baseline']:.2f}x",
-                      f"{e['max_abs_vs_baseline']:.1e}")
-    for b, v in result["baseline"].items():
-        table.add_row("baseline", b, "-", "-", f"{v['rollout_s'] * 1e3:.0f} ms", f"{v['frames_per_s']:.1f}", "1.00x", "0")
-    console.print(table)
-    for e in result["entries"]:
-        if e["per_frame_ms"]:
-            console.print(f"{e['backend']} batch {e['batch']} per-frame ms (frame 1..{len(e['per_frame_ms'])}): "
-                          + ", ".join(f"{x:.1f}" for x in e["per_frame_ms"]))
+    _print(console, result, cfg, opts)
     if json_out:
         write_json_atomic(json_out, result)
     if plot:
         plot_per_frame(result, plot)
+
+
+def _fmt(x, spec: str, none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _print(console: Console, result: dict, cfg, opts) -> None:
+    where = result["machine"].get("gpu") or f"cpu ({result['machine']['cpu_count']} cores)"
+    if opts.plan:
+        p = opts.plan
+        table = Table(title=f"CEM plan: {p.samples} samples x {p.iterations} iterations x horizon {p.horizon}, "
+                            f"{opts.context} context frames, {cfg.num_parameters():,}-parameter model, {where}, "
+                            f"{opts.precision}; baseline = torch full recompute, same run", header_style="bold")
+        for col in ("backend", "plan", "per iteration", "rollouts/s", "frames/s", "speedup", "score diff", "device MiB"):
+            table.add_column(col, justify="right")
+        for e in result["entries"]:
+            mem = e["device_memory"]
+            table.add_row(e["backend"], f"{e['plan_s']:.2f} s", f"{e['iteration_s_median'] * 1e3:.0f} ms",
+                          f"{e['rollouts_per_s']:.1f}", f"{e['predicted_frames_per_s']:.1f}",
+                          _fmt(e["speedup_vs_baseline"], ".2f") + ("x" if e["speedup_vs_baseline"] else ""),
+                          _fmt(e["score_diff_vs_baseline"], ".1e"), _fmt(_mib(mem), ".0f"))
+        if "plan" in result["baseline"]:
+            b = result["baseline"]["plan"]
+            table.add_row("baseline", f"{b['plan_s']:.2f} s", f"{b['iteration_s_median'] * 1e3:.0f} ms",
+                          f"{p.samples * p.iterations / b['plan_s']:.1f}",
+                          f"{p.samples * p.iterations * p.horizon / b['plan_s']:.1f}", "1.00x", "0", "-")
+        console.print(table)
+        return
+    table = Table(title=f"{cfg.num_parameters():,}-parameter model, {opts.context} context + {opts.horizon} predicted "
+                        f"frames, {where}, {opts.precision}; baseline = torch full recompute, same run",
+                  header_style="bold")
+    for col in ("backend", "batch", "step p50", "step p90", "rollout", "frames/s", "speedup", "max abs err", "device MiB"):
+        table.add_column(col, justify="right")
+    for e in result["entries"]:
+        table.add_row(e["backend"], str(e["batch"]), f"{e['step_latency_median_ms']:.2f} ms",
+                      f"{e['step_latency_p90_ms']:.2f} ms", f"{e['rollout_ms']:.1f} ms",
+                      f"{e['predicted_frames_per_s']:.1f}",
+                      _fmt(e["speedup_vs_baseline"], ".2f") + ("x" if e["speedup_vs_baseline"] else ""),
+                      _fmt(e["max_abs_vs_baseline"], ".1e"), _fmt(_mib(e["device_memory"]), ".0f"))
+    for b, v in result["baseline"].items():
+        table.add_row("baseline", b, "-", "-", f"{v['rollout_s'] * 1e3:.1f} ms", f"{v['frames_per_s']:.1f}", "1.00x", "0", "-")
+    console.print(table)
+    for e in result["entries"]:
+        if e["per_frame_ms"]:
+            console.print(f"{e['backend']} batch {e['batch']} per-frame ms (frame 1..{len(e['per_frame_ms'])}): "
+                          + ", ".join(f"{x:.2f}" for x in e["per_frame_ms"]))
+
+
+def _mib(mem) -> Optional[float]:
+    """The most telling device-memory figure of an entry, if any."""
+    if not mem:
+        return None
+    for key in ("device_used_since_open_mib", "peak_allocated_mib", "cache_and_io_buffers_mib"):
+        if mem.get(key) is not None:
+            return mem[key]
+    return None

@@ -29,6 +29,9 @@ def build_engine(
     first_frame: str = typer.Option("engine", "--first-frame",
                                     help="engine: a second engine from first*.onnx; zero-past: profile past_len from 0."),
     flavour: str = typer.Option("tensorrt", "--flavour", help="tensorrt or tensorrt-rtx."),
+    compute_capability: Optional[str] = typer.Option(
+        None, "--compute-capability",
+        help="tensorrt-rtx: comma list of target GPUs, e.g. 8.6,8.9 (default: this GPU, or Ampere+ without one)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT's own log."),
 ) -> None:
     """Build FP16 (or FP32) TensorRT engines from an artifact, with profiles for batch and past_len."""
@@ -48,11 +51,15 @@ def build_engine(
         profile=ProfileOptions(min_batch, opt_batch, max_batch, max_frames, 1 if first_frame == "engine" else 0),
         workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
         version_compatible=version_compatible, hardware_compatible=hardware_compatible, verbose=verbose,
-        flavour=flavour)
+        flavour=flavour,
+        compute_capabilities=tuple(c.strip() for c in (compute_capability or "").split(",") if c.strip()))
     err = stderr_console()
     with err.status("building") as status:
         data = build(artifact, out, opts, say=lambda m: (status.update(m), err.print(f"  {m}")))
     for e in data["engines"]:
         Console().print(f"{e['role']} engine -> {out.parent / e['file']} ({e['build_s']} s)")
-    Console().print(f"{data['precision']}: {data['precision_how']}; TensorRT {data['tensorrt']['version']} on "
-                    f"{data['gpu']['name']} ({data['gpu']['compute_capability']})")
+    gpu = data["gpu"]
+    where = (f"{gpu['name']} ({gpu['compute_capability']})" if gpu
+             else f"no GPU (ahead of time, for compute capability {', '.join(data['compute_capabilities'])})")
+    Console().print(f"{data['precision']}: {data['precision_how']}; {data['tensorrt']['flavour']} "
+                    f"{data['tensorrt']['version']} on {where}")

@@ -27,11 +27,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 @cli_errors
 def rollout(
-    path: Path = typer.Argument(..., help="Artifact directory."),
+    path: Path = typer.Argument(..., help="Artifact directory, or a TensorRT ENGINE.plan."),
     inputs: Path = typer.Option(..., "--inputs", help="NPZ with features [B,C,N,D] (raw), actions, states[, extrinsics]."),
     out: Path = typer.Option(..., "--out", help="NPZ to write: predictions [B,H,N,D] and timing."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch, tensorrt."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on cuda)."),
     horizon: Optional[int] = typer.Option(None, "--horizon", help="Frames to predict (default: from the actions)."),
     state_update: str = typer.Option("given", "--state-update", help="given or delta (state[t+1] = state[t] + action[t])."),
@@ -83,14 +83,15 @@ def rollout(
 
 @cli_errors
 def validate(
-    path: Path = typer.Argument(..., help="Artifact directory."),
+    path: Path = typer.Argument(..., help="Artifact directory, or a TensorRT ENGINE.plan."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the artifact was exported from."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or torch."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of precisions to check."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or torch (engines: tensorrt)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
+    precision: Optional[str] = typer.Option(None, "--precision",
+                                            help="Comma list of precisions to check (default: fp32,fp16; an engine's own)."),
     steps: int = typer.Option(4, "--steps", help="Frames of the closed-loop rollout (including the context)."),
     batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
@@ -105,20 +106,31 @@ def validate(
     from ..validation import ParityInputs, check_parity
 
     console = Console()
-    manifest = read_manifest(path)
+    engine = path.suffix in (".plan", ".engine")
+    if engine:
+        manifest = _engine_manifest(path)
+        backend, precision = "tensorrt", precision or manifest["precision"]
+        graphs = {f"step.{manifest['precision']}"}
+        listed = {e["file"]: e["sha256"] for e in manifest["engines"]}
+    else:
+        manifest = read_manifest(path)
+        precision = precision or "fp32,fp16"
+        graphs = set(manifest["graphs"])
+        listed = manifest.get("files", {})
+    folder = path.parent if engine else path
     cfg = resolve_config(config, None) if config else PredictorConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
         raise VitacError("give --checkpoint (or --random-init --seed N for an artifact exported that way)")
     model = load_predictor(checkpoint, cfg) if checkpoint is not None else random_predictor(cfg, seed)
     if steps < 2 or batch < 1:
         raise VitacError("--steps must be >= 2 and --batch >= 1")
-    files_ok = {name: sha256_file(path / name) == digest if (path / name).is_file() else False
-                for name, digest in manifest.get("files", {}).items()}
+    files_ok = {name: sha256_file(folder / name) == digest if (folder / name).is_file() else False
+                for name, digest in listed.items()}
     inputs = ParityInputs.make(cfg, batch=batch, frames=steps, seed=seed + 1)
     results = {}
     for p in [x.strip() for x in precision.split(",") if x.strip()]:
-        if f"step.{p}" not in manifest["graphs"]:
-            raise VitacError(f"{path} has no {p} graph")
+        if f"step.{p}" not in graphs:
+            raise VitacError(f"{path} has no {p} {'engine' if engine else 'graph'}")
         rt = open_runtime(path, backend=backend, device=device, precision=p)
         r = check_parity(rt, model, inputs, p)
         results[p] = r
@@ -148,6 +160,18 @@ def validate(
     if not passed:
         raise ValidationError("the artifact does not match the reference" +
                               (f" (modified files: {', '.join(bad_files)})" if bad_files else ""))
+
+
+def _engine_manifest(path: Path) -> dict:
+    import json
+
+    meta = path.with_name(path.name + ".json")
+    try:
+        return json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise VitacError(f"{meta} is missing: validate engines built by `vitac-deploy build-engine`") from None
+    except (OSError, ValueError) as e:
+        raise VitacError(f"cannot read {meta}: {first_line(e)}") from None
 
 
 def _plot(path: Path, results) -> None:

@@ -40,14 +40,17 @@ def _auto_backend(device: str) -> str:
     raise BackendUnavailable("no runtime backend installed: pip install 'vitac-deploy[onnxruntime]'")
 
 
-def open_runtime(path: str | Path, backend: str = "auto", device: str = "cpu", precision: Optional[str] = None,
-                 max_batch: Optional[int] = None, max_frames: Optional[int] = None, **options) -> Runtime:
-    """Open an export artifact directory with a backend ("auto" picks the best one available and
-    logs which). precision defaults to fp32 on cpu and fp16 on cuda."""
+def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] = None,
+                 precision: Optional[str] = None, max_batch: Optional[int] = None,
+                 max_frames: Optional[int] = None, **options) -> Runtime:
+    """Open an export artifact directory (onnxruntime, torch) or a TensorRT engine (ENGINE.plan,
+    with its ENGINE.plan.json) with a backend; "auto" picks the best one available and logs which.
+    device defaults to cpu for artifacts and cuda for engines; precision to fp32 on cpu and fp16
+    on cuda. `options` go to the backend (e.g. cuda_graphs=False for tensorrt)."""
     p = Path(path)
     if p.suffix in (".plan", ".engine"):
-        raise BackendUnavailable(f"{p}: TensorRT engines are not supported by this version "
-                                 f"(the tensorrt backend comes with `vitac-deploy build-engine`)")
+        return _open_engine(p, backend, device or "cuda", precision, max_batch, max_frames, **options)
+    device = device or "cpu"
     manifest = read_manifest(p)
     cfg = PredictorConfig.from_dict(manifest["config"])
     if device not in ("cpu", "cuda"):
@@ -58,8 +61,10 @@ def open_runtime(path: str | Path, backend: str = "auto", device: str = "cpu", p
     if backend == "auto":
         backend = _auto_backend(device)
         log.info("runtime backend: %s", backend)
+    if backend == "torch-compile":   # the reference under torch.compile
+        backend, options = "torch", {**options, "compile": True}
     if backend not in BACKENDS:
-        raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
+        raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)}, torch-compile)")
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRuntime
 
@@ -72,6 +77,34 @@ def open_runtime(path: str | Path, backend: str = "auto", device: str = "cpu", p
     if backend == "torch":
         from .torch import TorchRuntime
 
-        return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames)
-    raise BackendUnavailable("the tensorrt backend needs a TensorRT engine (.plan), built by "
-                             "`vitac-deploy build-engine` (not in this version)")
+        return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames, **options)
+    raise VitacError(f"the tensorrt backend runs TensorRT engines: build one with `vitac-deploy build-engine "
+                     f"{p} --out ENGINE.plan` and open ENGINE.plan")
+
+
+def _open_engine(p: Path, backend: str, device: str, precision: Optional[str], max_batch: Optional[int],
+                 max_frames: Optional[int], **options) -> Runtime:
+    """A TensorRT engine: its manifest (ENGINE.plan.json) is read and checked before TensorRT is."""
+    import json
+
+    if backend not in ("auto", "tensorrt"):
+        raise VitacError(f"{p} is a TensorRT engine: open it with backend tensorrt, not {backend}")
+    if device != "cuda":
+        raise VitacError(f"{p} is a TensorRT engine: it runs on device cuda, not {device}")
+    if not p.is_file():
+        raise VitacError(f"engine not found: {p}")
+    meta = p.with_name(p.name + ".json")
+    try:
+        manifest = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise VitacError(f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
+                         f"writes beside them (it says where and how the engine was built)") from None
+    except (OSError, ValueError) as e:
+        raise VitacError(f"cannot read {meta}: {e}") from None
+    if manifest.get("format") != "vitac-deploy/engine" or manifest.get("engines", [{}])[0].get("file") != p.name:
+        raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
+    if precision is not None and precision != manifest.get("precision"):
+        raise VitacError(f"{p} was built {manifest.get('precision')}, not {precision}: rebuild with --precision {precision}")
+    from .tensorrt.backend import TensorRTRuntime
+
+    return TensorRTRuntime(p, manifest, max_batch, max_frames, **options)

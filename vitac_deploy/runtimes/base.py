@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import PredictorConfig
 from ..errors import VitacError
+from .arrays import DeviceArray, DeviceFrames, as_device_array
 
 StateUpdate = Union[None, str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
@@ -24,6 +25,7 @@ class Runtime:
     """
 
     backend = "base"
+    accepts_device_arrays = False   # CUDA arrays (torch/CuPy) taken by pointer, without a host copy
 
     def __init__(self, cfg: PredictorConfig, precision: str, device: str,
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None):
@@ -42,8 +44,9 @@ class Runtime:
     def _allocate(self, batch: int) -> None:
         raise NotImplementedError
 
-    def _run(self, features: Optional[np.ndarray], cond: dict[str, np.ndarray]) -> None:
-        """One frame: features [B, N, D] float32, or None to feed back the last raw prediction.
+    def _run(self, features, cond: dict[str, np.ndarray]) -> None:
+        """One frame: features [B, N, D] float32 (a host array; a DeviceArray or DeviceFrames on
+        backends that accept device arrays), or None to feed back the last raw prediction.
         Must leave the cache untouched if it raises."""
         raise NotImplementedError
 
@@ -56,7 +59,31 @@ class Runtime:
         raise NotImplementedError
 
     # -- checks ---------------------------------------------------------------------------------------
-    def _check(self, name: str, x, shape: tuple[int, ...]) -> np.ndarray:
+    def _to_host(self, array: DeviceArray) -> np.ndarray:
+        """Copy a (small) device array to the host: actions and states of a device rollout."""
+        raise NotImplementedError
+
+    def _device(self, name: str, x) -> Optional[DeviceArray]:
+        dev = as_device_array(x, name)
+        if dev is not None and not self.accepts_device_arrays:
+            raise VitacError(f"{name} is a CUDA array, but the {self.backend} runtime takes host arrays "
+                             f"(numpy); pass it with .cpu().numpy(), or use the tensorrt backend")
+        return dev
+
+    def _host(self, name: str, x):
+        """Conditioning arrays are small: a device one is copied to the host once per rollout."""
+        dev = self._device(name, x)
+        return x if dev is None else self._to_host(dev)
+
+    def _check(self, name: str, x, shape: tuple[int, ...]):
+        """A float32 C-contiguous host array of `shape`, or the DeviceArray of a CUDA array
+        (device inputs are not scanned for NaN: that would cost the host round trip they avoid)."""
+        dev = self._device(name, x)
+        if dev is not None:
+            if dev.dtype != np.float32 or dev.shape != tuple(shape):
+                raise VitacError(f"{name} must be a float32 CUDA array of shape {list(shape)}, "
+                                 f"got {dev.dtype} {list(dev.shape)}")
+            return dev
         arr = np.asarray(x)
         if arr.dtype.kind != "f":
             raise VitacError(f"{name} must be a float array of shape {list(shape)}, got dtype {arr.dtype}")
@@ -68,11 +95,11 @@ class Runtime:
 
     def _cond(self, action, state, extrinsics, B: int) -> dict[str, np.ndarray]:
         A = self.cfg.action_dim
-        cond = {"action": self._check("action", action, (B, A)), "state": self._check("state", state, (B, A))}
+        cond = {n: self._check(n, self._host(n, x), (B, A)) for n, x in (("action", action), ("state", state))}
         if self.cfg.use_extrinsics:
             if extrinsics is None:
                 raise VitacError(f"this model uses extrinsics: pass extrinsics of shape {[B, A - 1]}")
-            cond["extrinsics"] = self._check("extrinsics", extrinsics, (B, A - 1))
+            cond["extrinsics"] = self._check("extrinsics", self._host("extrinsics", extrinsics), (B, A - 1))
         return cond
 
     # -- streaming ------------------------------------------------------------------------------------
@@ -119,8 +146,11 @@ class Runtime:
         """
         cfg = self.cfg
         N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
-        context = np.asarray(context)
-        if context.ndim != 4 or context.shape[2:] != (N, D):
+        dev_context = self._device("context", context)
+        context = dev_context or np.asarray(context)
+        actions, states, extrinsics = (self._host(n, x) for n, x in
+                                       (("actions", actions), ("states", states), ("extrinsics", extrinsics)))
+        if len(context.shape) != 4 or context.shape[2:] != (N, D):
             raise VitacError(f"context must have shape [B, C, {N}, {D}], got {list(context.shape)}")
         if not isinstance(horizon, (int, np.integer)) or horizon < 1:
             raise VitacError(f"horizon must be a positive integer, got {horizon!r}")
@@ -142,6 +172,11 @@ class Runtime:
             ext = self._check("extrinsics", extrinsics, (B, F, A - 1))
         context = self._check("context", context, (context.shape[0], C, N, D))
 
+        def frame(t: int, batch: int):
+            if isinstance(context, DeviceArray):
+                return DeviceFrames(context, t, batch)
+            return np.ascontiguousarray(np.broadcast_to(context[:, t], (batch, N, D)))
+
         def cond(t: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
             c = {"action": actions[rows, t], "state": states[rows, t]}
             if ext is not None:
@@ -159,7 +194,7 @@ class Runtime:
             self.reset(B)  # allocates for B once, so the broadcast fits
             self.reset(1)
             for t in range(shared):
-                self._run(np.ascontiguousarray(context[:, t]), cond(t, slice(0, 1)))
+                self._run(frame(t, 1), cond(t, slice(0, 1)))
                 self.frames += 1
                 tick(t + 1, F)
             self._broadcast_cache(B)
@@ -167,8 +202,7 @@ class Runtime:
         else:
             self.reset(B)
         for t in range(shared, C):
-            feats = np.ascontiguousarray(np.broadcast_to(context[:, t], (B, N, D)))
-            self._run(feats, cond(t))
+            self._run(frame(t, B), cond(t))
             self.frames += 1
             tick(t + 1, F)
         out[:, 0] = self._prediction()
@@ -197,6 +231,10 @@ class Runtime:
         for t in range(C - 1, F - 1):
             full[:, t + 1] = self._check("state_update result", step(full[:, t], actions[:, t]), (B, A))
         return full
+
+    def device_memory(self) -> Optional[dict[str, float]]:
+        """Device memory figures (MiB) where the backend can tell; None on the host."""
+        return None
 
     def describe(self) -> str:
         return f"{self.backend} ({self.device}, {self.precision})"

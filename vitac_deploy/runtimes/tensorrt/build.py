@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from ...config import PredictorConfig
 from ...errors import BackendUnavailable, VitacError
 from ...manifest import now_iso, read_manifest, sha256_file, write_json_atomic
+from ..gpu import gpu_info
 from .profiles import ProfileOptions, check_profile_options, step_profile
 
 FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -39,6 +40,7 @@ class EngineOptions:
     hardware_compatible: bool = False
     verbose: bool = False
     flavour: str = "tensorrt"
+    compute_capabilities: tuple[str, ...] = ()   # tensorrt-rtx only: target architectures, e.g. ("8.6", "8.9")
 
 
 def import_tensorrt(flavour: str = "tensorrt"):
@@ -52,31 +54,6 @@ def import_tensorrt(flavour: str = "tensorrt"):
         hint = ("on a Jetson it comes with JetPack (python3-libnvinfer); on a desktop: pip install tensorrt"
                 if module == "tensorrt" else "pip install tensorrt-rtx-cu13 (RTX GPUs, compute capability 7.5+)")
         raise BackendUnavailable(f"{module} is not installed: {hint}") from None
-
-
-def gpu_info() -> dict[str, Any]:
-    """Name, compute capability and CUDA runtime version of GPU 0, via cuda-python or torch."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            _, rt_ver = cudart.cudaRuntimeGetVersion()
-            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            return {"name": name.strip("\x00"), "compute_capability": f"{props.major}.{props.minor}",
-                    "cuda_runtime": f"{rt_ver // 1000}.{rt_ver % 1000 // 10}"}
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "cuda_runtime": torch.version.cuda}
-    except ImportError:
-        pass
-    raise BackendUnavailable("no CUDA GPU found (or neither cuda-python nor torch to query it): "
-                             "build engines on the GPU that will run them")
 
 
 def _strongly_typed(trt) -> Optional[int]:
@@ -108,6 +85,44 @@ def _pin_normalization_fp32(trt, network) -> int:
     return pinned
 
 
+def _compute_capabilities(trt, targets: list[str]) -> list:
+    """TensorRT for RTX's ComputeCapability members for "8.6"-style strings, or one line naming the choices."""
+    known = {m: getattr(trt.ComputeCapability, m) for m in trt.ComputeCapability.__members__}
+    out = []
+    for cc in targets:
+        key = "SM" + cc.replace(".", "")
+        if key not in known:
+            choices = ", ".join(f"{k[2:-1]}.{k[-1]}" for k in known if k.startswith("SM"))
+            raise VitacError(f"--compute-capability {cc} is not one this TensorRT for RTX builds for ({choices})")
+        out.append(known[key])
+    return out
+
+
+def _progress_monitor(trt, say: Callable[[str], None]):
+    """Report the builder's top-level phases (TensorRT >= 10 and RTX); None where not supported."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self):
+            base.__init__(self)
+            self.steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.steps[phase_name] = num_steps
+            if parent_phase is None:
+                say(f"{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            return True   # never cancel
+
+        def phase_finish(self, phase_name):
+            self.steps.pop(phase_name, None)
+
+    return Monitor()
+
+
 def build_engine(artifact: Path, out: Path, opts: EngineOptions,
                  say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Build `out` (step engine) and, where the first frame needs it, `out` with `.first.plan`;
@@ -120,7 +135,15 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         raise VitacError(f"--precision must be fp16 or fp32, got {opts.precision}")
     if opts.opt_level is not None and not 0 <= opts.opt_level <= 5:
         raise VitacError(f"--opt-level must be in 0..5, got {opts.opt_level}")
-    gpu = gpu_info()
+    rtx = opts.flavour == "tensorrt-rtx"
+    if opts.compute_capabilities and not rtx:
+        raise VitacError("--compute-capability is for --flavour tensorrt-rtx (TensorRT builds for the GPU it runs on)")
+    if opts.hardware_compatible and rtx:
+        raise VitacError("--hardware-compatible is for TensorRT; TensorRT for RTX targets --compute-capability")
+    # TensorRT for RTX compiles ahead of time without a GPU (kernels are JIT-compiled where it runs).
+    gpu = gpu_info(required=not rtx)
+    targets = list(opts.compute_capabilities) or ([gpu["compute_capability"]] if gpu else ["default"])
+    sm_targets = _compute_capabilities(trt, targets) if rtx and targets != ["default"] else []
     major = int(trt.__version__.split(".")[0])
     strong = opts.flavour == "tensorrt-rtx" or (major >= 9 and _strongly_typed(trt) is not None)
     if opts.precision == "fp16" and strong:
@@ -158,6 +181,13 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if opts.hardware_compatible:
             config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        if sm_targets:
+            config.num_compute_capabilities = len(sm_targets)
+            for i, sm in enumerate(sm_targets):
+                config.set_compute_capability(sm, i)
+        monitor = _progress_monitor(trt, say)
+        if monitor is not None:
+            config.progress_monitor = monitor
         cache = None
         if opts.timing_cache is not None:
             blob = opts.timing_cache.read_bytes() if opts.timing_cache.is_file() else b""
@@ -205,6 +235,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         "format": "vitac-deploy/engine", "format_version": 1, "created": now_iso(),
         "tensorrt": {"flavour": opts.flavour, "version": trt.__version__},
         "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
+        **({"compute_capabilities": targets} if rtx else {}),
         "precision": opts.precision, "precision_how": how,
         "first_frame": "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0",
         "build_flags": {"workspace_mib": opts.workspace_mib, "opt_level": opts.opt_level,

@@ -18,9 +18,10 @@ def check_engine_compat(manifest: dict[str, Any], trt_version: str, trt_flavour:
     this TensorRT or GPU cannot run (a plan is tied to its TensorRT version and GPU unless built
     version/hardware compatible)."""
     built = manifest.get("tensorrt", {})
-    where = (f"built with {built.get('flavour', 'tensorrt')} {built.get('version', '?')} on "
-             f"{manifest.get('gpu', {}).get('name', '?')} (compute capability "
-             f"{manifest.get('gpu', {}).get('compute_capability', '?')})")
+    gpu = manifest.get("gpu") or {}
+    on = (f"{gpu.get('name', '?')} (compute capability {gpu.get('compute_capability', '?')})" if gpu
+          else "a machine without a GPU (ahead of time)")
+    where = f"built with {built.get('flavour', 'tensorrt')} {built.get('version', '?')} on {on}"
     fix = "rebuild it here with `vitac-deploy build-engine`"
     if built.get("flavour", "tensorrt") != trt_flavour:
         raise VitacError(f"this engine was {where}, but this runtime has {trt_flavour} {trt_version}: {fix}")
@@ -31,9 +32,20 @@ def check_engine_compat(manifest: dict[str, Any], trt_version: str, trt_flavour:
         if not (vc and _major_minor(r_ver) >= _major_minor(b_ver) and _major_minor(r_ver)[0] == _major_minor(b_ver)[0]):
             raise VitacError(f"this engine was {where}; this machine has TensorRT {r_ver}: engines run only on the "
                              f"TensorRT version that built them (unless built --version-compatible): {fix}")
-    b_cc = manifest.get("gpu", {}).get("compute_capability")
     if compute_capability is None:
-        raise VitacError(f"this engine was {where}, and no CUDA GPU is visible here: run it on a GPU, or {fix}")
+        raise VitacError(f"this engine was {where}, and no CUDA GPU is visible here: TensorRT engines run on "
+                         f"an NVIDIA GPU (with its driver, and cuda-python to reach it)")
+    targets = manifest.get("compute_capabilities")
+    if targets:  # TensorRT for RTX: built for a list of architectures (on any machine, GPU or not)
+        if targets != ["default"] and compute_capability not in targets:
+            raise VitacError(f"this engine was {where} for compute capability {', '.join(targets)}; this GPU is "
+                             f"{gpu_name} ({compute_capability}): {fix} (or with --compute-capability "
+                             f"{compute_capability})")
+        if targets == ["default"] and float(compute_capability) < 8.0:
+            raise VitacError(f"this engine was {where} for Ampere and newer; this GPU is {gpu_name} "
+                             f"({compute_capability}): rebuild with --compute-capability {compute_capability}")
+        return
+    b_cc = gpu.get("compute_capability")
     if b_cc and b_cc != compute_capability:
         hc = manifest.get("build_flags", {}).get("hardware_compatible", False)
         if not (hc and float(compute_capability) >= 8.0 and float(b_cc) >= 8.0):

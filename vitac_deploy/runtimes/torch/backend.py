@@ -30,17 +30,24 @@ class TorchRuntime(Runtime):
     backend = "torch"
 
     def __init__(self, model, precision: str = "fp32", device: str = "cpu",
-                 max_batch: Optional[int] = None, max_frames: Optional[int] = None):
+                 max_batch: Optional[int] = None, max_frames: Optional[int] = None, compile: bool = False):
         torch = self._torch = _import_torch()
         super().__init__(model.cfg, precision, device, max_batch, max_frames)
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch has no CUDA device here")
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.compiled = compile
+        # dynamic: the cache length changes every frame; one graph serves them all
+        self._forward = torch.compile(self.model.forward_frames, dynamic=True) if compile else self.model.forward_frames
+        if compile:
+            self.backend = "torch-compile"
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
     @classmethod
     def from_artifact(cls, path: Path, manifest: dict[str, Any], precision: str, device: str,
-                      max_batch: Optional[int], max_frames: Optional[int]) -> "TorchRuntime":
+                      max_batch: Optional[int], max_frames: Optional[int], compile: bool = False) -> "TorchRuntime":
         """The reference model with the weights of the artifact's float32 graph."""
         from ...exporters.weights import state_dict_from_graph
         from ...reference import Predictor
@@ -53,7 +60,7 @@ class TorchRuntime(Runtime):
         model = Predictor(cfg)
         sd = state_dict_from_graph(path / graph["file"], cfg)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
-        return cls(model.eval(), precision, device, max_batch, max_frames)
+        return cls(model.eval(), precision, device, max_batch, max_frames, compile)
 
     def _allocate(self, batch: int) -> None:
         torch, cfg = self._torch, self.cfg
@@ -73,7 +80,7 @@ class TorchRuntime(Runtime):
             else:
                 h = self.model.normalize(torch.tensor(features, device=self.device)).to(self.dtype)
             cache = [(k[:B, :, :P], v[:B, :, :P]) for k, v in zip(self._k, self._v)] if P else None
-            out, new = self.model.forward_frames(h[:, None], t(cond["action"]), t(cond["state"]),
+            out, new = self._forward(h[:, None], t(cond["action"]), t(cond["state"]),
                                                  t(cond["extrinsics"]) if "extrinsics" in cond else None,
                                                  cache, start=self.frames)
             for i, (k, v) in enumerate(new):
@@ -88,6 +95,15 @@ class TorchRuntime(Runtime):
             buf[1:batch, :, :P] = buf[:1, :, :P]
         self._last_raw = self._last_raw.expand(batch, *self._last_raw.shape[1:]).contiguous()
         self._last = self._last.expand(batch, *self._last.shape[1:]).contiguous()
+
+    def device_memory(self) -> Optional[dict[str, float]]:
+        """Peak CUDA memory PyTorch allocated since the runtime opened (MiB); None on cpu."""
+        if self.device != "cuda":
+            return None
+        torch = self._torch
+        return {"peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+                "cache_and_io_buffers_mib": sum(b.numel() * b.element_size() for b in self._k + self._v) / 2**20
+                if hasattr(self, "_k") else 0.0}
 
     def _prediction(self) -> np.ndarray:
         return self._last.detach().cpu().numpy().astype(np.float32, copy=True)

@@ -1,0 +1,150 @@
+"""The little CUDA the runtimes need, through cuda-python (no PyTorch): the GPU's identity, device
+and pinned buffers, a non-blocking stream, async copies and CUDA-graph capture. Every call is
+checked. Imported only by backends that run on CUDA."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import BackendUnavailable, VitacError
+
+
+def import_cudart():
+    """`cuda.bindings.runtime` (cuda-python >= 12.6) or the older `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]
+        except ImportError:
+            raise BackendUnavailable("the tensorrt backend needs cuda-python for device memory and streams: "
+                                     "pip install cuda-python (on a Jetson: the wheel matching JetPack's CUDA)") from None
+    return cudart
+
+
+def check(result: Any, what: str) -> Any:
+    """Unpack a cuda-python `(err, *values)` tuple; raise one line naming the call on error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        cudart = import_cudart()
+        _, msg = cudart.cudaGetErrorString(err)
+        msg = msg.decode() if isinstance(msg, bytes) else str(msg)
+        raise VitacError(f"CUDA error in {what}: {msg} ({int(err)})")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_info(required: bool = True) -> Optional[dict[str, Any]]:
+    """Name, compute capability and CUDA runtime version of GPU 0 (cuda-python, else torch);
+    None when there is no GPU and `required` is False."""
+    try:
+        cudart = import_cudart()
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            _, rt_ver = cudart.cudaRuntimeGetVersion()
+            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+            return {"name": name.strip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}",
+                    "cuda_runtime": f"{rt_ver // 1000}.{rt_ver % 1000 // 10}",
+                    "memory_mib": int(props.totalGlobalMem) >> 20}
+    except BackendUnavailable:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
+                    "cuda_runtime": torch.version.cuda, "memory_mib": p.total_memory >> 20}
+    except ImportError:
+        pass
+    if not required:
+        return None
+    raise BackendUnavailable("no CUDA GPU found (or neither cuda-python nor torch to query it): "
+                             "TensorRT engines are built and run on the GPU that uses them")
+
+
+class DeviceBuffer:
+    """`nbytes` of device memory, allocated once."""
+
+    def __init__(self, cudart, nbytes: int, dtype=np.float32):
+        self._cudart, self.nbytes, self.dtype = cudart, max(int(nbytes), 1), np.dtype(dtype)
+        self.ptr = int(check(cudart.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes >> 20} MiB)"))
+
+    def free(self) -> None:
+        if self.ptr:
+            self._cudart.cudaFree(self.ptr)
+            self.ptr = 0
+
+
+class PinnedBuffer:
+    """Page-locked host memory seen as a flat numpy array (async copies need it)."""
+
+    def __init__(self, cudart, n: int, dtype=np.float32):
+        self._cudart, self.dtype = cudart, np.dtype(dtype)
+        nbytes = max(int(n), 1) * self.dtype.itemsize
+        self.ptr = int(check(cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
+        import ctypes
+
+        self.array = np.frombuffer((ctypes.c_byte * nbytes).from_address(self.ptr), self.dtype)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = None
+            self._cudart.cudaFreeHost(self.ptr)
+            self.ptr = 0
+
+
+class Stream:
+    """A non-blocking stream (capture needs one that is not the legacy default stream)."""
+
+    def __init__(self, cudart):
+        self._c = cudart
+        self.handle = check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreate")
+
+    @property
+    def ptr(self) -> int:
+        return int(self.handle)
+
+    def copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
+        k = {"h2d": self._c.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": self._c.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+             "d2d": self._c.cudaMemcpyKind.cudaMemcpyDeviceToDevice}[kind]
+        check(self._c.cudaMemcpyAsync(dst, src, nbytes, k, self.handle), f"cudaMemcpyAsync ({kind})")
+
+    def copy_rows(self, dst: int, dst_pitch: int, src: int, src_pitch: int, row_bytes: int, rows: int,
+                  kind: str) -> None:
+        """Strided copy: `rows` rows of `row_bytes` (e.g. frame t of every batch row of a [B, C, ...] array)."""
+        k = {"h2d": self._c.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2d": self._c.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
+             "d2h": self._c.cudaMemcpyKind.cudaMemcpyDeviceToHost}[kind]
+        check(self._c.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, k, self.handle),
+              "cudaMemcpy2DAsync")
+
+    def synchronize(self) -> None:
+        check(self._c.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+
+    def capture(self, enqueue) -> Any:
+        """Capture what `enqueue()` puts on this stream into an instantiated graph (cudaGraphExec_t)."""
+        c = self._c
+        check(c.cudaStreamBeginCapture(self.handle, c.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+              "cudaStreamBeginCapture")
+        try:
+            ok = enqueue()
+        finally:
+            graph = check(c.cudaStreamEndCapture(self.handle), "cudaStreamEndCapture")
+        try:
+            if not ok:
+                raise VitacError("enqueue failed during stream capture")
+            return check(c.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            c.cudaGraphDestroy(graph)
+
+    def launch(self, graph_exec) -> None:
+        check(self._c.cudaGraphLaunch(graph_exec, self.handle), "cudaGraphLaunch")
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            self._c.cudaStreamDestroy(self.handle)
+            self.handle = None
+
