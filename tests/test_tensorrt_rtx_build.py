@@ -125,3 +125,30 @@ def test_runtime_checks_the_manifest_before_tensorrt(artifact, tmp_path):
             open_runtime(out)
         p = _cli("validate", out, "--random-init")
         assert p.returncode == 2 and "no CUDA GPU" in p.stderr and p.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_weak_typing_pins_every_normalization(tmp_path, opset):
+    """TensorRT 8.x builds fp16 from the fp32 graph and pins normalization to fp32 by layer name.
+    TensorRT for RTX's parser (the same ONNX parser) shows which layers that selects: every layer
+    made from a LayerNorm node, and nothing else."""
+    import onnx
+    import tensorrt_rtx as trt
+
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+    from vitac_deploy.runtimes.tensorrt.build import NORMALIZATION_NAMES, normalization_layers
+
+    art = tmp_path / "a"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(validate=False, opset=opset, precisions=["fp32"]))
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(art / "step.onnx"))
+    picked = {layer.name for layer in normalization_layers(trt, network)}
+    norm_nodes = [n.name for n in onnx.load(str(art / "step.onnx"), load_external_data=False).graph.node
+                  if any(k in n.name for k in NORMALIZATION_NAMES)]
+    assert norm_nodes and all(any(layer.startswith(node) for layer in picked) for node in norm_nodes)
+    assert not any(".attn." in name or ".mlp." in name for name in picked)
+    if opset >= 17:   # one LayerNormalization per norm: 2 per block, the final one, and the feature norms
+        n_norm = sum(network.get_layer(i).type == trt.LayerType.NORMALIZATION for i in range(network.num_layers))
+        assert n_norm == 2 * SMALL.depth + 1 + 2

@@ -87,7 +87,7 @@ class FullRecompute:
             for t in range(C - 1, actions.shape[1] - 1):
                 full[:, t + 1] = full[:, t] + actions[:, t]
             states = full
-        t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dtype)  # noqa: E731
+        t = lambda a: None if a is None else torch.from_numpy(np.array(a, np.float32)).to(self.device, self.dtype)  # noqa: E731
         ctx = t(np.broadcast_to(context, (B,) + context.shape[1:]))
         with torch.no_grad():
             out = self.model.rollout(ctx, t(actions), t(states), horizon, t(extrinsics), use_cache=False)
@@ -279,6 +279,7 @@ def plot_per_frame(result: dict[str, Any], path: Path) -> None:
                     label=f"{e['backend']} {e['precision']} batch {e['batch']}")
     ax.set_xlabel("frame index (1 = first context frame)")
     ax.set_ylabel("time per frame (ms)")
+    ax.set_ylim(bottom=0)   # growth read against zero, not exaggerated
     ax.set_title(f"cached runtime: per-frame cost vs cache length ({result['machine'].get('gpu') or 'cpu'})")
     ax.grid(alpha=0.3)
     ax.legend()

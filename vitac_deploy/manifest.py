@@ -28,7 +28,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def versions(packages: Iterable[str] = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
-                                        "tensorrt", "vitac-deploy")) -> dict[str, str]:
+                                        "tensorrt", "tensorrt-rtx-cu13", "cuda-python", "vitac-deploy")
+             ) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in packages:
         try:

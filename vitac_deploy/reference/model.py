@@ -135,12 +135,19 @@ class Predictor(nn.Module):
             q_frame = torch.arange(start, start + T, device=x.device).repeat_interleave(L)
             k_frame = torch.arange(start + T, device=x.device).repeat_interleave(L)
             mask = k_frame[None, :] <= q_frame[:, None]
+        x, new_cache = self.run_blocks(x, cos, sin, mask, cache)
+        x = x.view(B, T, cfg.tokens_per_step, -1)[:, :, cfg.cond_tokens:]
+        return self.predictor_proj(self.predictor_norm(x)), new_cache
+
+    def run_blocks(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor],
+                   cache: Optional[KVCache]) -> tuple[torch.Tensor, KVCache]:
+        """The transformer blocks alone: tensors in, tensors out (what torch.compile wraps; the
+        frame index stays outside, so one graph serves every cache length)."""
         new_cache: KVCache = []
         for i, blk in enumerate(self.predictor_blocks):
             x, kv = blk(x, cos, sin, mask, None if cache is None else cache[i])
             new_cache.append(kv)
-        x = x.view(B, T, cfg.tokens_per_step, -1)[:, :, cfg.cond_tokens:]
-        return self.predictor_proj(self.predictor_norm(x)), new_cache
+        return x, new_cache
 
     # -- upstream semantics -----------------------------------------------------------------------
     def forward(self, features: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,

@@ -71,18 +71,26 @@ def _network_flags(trt, strongly_typed: bool) -> int:
     return flags
 
 
+NORMALIZATION_NAMES = ("normalize_features", "normalize_prediction", "norm1", "norm2", "predictor_norm")
+
+
+def normalization_layers(trt, network) -> list:
+    """The layers the float16 graph keeps in float32: LayerNorm (one NORMALIZATION layer from opset
+    17; ReduceMean/Sub/Pow/... from the decomposition of older opsets, named after their ONNX nodes)."""
+    norm_type = getattr(trt.LayerType, "NORMALIZATION", None)
+    layers = (network.get_layer(i) for i in range(network.num_layers))
+    return [layer for layer in layers
+            if any(n in layer.name for n in NORMALIZATION_NAMES) or (norm_type is not None and layer.type == norm_type)]
+
+
 def _pin_normalization_fp32(trt, network) -> int:
     """TensorRT 8.x weak typing: keep normalization layers (and their reductions) in float32."""
-    pinned = 0
-    names = ("normalize_features", "normalize_prediction", "norm1", "norm2", "predictor_norm")
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if any(n in layer.name for n in names) or layer.type == getattr(trt.LayerType, "NORMALIZATION", None):
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    return pinned
+    pinned = normalization_layers(trt, network)
+    for layer in pinned:
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+    return len(pinned)
 
 
 def _compute_capabilities(trt, targets: list[str]) -> list:

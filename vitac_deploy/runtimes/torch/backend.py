@@ -38,10 +38,12 @@ class TorchRuntime(Runtime):
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.compiled = compile
-        # dynamic: the cache length changes every frame; one graph serves them all
-        self._forward = torch.compile(self.model.forward_frames, dynamic=True) if compile else self.model.forward_frames
         if compile:
+            # the blocks only (rope tables and the frame index stay eager); dynamic: the cache
+            # length changes every frame, and one graph (two with the empty first cache) serves all
+            self.model.run_blocks = torch.compile(self.model.run_blocks, dynamic=True)
             self.backend = "torch-compile"
+        self._forward = self.model.forward_frames
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
