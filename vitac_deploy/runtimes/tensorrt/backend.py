@@ -26,8 +26,8 @@ from ...errors import VitacError
 from ...manifest import sha256_file
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
-from .build import import_tensorrt
 from .compat import check_engine_compat
+from .module import import_tensorrt
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, check, gpu_info, import_cudart
 
 log = logging.getLogger("vitac_deploy")

@@ -11,7 +11,6 @@ assumed:
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
-from ...errors import BackendUnavailable, VitacError
+from ...errors import VitacError
 from ...manifest import now_iso, read_manifest, sha256_file, write_json_atomic
 from ..gpu import gpu_info
+from .module import import_tensorrt
 from .profiles import ProfileOptions, check_profile_options, step_profile
 
-FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 
 
 @dataclass
@@ -41,19 +40,6 @@ class EngineOptions:
     verbose: bool = False
     flavour: str = "tensorrt"
     compute_capabilities: tuple[str, ...] = ()   # tensorrt-rtx only: target architectures, e.g. ("8.6", "8.9")
-
-
-def import_tensorrt(flavour: str = "tensorrt"):
-    """The TensorRT module, or one line saying what is missing and how to get it."""
-    module = FLAVOURS.get(flavour)
-    if module is None:
-        raise VitacError(f"unknown TensorRT flavour {flavour!r} (tensorrt or tensorrt-rtx)")
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        hint = ("on a Jetson it comes with JetPack (python3-libnvinfer); on a desktop: pip install tensorrt"
-                if module == "tensorrt" else "pip install tensorrt-rtx-cu13 (RTX GPUs, compute capability 7.5+)")
-        raise BackendUnavailable(f"{module} is not installed: {hint}") from None
 
 
 def _strongly_typed(trt) -> Optional[int]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Tuple
 
 from ...config import PredictorConfig
 from ...contract import BATCH, PAST
 from ...errors import VitacError
 
-Shape = tuple[int, ...]
+Shape = Tuple[int, ...]  # typing.Tuple: evaluated at import, and Jetsons may run Python 3.8
 
 
 @dataclass(frozen=True)
