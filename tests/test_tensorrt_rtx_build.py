@@ -59,6 +59,9 @@ def test_build_step_and_first_engines(artifact, tmp_path):
     if meta["gpu"] is None:
         assert meta["compute_capabilities"] == ["default"]
     assert "Building engine" in p.stderr   # the builder's own progress reaches the user
+    shown = _cli("inspect", out)
+    assert shown.returncode == 0 and "tensorrt-rtx" in shown.stdout and "past_key.{i}" in shown.stdout
+    assert "[8, 2, " in shown.stdout and "first engine small.first.plan" in shown.stdout
 
 
 def test_zero_past_profile_builds_one_engine(tmp_path):

@@ -29,7 +29,16 @@ pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu,
               pytest.mark.skipif(_gpu() is None, reason="needs a CUDA GPU")]
 
 
+def _rtx_supports_this_gpu() -> bool:
+    import tensorrt_rtx as trt
+
+    cc = "SM" + _gpu()["compute_capability"].replace(".", "")
+    return cc in trt.ComputeCapability.__members__
+
+
 def _engine(tmp_path, cfg, flavour, first_frame=1):
+    if flavour == "tensorrt-rtx" and not _rtx_supports_this_gpu():
+        pytest.skip(f"TensorRT for RTX does not target compute capability {_gpu()['compute_capability']}")
     from vitac_deploy.exporters import ExportOptions, export_artifact
     from vitac_deploy.reference import random_predictor
     from vitac_deploy.runtimes.tensorrt.build import EngineOptions, build_engine

@@ -106,10 +106,14 @@ def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, work
         from .runtimes.tensorrt.build import EngineOptions, build_engine
         from .runtimes.tensorrt.profiles import ProfileOptions
 
+        import importlib.util
+
+        flavour = "tensorrt" if importlib.util.find_spec("tensorrt") or not importlib.util.find_spec("tensorrt_rtx") \
+            else "tensorrt-rtx"
         plan = workdir / f"bench-b{max_batch}.plan"
         if not plan.is_file():
-            say(f"building a TensorRT engine for batch <= {max_batch}")
-            build_engine(artifact, plan, EngineOptions(precision=opts.precision,
+            say(f"building a {flavour} engine for batch <= {max_batch}")
+            build_engine(artifact, plan, EngineOptions(precision=opts.precision, flavour=flavour,
                                                        profile=ProfileOptions(1, max_batch, max_batch)), say=say)
         return open_runtime(plan, cuda_graphs=opts.cuda_graphs)
     extra = {"cuda_graphs": True} if backend == "onnxruntime" and opts.device == "cuda" and opts.cuda_graphs else {}

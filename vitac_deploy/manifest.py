@@ -99,6 +99,29 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+ENGINE_FORMAT = "vitac-deploy/engine"
+
+
+def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
+    """The manifest `build-engine` writes beside an engine (ENGINE.plan.json), checked for its
+    format and that it describes this engine."""
+    p = Path(engine)
+    if not p.is_file():
+        raise VitacError(f"engine not found: {p}")
+    meta = p.with_name(p.name + ".json")
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VitacError(f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
+                         f"writes beside them (it says where and how the engine was built)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise VitacError(f"cannot read {meta}: {e}") from None
+    engines = data.get("engines") or [{}]
+    if data.get("format") != ENGINE_FORMAT or engines[0].get("file") != p.name:
+        raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
+    return data
+
+
 def verify_files(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """Refuse an artifact whose files do not have the hashes its manifest states."""
     root = Path(artifact)

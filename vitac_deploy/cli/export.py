@@ -69,11 +69,15 @@ def summary_table(out: Path, manifest: dict) -> Table:
 
 
 @cli_errors
-def inspect(path: Path = typer.Argument(..., help="Artifact directory or .onnx file.")) -> None:
-    """Manifest summary and IO table (name, dtype, shape with symbolic dims)."""
+def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx file or ENGINE.plan.")) -> None:
+    """Manifest summary and IO table (name, dtype, shape with symbolic dims); for an engine, how and
+    where it was built and its optimization profiles."""
     console = Console()
     if not path.exists():
         raise VitacError(f"not found: {path}")
+    if path.suffix in (".plan", ".engine"):
+        _inspect_engine(console, path)
+        return
     if path.is_dir():
         from ..manifest import read_manifest
 
@@ -116,6 +120,29 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory or .onnx f
                   f"{len(model.graph.node)} nodes, {len(inits)} initializers")
     console.print(_io_table(path.name, [spec(v) for v in model.graph.input if v.name not in inits],
                             [spec(v) for v in model.graph.output]))
+
+
+def _inspect_engine(console: Console, path: Path) -> None:
+    from ..manifest import read_engine_manifest
+
+    m = read_engine_manifest(path)
+    gpu = m.get("gpu")
+    where = (f"{gpu['name']} (compute capability {gpu['compute_capability']}, CUDA {gpu.get('cuda_runtime')})" if gpu
+             else f"no GPU, ahead of time for compute capability {', '.join(m.get('compute_capabilities', []))}")
+    console.print(f"[bold]{path}[/]  {m['tensorrt']['flavour']} {m['tensorrt']['version']}, built {m['created']} on {where}")
+    console.print(f"precision {m['precision']}: {m['precision_how']}")
+    console.print(f"first frame: {m['first_frame']}; build flags: {json.dumps(m['build_flags'])}")
+    for e in m["engines"]:
+        table = Table(title=f"{e['role']} engine {e['file']} (from {e['source_onnx']}, built in {e['build_s']} s)",
+                      header_style="bold")
+        for col in ("input", "min", "opt", "max"):
+            table.add_column(col)
+        for name, shapes in e["profile"].items():
+            if name.split(".")[-1].isdigit() and not name.endswith(".0"):
+                continue
+            shown = name[:-2] + ".{i}" if name.endswith(".0") else name
+            table.add_row(shown, *(escape(str(list(s))) for s in shapes))
+        console.print(table)
 
 
 def _io_table(title: str, inputs: list, outputs: list) -> Table:

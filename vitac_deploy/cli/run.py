@@ -99,7 +99,7 @@ def validate(
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
     from ..config import PredictorConfig
-    from ..manifest import read_manifest, sha256_file, write_json_atomic
+    from ..manifest import read_engine_manifest, read_manifest, sha256_file, write_json_atomic
     from ..metrics import TOLERANCES
     from ..reference import load_predictor, random_predictor
     from ..runtimes import open_runtime
@@ -108,7 +108,7 @@ def validate(
     console = Console()
     engine = path.suffix in (".plan", ".engine")
     if engine:
-        manifest = _engine_manifest(path)
+        manifest = read_engine_manifest(path)
         backend, precision = "tensorrt", precision or manifest["precision"]
         graphs = {f"step.{manifest['precision']}"}
         listed = {e["file"]: e["sha256"] for e in manifest["engines"]}
@@ -160,18 +160,6 @@ def validate(
     if not passed:
         raise ValidationError("the artifact does not match the reference" +
                               (f" (modified files: {', '.join(bad_files)})" if bad_files else ""))
-
-
-def _engine_manifest(path: Path) -> dict:
-    import json
-
-    meta = path.with_name(path.name + ".json")
-    try:
-        return json.loads(meta.read_text())
-    except FileNotFoundError:
-        raise VitacError(f"{meta} is missing: validate engines built by `vitac-deploy build-engine`") from None
-    except (OSError, ValueError) as e:
-        raise VitacError(f"cannot read {meta}: {first_line(e)}") from None
 
 
 def _plot(path: Path, results) -> None:

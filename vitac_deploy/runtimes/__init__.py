@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
-from ..manifest import read_manifest
+from ..manifest import read_engine_manifest, read_manifest
 from .base import Runtime
 
 __all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]
@@ -85,24 +85,11 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
 def _open_engine(p: Path, backend: str, device: str, precision: Optional[str], max_batch: Optional[int],
                  max_frames: Optional[int], **options) -> Runtime:
     """A TensorRT engine: its manifest (ENGINE.plan.json) is read and checked before TensorRT is."""
-    import json
-
     if backend not in ("auto", "tensorrt"):
         raise VitacError(f"{p} is a TensorRT engine: open it with backend tensorrt, not {backend}")
     if device != "cuda":
         raise VitacError(f"{p} is a TensorRT engine: it runs on device cuda, not {device}")
-    if not p.is_file():
-        raise VitacError(f"engine not found: {p}")
-    meta = p.with_name(p.name + ".json")
-    try:
-        manifest = json.loads(meta.read_text())
-    except FileNotFoundError:
-        raise VitacError(f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
-                         f"writes beside them (it says where and how the engine was built)") from None
-    except (OSError, ValueError) as e:
-        raise VitacError(f"cannot read {meta}: {e}") from None
-    if manifest.get("format") != "vitac-deploy/engine" or manifest.get("engines", [{}])[0].get("file") != p.name:
-        raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
+    manifest = read_engine_manifest(p)
     if precision is not None and precision != manifest.get("precision"):
         raise VitacError(f"{p} was built {manifest.get('precision')}, not {precision}: rebuild with --precision {precision}")
     from .tensorrt.backend import TensorRTRuntime

@@ -141,12 +141,12 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     major = int(trt.__version__.split(".")[0])
     strong = opts.flavour == "tensorrt-rtx" or (major >= 9 and _strongly_typed(trt) is not None)
     if opts.precision == "fp16" and strong:
-        source_precision, how = "fp16", "strongly typed network from step.fp16.onnx (ONNX types decide precision)"
+        source_precision, how = "fp16", "strongly typed network from the fp16 graphs (ONNX types decide precision)"
     elif opts.precision == "fp16":
-        source_precision, how = "fp32", ("FP16 builder flag on step.onnx, normalization layers pinned to float32 "
+        source_precision, how = "fp32", ("FP16 builder flag on the fp32 graphs, normalization layers pinned to float32 "
                                          "(OBEY_PRECISION_CONSTRAINTS): TensorRT < 9 has no strong typing")
     else:
-        source_precision, how = "fp32", "float32 network from step.onnx"
+        source_precision, how = "fp32", "float32 network from the fp32 graphs"
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
 
