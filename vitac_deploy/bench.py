@@ -101,8 +101,6 @@ def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, work
     from .runtimes import open_runtime
 
     if backend == "tensorrt":
-        if opts.device != "cuda":
-            raise VitacError("the tensorrt backend runs on --device cuda")
         from .runtimes.tensorrt.build import EngineOptions, build_engine
         from .runtimes.tensorrt.profiles import ProfileOptions
 
@@ -147,14 +145,23 @@ def _machine(device: str) -> dict[str, Any]:
     return info
 
 
-def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Time every backend (and batch, or one CEM plan) against the reference recomputing the whole
-    sequence; returns every figure (JSON-ready)."""
+def check_options(opts: BenchOptions) -> None:
+    """Refuse bad options before any work (export, baseline) is done."""
     for b in opts.backends:
         if b not in BENCH_BACKENDS:
             raise VitacError(f"unknown backend {b!r} (choose from {', '.join(BENCH_BACKENDS)})")
+    if "tensorrt" in opts.backends and opts.device != "cuda":
+        raise VitacError("the tensorrt backend runs on --device cuda")
     if opts.baseline not in ("full-recompute", "none"):
         raise VitacError(f"--baseline must be full-recompute or none, got {opts.baseline}")
+    if opts.device not in ("cpu", "cuda"):
+        raise VitacError(f"--device must be cpu or cuda, got {opts.device}")
+
+
+def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Time every backend (and batch, or one CEM plan) against the reference recomputing the whole
+    sequence; returns every figure (JSON-ready)."""
+    check_options(opts)
     cfg = model.cfg
     C = opts.context
     H = opts.plan.horizon if opts.plan else opts.horizon

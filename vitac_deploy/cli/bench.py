@@ -52,7 +52,7 @@ def bench(
 ) -> None:
     """Per-frame and rollout latency (or one CEM plan), throughput, memory and agreement of each
     backend against the upstream way, measured in the same run."""
-    from ..bench import BenchOptions, plot_per_frame, run_bench
+    from ..bench import BenchOptions, check_options, plot_per_frame, run_bench
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
     from ..manifest import read_manifest, write_json_atomic
@@ -67,8 +67,6 @@ def bench(
         raise VitacError("--horizon, --context and --repeats must be >= 1, --warmup >= 0")
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
-    if device not in ("cpu", "cuda"):
-        raise VitacError(f"--device must be cpu or cuda, got {device}")
     cem = None
     if plan:
         elites = elites if elites is not None else max(1, samples // 10)
@@ -78,6 +76,7 @@ def bench(
     opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch, "--batch"),
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
                         seed=seed, plan=cem, cuda_graphs=cuda_graphs)
+    check_options(opts)
     err = stderr_console()
     console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
     with tempfile.TemporaryDirectory() as tmp:
