@@ -7,11 +7,14 @@ import sys
 
 import pytest
 
-from tests.conftest import SMALL
+from tests.conftest import SMALL, SMALL_SWIGLU_EXTR
 from vitac_deploy import VitacError
-from vitac_deploy.contract import step_io
+from vitac_deploy.contract import past_names, step_io
 from vitac_deploy.runtimes.tensorrt.compat import check_engine_compat
 from vitac_deploy.runtimes.tensorrt.profiles import ProfileOptions, check_profile_options, step_profile
+
+
+SMALL_NO_NORM = SMALL.__class__.from_dict({**SMALL.to_dict(), "normalize_reps": False})
 
 
 def _graph(first=False):
@@ -109,3 +112,41 @@ def test_build_engine_for_real(tmp_path):
     data = build_engine(art, tmp_path / "e.plan", EngineOptions(profile=ProfileOptions(1, 2, 4)))
     assert (tmp_path / "e.plan").stat().st_size > 0 and (tmp_path / "e.first.plan").is_file()
     assert data["engines"][0]["sha256"]
+
+
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_SWIGLU_EXTR, SMALL_NO_NORM], ids=["small", "swiglu_extr", "no_norm"])
+@pytest.mark.parametrize("first_engine", [True, False])
+def test_frame_binding_covers_the_contract_and_fits_the_profiles(cfg, first_engine):
+    """Every frame of a rollout binds exactly the engine's IO (from the contract), with input
+    shapes inside the optimization profiles build-engine gives that engine, past and present in
+    different arenas, and the prediction read from where the graph writes it."""
+    from vitac_deploy.runtimes.tensorrt.binding import FrameBuffers, bind_frame
+
+    B = 3
+    o = check_profile_options(ProfileOptions(1, 2, 4, 0, 1 if first_engine else 0), cfg)
+    profiles = {role: step_profile({"inputs": [s.to_dict() for s in step_io(cfg, "float16", role == "first")[0]]},
+                                   cfg, ProfileOptions(o.min_batch, o.opt_batch, o.max_batch, o.max_frames,
+                                                       0 if role == "first" else o.min_past_frames))
+                for role in ("step", "first")}
+    past = {n: 1000 + i for i, n in enumerate(past_names(cfg))}
+    present = {n: 2000 + i for i, n in enumerate(past_names(cfg))}
+    cond = {"action": 11, "state": 12, **({"extrinsics": 13} if cfg.use_extrinsics else {})}
+    for t in range(cfg.max_frames):
+        past, present = present, past          # the runtime swaps arenas every frame
+        b = bind_frame(cfg, B, t, first_engine, FrameBuffers(features=7, cond=cond, past=past, present=present,
+                                                            prediction=8, raw_out=9))
+        assert b.role == ("first" if t == 0 and first_engine else "step")
+        ins, outs = step_io(cfg, "float16", b.role == "first")
+        assert set(b.shapes) == {s.name for s in ins}
+        assert set(b.addresses) == {s.name for s in ins} | {s.name for s in outs}
+        for name, shape in b.shapes.items():
+            lo, _, hi = profiles[b.role][name]
+            assert all(lo_d <= d <= hi_d for lo_d, d, hi_d in zip(lo, shape, hi)), (t, name, shape, lo, hi)
+        for i in range(cfg.depth):
+            assert b.addresses[f"present_key.{i}"] == present[f"past_key.{i}"]
+            if b.role == "step":
+                assert b.addresses[f"past_key.{i}"] == past[f"past_key.{i}"] != b.addresses[f"present_key.{i}"]
+                assert b.shapes[f"past_value.{i}"][2] == t * cfg.tokens_per_step
+        assert b.prediction == b.addresses["next_features"] == (8 if cfg.normalize_reps else 9)
+        if cfg.normalize_reps:
+            assert b.addresses["next_features_raw"] == 9

@@ -21,14 +21,15 @@ from typing import Any, Optional
 import numpy as np
 
 from ...config import PredictorConfig
-from ...contract import past_names, present_names
+from ...contract import past_names
 from ...errors import VitacError
 from ...manifest import sha256_file
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
+from ..gpu import DeviceBuffer, PinnedBuffer, Stream, check, gpu_info, import_cudart
+from .binding import FrameBuffers, bind_frame
 from .compat import check_engine_compat
 from .module import import_tensorrt
-from ..gpu import DeviceBuffer, PinnedBuffer, Stream, check, gpu_info, import_cudart
 
 log = logging.getLogger("vitac_deploy")
 
@@ -187,37 +188,24 @@ class TensorRTRuntime(Runtime):
 
     def _run(self, features, cond: dict[str, np.ndarray]) -> None:
         cfg, B, s = self.cfg, self.batch, self._stream
-        P = self.frames * cfg.tokens_per_step
-        role = "first" if P == 0 and "first" in self._ctx else "step"
-        ctx = self._ctx[role]
         feat_ptr = self._load_features(features)
         for name, value in cond.items():
             self._h_cond[name].array[:value.size] = value.ravel()
             s.copy(self._d_cond[name].ptr, self._h_cond[name].ptr, value.nbytes, "h2d")
         past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
-        raw_out = self._d_raw[1 - self._raw_cur]
-        frame = (B, cfg.tokens_per_frame, cfg.embed_dim)
-        shapes: dict[str, tuple] = {"features": frame, **{n: (B, v.shape[1]) for n, v in cond.items()}}
-        addrs: dict[str, int] = {"features": feat_ptr, **{n: self._d_cond[n].ptr for n in cond}}
-        if role == "step":
-            for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
-                shapes[p_name] = (B, cfg.num_heads, P, cfg.head_dim)
-                addrs[p_name], addrs[q_name] = past[p_name].ptr, present[p_name].ptr
-        else:
-            for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
-                addrs[q_name] = present[p_name].ptr
-        if cfg.normalize_reps:
-            addrs["next_features"], addrs["next_features_raw"] = self._d_pred.ptr, raw_out.ptr
-        else:  # the prediction is what is fed back
-            addrs["next_features"] = raw_out.ptr
-        for name, shape in shapes.items():
+        bind = bind_frame(cfg, B, self.frames, "first" in self._ctx, FrameBuffers(
+            features=feat_ptr, cond={n: self._d_cond[n].ptr for n in cond},
+            past={n: b.ptr for n, b in past.items()}, present={n: b.ptr for n, b in present.items()},
+            prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr))
+        ctx = self._ctx[bind.role]
+        for name, shape in bind.shapes.items():
             if not ctx.set_input_shape(name, shape):
                 raise VitacError(f"TensorRT refused shape {list(shape)} for {name} (outside the engine's profile?)")
-        for name, ptr in addrs.items():
+        for name, ptr in bind.addresses.items():
             ctx.set_tensor_address(name, ptr)
-        self._enqueue(ctx, (role, B, P, self._cur, self._raw_cur, features is None))
-        out = self._d_pred if cfg.normalize_reps else raw_out
-        s.copy(self._h_pred.ptr, out.ptr, B * cfg.tokens_per_frame * cfg.embed_dim * 4, "d2h")
+        # shapes and every address are fixed by this key, so one captured graph serves it
+        self._enqueue(ctx, (bind.role, B, self.frames, self._cur, self._raw_cur, features is None))
+        s.copy(self._h_pred.ptr, bind.prediction, B * cfg.tokens_per_frame * cfg.embed_dim * 4, "d2h")
         s.synchronize()
         self._cur, self._raw_cur = 1 - self._cur, 1 - self._raw_cur
 

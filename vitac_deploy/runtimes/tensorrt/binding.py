@@ -1,0 +1,54 @@
+"""What the TensorRT runtime binds for one frame: every input shape and every tensor address
+(pure logic, numpy-free, so it is tested without a GPU against the IO contract and the engine's
+optimization profiles)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+from ...config import PredictorConfig
+from ...contract import past_names, present_names
+
+
+@dataclass(frozen=True)
+class FrameBuffers:
+    """Device addresses the runtime owns for one frame."""
+
+    features: int               # where this frame's features are (a staging buffer or the fed-back raw prediction)
+    cond: Dict[str, int]        # action, state[, extrinsics]
+    past: Dict[str, int]        # arena holding the cache, by past name
+    present: Dict[str, int]     # the other arena, by past name
+    prediction: int             # next_features (normalized) when normalize_reps
+    raw_out: int                # the raw prediction fed back next frame
+
+
+@dataclass(frozen=True)
+class FrameBinding:
+    role: str                                   # "first" (empty cache, first engine) or "step"
+    shapes: Dict[str, Tuple[int, ...]]          # every input
+    addresses: Dict[str, int]                   # every input and output
+    prediction: int                             # where the normalized prediction is read back
+
+
+def bind_frame(cfg: PredictorConfig, batch: int, cached_frames: int, has_first_engine: bool,
+               bufs: FrameBuffers) -> FrameBinding:
+    """Shapes and addresses for the frame after `cached_frames` frames: past_* bound to the arena
+    holding the cache, present_* to the other one (the graph's Concat writes the grown cache there)."""
+    P = cached_frames * cfg.tokens_per_step
+    role = "first" if P == 0 and has_first_engine else "step"
+    frame = (batch, cfg.tokens_per_frame, cfg.embed_dim)
+    widths = {"action": cfg.action_dim, "state": cfg.action_dim, "extrinsics": cfg.action_dim - 1}
+    shapes: Dict[str, Tuple[int, ...]] = {"features": frame, **{n: (batch, widths[n]) for n in bufs.cond}}
+    addrs: Dict[str, int] = {"features": bufs.features, **bufs.cond}
+    for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
+        if role == "step":
+            shapes[p_name] = (batch, cfg.num_heads, P, cfg.head_dim)
+            addrs[p_name] = bufs.past[p_name]
+        addrs[q_name] = bufs.present[p_name]
+    if cfg.normalize_reps:
+        addrs["next_features"], addrs["next_features_raw"] = bufs.prediction, bufs.raw_out
+        prediction = bufs.prediction
+    else:  # the prediction is itself what is fed back
+        addrs["next_features"] = prediction = bufs.raw_out
+    return FrameBinding(role, shapes, addrs, prediction)
