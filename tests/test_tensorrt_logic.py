@@ -5,6 +5,7 @@ import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import SMALL, SMALL_SWIGLU_EXTR
@@ -150,3 +151,18 @@ def test_frame_binding_covers_the_contract_and_fits_the_profiles(cfg, first_engi
         assert b.prediction == b.addresses["next_features"] == (8 if cfg.normalize_reps else 9)
         if cfg.normalize_reps:
             assert b.addresses["next_features_raw"] == 9
+
+
+@pytest.mark.parametrize("want", [1, 2, 3, 7, 8, 300])
+def test_tile_copies_broadcast_row_zero(want):
+    """The device-side cache broadcast (CUDA backends): replaying its copies on a host array gives
+    row 0 in every row, in ceil(log2(want)) copies that never read rows not yet written."""
+    from vitac_deploy.runtimes.gpu import tile_copies
+
+    buf = np.arange(want * 5, dtype=np.float32).reshape(want, 5)
+    buf[1:] = -1
+    copies = tile_copies(1, want)
+    for first, n in copies:
+        assert n <= first                      # sources (rows 0..n-1) are already filled
+        buf[first:first + n] = buf[:n]
+    assert (buf == buf[:1]).all() and len(copies) == int(np.ceil(np.log2(want)))

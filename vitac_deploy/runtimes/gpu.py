@@ -37,6 +37,17 @@ def check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def tile_copies(have: int, want: int) -> list[tuple[int, int]]:
+    """(first destination row, rows) of the copies that repeat the first `have` rows of a buffer up
+    to `want` rows, each copying from row 0 and doubling what is there: log2(want/have) copies."""
+    copies = []
+    while have < want:
+        n = min(have, want - have)
+        copies.append((have, n))
+        have += n
+    return copies
+
+
 def gpu_info(required: bool = True) -> Optional[dict[str, Any]]:
     """Name, compute capability and CUDA runtime version of GPU 0 (cuda-python, else torch);
     None when there is no GPU and `required` is False."""

@@ -216,7 +216,7 @@ class OnnxRuntimeRuntime(Runtime):
         """Broadcast row 0 of the cache with device-to-device copies (cuda-python), doubling;
         False where cuda-python is missing (the host path is used then)."""
         try:
-            from ..gpu import check, import_cudart
+            from ..gpu import check, import_cudart, tile_copies
 
             c = import_cudart()
         except VitacError:
@@ -229,11 +229,8 @@ class OnnxRuntimeRuntime(Runtime):
         if "next_features_raw" in self._outputs:
             rows.append((self._pred.ptr, cfg.tokens_per_frame * cfg.embed_dim * 4))
         for ptr, row in rows:
-            have = 1
-            while have < batch:
-                n = min(have, batch - have)
-                check(c.cudaMemcpy(ptr + have * row, ptr, n * row, kind), "cudaMemcpy (cache broadcast)")
-                have += n
+            for first, n in tile_copies(1, batch):
+                check(c.cudaMemcpy(ptr + first * row, ptr, n * row, kind), "cudaMemcpy (cache broadcast)")
         return True
 
     def _prediction(self) -> np.ndarray:

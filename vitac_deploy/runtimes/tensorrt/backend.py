@@ -26,7 +26,7 @@ from ...errors import VitacError
 from ...manifest import sha256_file
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
-from ..gpu import DeviceBuffer, PinnedBuffer, Stream, check, gpu_info, import_cudart
+from ..gpu import DeviceBuffer, PinnedBuffer, Stream, check, gpu_info, import_cudart, tile_copies
 from .binding import FrameBuffers, bind_frame
 from .compat import check_engine_compat
 from .module import import_tensorrt
@@ -181,10 +181,8 @@ class TensorRTRuntime(Runtime):
 
     def _tile(self, ptr: int, row_bytes: int, have: int, want: int) -> None:
         """Repeat the first `have` rows of a buffer up to `want` rows, doubling (log2 copies)."""
-        while have < want:
-            n = min(have, want - have)
-            self._stream.copy(ptr + have * row_bytes, ptr, n * row_bytes, "d2d")
-            have += n
+        for row, n in tile_copies(have, want):
+            self._stream.copy(ptr + row * row_bytes, ptr, n * row_bytes, "d2d")
 
     def _run(self, features, cond: dict[str, np.ndarray]) -> None:
         cfg, B, s = self.cfg, self.batch, self._stream
