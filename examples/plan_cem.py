@@ -4,7 +4,8 @@ Rolls 300 sampled action sequences as one batch per iteration through a runtime 
 `vitac_deploy.planning` for the algorithm); here on the built-in default model with seeded random
 weights. `vitac-deploy bench --plan` times the same plan against the upstream way.
 
-    python examples/plan_cem.py                       # exports the default model to a temp dir
+    python examples/plan_cem.py --device cuda         # exports the default model to a temp dir
+    python examples/plan_cem.py --samples 8 --iterations 2   # on a CPU (the full plan takes hours there)
     python examples/plan_cem.py --artifact DIR --samples 64 --iterations 5
     python examples/plan_cem.py --artifact ENGINE.plan  # TensorRT, on the robot
 """
