@@ -69,7 +69,9 @@ class TensorRTRuntime(Runtime):
                 raise VitacError(f"engine file missing: {path} (listed in {Path(engine_path).name}.json)")
             if verify_files and e.get("sha256") and sha256_file(path) != e["sha256"]:
                 raise VitacError(f"{path} differs from its manifest's sha256: rebuild it with `vitac-deploy build-engine`")
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            data = path.read_bytes()
+            self._check_validity(path, data)
+            engine = self._runtime.deserialize_cuda_engine(data)
             if engine is None:
                 raise VitacError(f"TensorRT {trt.__version__} cannot deserialize {path}: rebuild it here")
             self._engines[e["role"]] = engine
@@ -81,6 +83,20 @@ class TensorRTRuntime(Runtime):
         self._rtx_graphs = cuda_graphs and flavour == "tensorrt-rtx"
         self._graphs: dict[tuple, Any] = {}
         self._buffers: list = []
+
+    def _check_validity(self, path: Path, data: bytes) -> None:
+        """TensorRT for RTX (1.1+) says from the header alone whether a plan runs on this GPU."""
+        trt = self._trt
+        if not hasattr(self._runtime, "get_engine_validity"):
+            return
+        validity, diagnostics = self._runtime.get_engine_validity(data)
+        if validity == trt.EngineValidity.INVALID:
+            reasons = [name.lower().replace("_", " ") for name, bit in trt.EngineInvalidityDiagnostics.__members__.items()
+                       if int(diagnostics) & int(bit)] or ["unknown"]
+            raise VitacError(f"{trt.__name__} {trt.__version__} cannot run {path} on this GPU "
+                             f"({', '.join(reasons)}): rebuild it with `vitac-deploy build-engine`")
+        if validity == trt.EngineValidity.SUBOPTIMAL:
+            log.warning("%s runs %s sub-optimally here; rebuilding it for this GPU may be faster", trt.__name__, path)
 
     def _context(self, engine, cuda_graphs: bool):
         trt = self._trt
