@@ -103,8 +103,8 @@ class OnnxRuntimeRuntime(Runtime):
                 self.session = ort.InferenceSession(str(graph_path), so, providers=providers)
             except Exception as e:
                 raise VitacError(f"onnxruntime cannot load {graph_path}: {first_line(e)}") from None
-        self._staged: dict[tuple, Any] = {}     # (name, batch) -> device OrtValue (CUDA graphs)
-        self._graph_ids: dict[tuple, int] = {}
+        self._staged: dict[tuple, Any] = {}     # (name, shape) -> device OrtValue (CUDA graphs)
+        self._run_options: dict[tuple, Any] = {}  # frame key -> RunOptions carrying its gpu_graph_id
         names = {i.name for i in self.session.get_inputs()}
         if "past_key.0" not in names:
             raise VitacError(f"{graph_path} is not a step graph (no past_key.0 input)")
@@ -180,9 +180,10 @@ class OnnxRuntimeRuntime(Runtime):
         run_options = None
         if self.cuda_graphs:
             key = (B, P, self._cur, self._raw_cur, features is None)
-            gid = self._graph_ids.setdefault(key, len(self._graph_ids) + 1)
-            run_options = self._ort.RunOptions()
-            run_options.add_run_config_entry("gpu_graph_id", str(gid))
+            run_options = self._run_options.get(key)
+            if run_options is None:   # once per key: graph ids start at 1 (0 is ORT's own)
+                run_options = self._run_options[key] = self._ort.RunOptions()
+                run_options.add_run_config_entry("gpu_graph_id", str(len(self._run_options)))
         try:
             self.session.run_with_iobinding(self._binding, run_options)
         except Exception as e:

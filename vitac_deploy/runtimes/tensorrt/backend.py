@@ -82,6 +82,7 @@ class TensorRTRuntime(Runtime):
         self.cuda_graphs = cuda_graphs and flavour == "tensorrt"
         self._rtx_graphs = cuda_graphs and flavour == "tensorrt-rtx"
         self._graphs: dict[tuple, Any] = {}
+        self._bindings: dict[tuple, Any] = {}   # frame key -> FrameBinding
         self._buffers: list = []
 
     def _check_validity(self, path: Path, data: bytes) -> None:
@@ -150,6 +151,7 @@ class TensorRTRuntime(Runtime):
                          self._h_feat, self._h_pred, *self._d_cond.values(), *self._h_cond.values()])
         self._cur, self._raw_cur = 0, 0
         self._graphs.clear()   # captured addresses are gone
+        self._bindings.clear()
 
     def _release(self) -> None:
         for g in getattr(self, "_graphs", {}).values():
@@ -206,19 +208,23 @@ class TensorRTRuntime(Runtime):
         for name, value in cond.items():
             self._h_cond[name].array[:value.size] = value.ravel()
             s.copy(self._d_cond[name].ptr, self._h_cond[name].ptr, value.nbytes, "h2d")
-        past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
-        bind = bind_frame(cfg, B, self.frames, "first" in self._ctx, FrameBuffers(
-            features=feat_ptr, cond={n: self._d_cond[n].ptr for n in cond},
-            past={n: b.ptr for n, b in past.items()}, present={n: b.ptr for n, b in present.items()},
-            prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr))
+        # shapes and every address are fixed by this key: one binding (and one captured graph) serves it
+        key = (B, self.frames, self._cur, self._raw_cur, features is None)
+        bind = self._bindings.get(key)
+        if bind is None:
+            past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
+            bind = self._bindings[key] = bind_frame(cfg, B, self.frames, "first" in self._ctx, FrameBuffers(
+                features=feat_ptr, cond={n: self._d_cond[n].ptr for n in cond},
+                past={n: b.ptr for n, b in past.items()}, present={n: b.ptr for n, b in present.items()},
+                prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr))
         ctx = self._ctx[bind.role]
-        for name, shape in bind.shapes.items():
-            if not ctx.set_input_shape(name, shape):
-                raise VitacError(f"TensorRT refused shape {list(shape)} for {name} (outside the engine's profile?)")
-        for name, ptr in bind.addresses.items():
-            ctx.set_tensor_address(name, ptr)
-        # shapes and every address are fixed by this key, so one captured graph serves it
-        self._enqueue(ctx, (bind.role, B, self.frames, self._cur, self._raw_cur, features is None))
+        if not (self.cuda_graphs and key in self._graphs):   # a replayed graph needs no rebinding
+            for name, shape in bind.shapes.items():
+                if not ctx.set_input_shape(name, shape):
+                    raise VitacError(f"TensorRT refused shape {list(shape)} for {name} (outside the engine's profile?)")
+            for name, ptr in bind.addresses.items():
+                ctx.set_tensor_address(name, ptr)
+        self._enqueue(ctx, key)
         s.copy(self._h_pred.ptr, bind.prediction, B * cfg.tokens_per_frame * cfg.embed_dim * 4, "d2h")
         s.synchronize()
         self._cur, self._raw_cur = 1 - self._cur, 1 - self._raw_cur

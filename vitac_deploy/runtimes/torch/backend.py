@@ -43,7 +43,6 @@ class TorchRuntime(Runtime):
             # length changes every frame, and one graph (two with the empty first cache) serves all
             self.model.run_blocks = torch.compile(self.model.run_blocks, dynamic=True)
             self.backend = "torch-compile"
-        self._forward = self.model.forward_frames
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
@@ -82,7 +81,7 @@ class TorchRuntime(Runtime):
             else:
                 h = self.model.normalize(torch.tensor(features, device=self.device)).to(self.dtype)
             cache = [(k[:B, :, :P], v[:B, :, :P]) for k, v in zip(self._k, self._v)] if P else None
-            out, new = self._forward(h[:, None], t(cond["action"]), t(cond["state"]),
+            out, new = self.model.forward_frames(h[:, None], t(cond["action"]), t(cond["state"]),
                                                  t(cond["extrinsics"]) if "extrinsics" in cond else None,
                                                  cache, start=self.frames)
             for i, (k, v) in enumerate(new):
