@@ -52,3 +52,6 @@ def test_bench_plan_times_one_cem_plan_against_baseline(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--backend", "tensorrt"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "runs on --device cuda" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--json",
+                          str(tmp_path / "no" / "b.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot write --json")

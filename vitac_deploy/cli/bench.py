@@ -77,6 +77,9 @@ def bench(
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
                         seed=seed, plan=cem, cuda_graphs=cuda_graphs)
     check_options(opts)
+    for flag, target in (("--json", json_out), ("--plot", plot)):
+        if target is not None and not target.parent.is_dir():   # before minutes of benchmarking
+            raise VitacError(f"cannot write {flag} {target}: {target.parent} does not exist")
     err = stderr_console()
     console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
     with tempfile.TemporaryDirectory() as tmp:
