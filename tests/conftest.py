@@ -12,11 +12,17 @@ from vitac_deploy import PredictorConfig
 GOLDEN_CASES = ["seed_l384", "swiglu_extr_h64"]
 
 
-def golden_dir() -> Path | None:
-    for candidate in (os.environ.get("VITAC_GOLDEN_DIR"),
-                      Path(__file__).resolve().parents[1].parent / "shared" / "golden"):
-        if candidate and Path(candidate, "seed_l384.json").is_file():
-            return Path(candidate)
+GOLDEN_DIRS = ("VITAC_GOLDEN_DIR", Path(__file__).resolve().parent / "golden",
+               Path(__file__).resolve().parents[1].parent / "shared" / "golden")
+
+
+def golden_path(name: str) -> Path | None:
+    """NAME.json of a golden case: from $VITAC_GOLDEN_DIR, the project's own copy (tests/golden),
+    or ../shared/golden (where new cases arrive), in that order."""
+    for d in GOLDEN_DIRS:
+        root = os.environ.get(d) if isinstance(d, str) else d
+        if root and Path(root, f"{name}.json").is_file():
+            return Path(root, f"{name}.json")
     return None
 
 
@@ -26,7 +32,7 @@ class Golden:
     def __init__(self, name: str, root: Path):
         self.name = name
         self.meta = json.loads((root / f"{name}.json").read_text())
-        with np.load(root / f"{name}.npz") as z:
+        with np.load(root / f"{name}.npz", allow_pickle=False) as z:
             self.arrays = {k: z[k] for k in z.files}
         self.cfg = PredictorConfig.from_upstream(self.meta["upstream_kwargs"])
         self.N = self.meta["tokens_per_frame"]
@@ -68,11 +74,11 @@ _cache: dict[str, Golden] = {}
 
 
 def load_golden(name: str) -> Golden:
-    root = golden_dir()
-    if root is None:
-        pytest.skip("golden files not found: set VITAC_GOLDEN_DIR or put shared/golden beside the checkout")
+    path = golden_path(name)
+    if path is None:
+        pytest.skip(f"golden case {name} not found (tests/golden, $VITAC_GOLDEN_DIR or ../shared/golden)")
     if name not in _cache:
-        _cache[name] = Golden(name, root)
+        _cache[name] = Golden(name, path.parent)
     return _cache[name]
 
 
@@ -92,3 +98,41 @@ SMALL_SWIGLU_EXTR = PredictorConfig(embed_dim=24, predictor_embed_dim=64, depth=
 @pytest.fixture
 def small_cfg() -> PredictorConfig:
     return SMALL
+
+
+class MpcGolden:
+    """The planner case (mpc_franka): its predictor with the recipe's planner variants, the
+    normalized features of the current and goal frames, poses, and the upstream plan."""
+
+    def __init__(self, path: Path):
+        self.meta = json.loads(path.read_text())
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+            self.arrays = {k: z[k] for k in z.files}
+        self.cfg = PredictorConfig.from_upstream(self.meta["predictor_upstream_kwargs"])
+        self.N = self.meta["tokens_per_frame"]
+        feats = self.arrays["features"].reshape(1, 2, self.N, -1)
+        self.current, self.goal = feats[:, 0], feats[:, 1]            # [1, N, D] each, normalized
+        self.pose = self.arrays["poses"][:, 0]                         # [1, 7]
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            import torch
+            from vitac_deploy.reference import Predictor, recipe_state_dict
+
+            m = Predictor(self.cfg)
+            sd = recipe_state_dict(self.meta["predictor_param_shapes"], self.meta["predictor_weight_seed"],
+                                   self.meta["predictor_linear_std"], self.meta["predictor_weight_overrides"])
+            m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+            self._model = m.eval()
+        return self._model
+
+
+def load_mpc_golden() -> MpcGolden:
+    path = golden_path("mpc_franka")
+    if path is None:
+        pytest.skip("golden case mpc_franka not found (tests/golden, $VITAC_GOLDEN_DIR or ../shared/golden)")
+    if "mpc_franka" not in _cache:
+        _cache["mpc_franka"] = MpcGolden(path)
+    return _cache["mpc_franka"]

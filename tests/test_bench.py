@@ -25,33 +25,44 @@ def test_bench_cli_measures_against_baseline(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: --batch")
 
 
-def test_bench_plan_times_one_cem_plan_against_baseline(tmp_path):
+def test_bench_plan_times_the_upstream_planner_against_the_upstream_way(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(SMALL.to_json())
     out = tmp_path / "plan.json"
     p = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--plan", "--samples", "12",
-                        "--iterations", "2", "--horizon", "3", "--backend", "onnxruntime", "--json", str(out)],
-                       capture_output=True, text=True)
+                        "--topk", "3", "--cem-steps", "2", "--horizon", "3", "--chunk", "5", "--backend", "onnxruntime",
+                        "--json", str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert "CEM plan: 12 samples x 2 iterations x horizon 3" in p.stdout
+    assert "upstream CEM plan: 12 samples x top 3 x 2 steps x horizon 3" in p.stdout
     r = json.loads(out.read_text())
-    assert r["mode"] == "plan" and r["options"]["plan"] == {"samples": 12, "elites": 1, "iterations": 2,
-                                                             "horizon": 3, "seed": 0}
+    assert r["mode"] == "plan" and r["options"]["plan"]["samples"] == 12 and r["options"]["plan"]["topk"] == 3
+    assert r["plan"]["upstream_flops"] > r["plan"]["flops"] > 0
     (e,) = r["entries"]
-    assert e["backend"] == "onnxruntime" and e["batch"] == 12
+    assert e["backend"] == "onnxruntime" and e["batch"] == 5
     assert abs(e["speedup_vs_baseline"] - r["baseline"]["plan"]["plan_s"] / e["plan_s"]) < 1e-9
-    # same seed, same samples, float32: the cached runtime reaches the same plan as the upstream way
-    assert e["score_diff_vs_baseline"] < 1e-5
+    # same draws, float32: the cached runtime scores the same samples alike and reaches the same plan
+    assert e["energy_max_abs_step0"] < 1e-5 and e["same_elites_every_step"]
+    assert e["action_max_abs_vs_baseline"] < 1e-6
     assert e["kv_cache_mib"] > 0 and e["device_memory"] is None   # cpu: no device figures
-    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--plan",
-                          "--samples", "4", "--elites", "5"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--elites" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--backend", "jax"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown backend 'jax'" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--backend", "tensorrt"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "runs on --device cuda" in bad.stderr and "Traceback" not in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--json",
-                          str(tmp_path / "no" / "b.json")], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot write --json")
+    assert e["cuda_graphs_requested"] is False and e["cuda_graphs_used"] is False
+
+
+def test_bench_option_errors(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(SMALL.to_json())
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), *args],
+                              capture_output=True, text=True)
+
+    for args, msg in ((["--plan", "--samples", "4", "--topk", "5"], "topk"),
+                      (["--plan", "--context", "2"], "--context does not apply"),
+                      (["--plan", "--chunk", "0"], "--chunk"),
+                      (["--backend", "jax"], "unknown backend 'jax'"),
+                      (["--backend", "tensorrt"], "runs on --device cuda"),
+                      (["--cuda-graphs", "on"], "--cuda-graphs needs --device cuda"),
+                      (["--cuda-graphs", "sometimes"], "--cuda-graphs must be off, on or both"),
+                      (["--json", str(tmp_path / "no" / "b.json")], "cannot write --json")):
+        bad = run(*args)
+        assert bad.returncode == 2 and msg in bad.stderr, (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

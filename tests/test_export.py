@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SMALL, SMALL_SWIGLU_EXTR
 from vitac_deploy import ValidationError, VitacError
-from vitac_deploy.contract import dummy_inputs, past_names, step_io
+from vitac_deploy.contract import dummy_inputs, past_names, rope_rows, step_io
 from vitac_deploy.exporters import ExportOptions, export_artifact
 from vitac_deploy.metrics import TOLERANCES
 from vitac_deploy.reference import random_predictor
@@ -42,6 +42,12 @@ def _feeds(g, t, feats):
     return d
 
 
+def _rope(cfg, t, dtype="float32"):
+    """The RoPE rows a runtime binds for the frame after t cached frames."""
+    cos, sin = rope_rows(cfg, dtype)
+    return {"rope_cos": cos[t], "rope_sin": sin[t]}
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("case", ["seed_l384", "swiglu_extr_h64"])
 def test_golden_rollout_and_teacher_forcing_through_graphs(golden_artifacts, case, precision):
@@ -54,7 +60,7 @@ def test_golden_rollout_and_teacher_forcing_through_graphs(golden_artifacts, cas
     tol = TOLERANCES[precision].max_abs
 
     def run(t, feats, cache):
-        outs = sess.run(None, {**_feeds(g, t, feats), **cache})
+        outs = sess.run(None, {**_feeds(g, t, feats), **_rope(g.cfg, t, np.dtype(cdt).name), **cache})
         names = [o.name for o in sess.get_outputs()]
         res = dict(zip(names, outs))
         return res, {p: res[p.replace("past", "present")] for p in past_names(g.cfg)}
@@ -87,7 +93,8 @@ def test_manifest_states_contract_hashes_and_measurements(golden_artifacts):
     g, art = golden_artifacts["swiglu_extr_h64"]
     m = json.loads((art / "manifest.json").read_text())
     assert m["config"] == g.cfg.to_dict()
-    assert set(m["graphs"]) == {"step.fp32", "first.fp32", "step.fp16", "first.fp16"}
+    assert set(m["graphs"]) == {"step.fp32", "first.fp32", "step.fp16", "first.fp16", "energy"}
+    assert m["validation"]["energy"]["passed"] and m["validation"]["energy"]["max_abs"] < 1e-5
     ins, outs = step_io(g.cfg, "float16")
     assert m["graphs"]["step.fp16"]["inputs"] == [s.to_dict() for s in ins]
     assert m["graphs"]["step.fp16"]["outputs"] == [s.to_dict() for s in outs]
@@ -97,6 +104,28 @@ def test_manifest_states_contract_hashes_and_measurements(golden_artifacts):
         assert v["passed"] and v["worst_max_abs"] <= m["tolerances"][p]["max_abs"]
         assert len(v["rollout"]) >= 3
     assert m["validation"]["inputs"]["raw_max_abs"] > 30  # realistic magnitudes
+
+
+def test_step_graph_has_no_shape_arithmetic(golden_artifacts):
+    """No Shape/Gather/Div on the cache length: ONNX Runtime would run them on the host, insert
+    copies, and refuse CUDA-graph capture. The RoPE rows come in as inputs instead."""
+    g, art = golden_artifacts["seed_l384"]
+    for name in ("step.onnx", "step.fp16.onnx"):
+        model = onnx.load(str(art / name), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
+        assert not ops & {"Shape", "Gather", "Div", "Size", "ConstantOfShape", "Range"}, ops
+        inputs = {i.name for i in model.graph.input}
+        assert {"rope_cos", "rope_sin"} <= inputs
+
+
+def test_energy_graph_is_the_planner_energy(golden_artifacts):
+    g, art = golden_artifacts["seed_l384"]
+    rng = np.random.default_rng(3)
+    pred = rng.standard_normal((4, g.N, g.cfg.embed_dim)).astype(np.float32)
+    goal = rng.standard_normal((1, g.N, g.cfg.embed_dim)).astype(np.float32)
+    got = _session(art / "energy.onnx").run(["energy"], {"prediction": pred, "goal": goal})[0]
+    want = np.abs(pred.astype(np.float64) - goal).mean(axis=(1, 2))
+    assert got.shape == (4,) and np.abs(got - want).max() < 1e-5
 
 
 def test_fp16_graph_is_strongly_typed(golden_artifacts):
@@ -153,7 +182,7 @@ def test_dynamic_batch_and_past_len(tmp_path, cfg, batch):
     ref = model.normalize(ref).numpy()
     cache = {n: np.zeros((batch, cfg.num_heads, 0, cfg.head_dim), np.float32) for n in past_names(cfg)}
     for t in range(F):
-        feeds = {"features": feats[:, t], "action": acts[:, t], "state": states[:, t], **cache}
+        feeds = {"features": feats[:, t], "action": acts[:, t], "state": states[:, t], **_rope(cfg, t), **cache}
         if ext is not None:
             feeds["extrinsics"] = ext[:, t]
         outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))

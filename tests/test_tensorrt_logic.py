@@ -135,7 +135,9 @@ def test_frame_binding_covers_the_contract_and_fits_the_profiles(cfg, first_engi
     for t in range(cfg.max_frames):
         past, present = present, past          # the runtime swaps arenas every frame
         b = bind_frame(cfg, B, t, first_engine, FrameBuffers(features=7, cond=cond, past=past, present=present,
-                                                            prediction=8, raw_out=9))
+                                                            prediction=8, raw_out=9,
+                                                            rope={"rope_cos": 100000, "rope_sin": 200000},
+                                                            rope_row_bytes=64))
         assert b.role == ("first" if t == 0 and first_engine else "step")
         ins, outs = step_io(cfg, "float16", b.role == "first")
         assert set(b.shapes) == {s.name for s in ins}
@@ -148,6 +150,8 @@ def test_frame_binding_covers_the_contract_and_fits_the_profiles(cfg, first_engi
             if b.role == "step":
                 assert b.addresses[f"past_key.{i}"] == past[f"past_key.{i}"] != b.addresses[f"present_key.{i}"]
                 assert b.shapes[f"past_value.{i}"][2] == t * cfg.tokens_per_step
+        if b.role == "step":   # the frame's RoPE row: row t of the device tables
+            assert b.addresses["rope_cos"] == 100000 + 64 * t and b.addresses["rope_sin"] == 200000 + 64 * t
         assert b.prediction == b.addresses["next_features"] == (8 if cfg.normalize_reps else 9)
         if cfg.normalize_reps:
             assert b.addresses["next_features_raw"] == 9

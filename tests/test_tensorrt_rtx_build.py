@@ -44,8 +44,8 @@ def test_build_step_and_first_engines(artifact, tmp_path):
     p = _cli("build-engine", artifact, "--out", out, "--flavour", "tensorrt-rtx", "--max-batch", "8", "--opt-batch", "4")
     assert p.returncode == 0, p.stderr
     meta = json.loads((tmp_path / "small.plan.json").read_text())
-    assert [e["role"] for e in meta["engines"]] == ["step", "first"]
-    assert meta["tensorrt"]["flavour"] == "tensorrt-rtx" and meta["precision"] == "fp16"
+    assert [e["role"] for e in meta["engines"]] == ["step", "first", "energy"]
+    assert meta["tensorrt"]["flavour"] == "tensorrt-rtx" and meta["precision"] == "fp16" and meta["tf32"] is False
     assert "strongly typed" in meta["precision_how"]
     assert meta["build_flags"]["batch"] == [1, 4, 8] and meta["build_flags"]["max_frames"] == SMALL.max_frames
     for e in meta["engines"]:
@@ -55,6 +55,9 @@ def test_build_step_and_first_engines(artifact, tmp_path):
     L = SMALL.tokens_per_step
     assert meta["engines"][0]["profile"]["past_key.0"] == [[1, 2, L, 24], [4, 2, 2 * L, 24], [8, 2, 3 * L, 24]]
     assert "past_key.0" not in meta["engines"][1]["profile"]
+    assert meta["engines"][0]["profile"]["rope_cos"] == [[1, L, 24]] * 3     # the frame's RoPE rows: static
+    N, D = SMALL.tokens_per_frame, SMALL.embed_dim
+    assert meta["engines"][2]["profile"] == {"prediction": [[1, N, D], [4, N, D], [8, N, D]], "goal": [[1, N, D]] * 3}
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*tmp"))
     if meta["gpu"] is None:
         assert meta["compute_capabilities"] == ["default"]
@@ -76,7 +79,7 @@ def test_zero_past_profile_builds_one_engine(tmp_path):
              "--compute-capability", "8.6,8.9", "--max-frames", "3")
     assert p.returncode == 0, p.stderr
     meta = json.loads((tmp_path / "z.plan.json").read_text())
-    assert [e["role"] for e in meta["engines"]] == ["step"]
+    assert [e["role"] for e in meta["engines"]] == ["step", "energy"]
     assert meta["first_frame"] == "step engine with past_len = 0"
     assert meta["compute_capabilities"] == ["8.6", "8.9"]
     assert meta["engines"][0]["profile"]["past_key.0"][0][2] == 0

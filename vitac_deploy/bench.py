@@ -1,9 +1,11 @@
 """`vitac-deploy bench`: runtimes against the upstream way (full recompute), measured in one run.
 
-Two modes: rollouts (per-frame and rollout latency per backend and batch) and `plan` (one CEM
-plan end to end). Either way the baseline is the PyTorch reference recomputing the whole sequence
-every step, timed in the same run on the same device and precision, and every backend's output is
-compared with it.
+Two modes: rollouts (per-frame and rollout latency per backend and batch) and `plan` (one plan of
+the upstream CEM planner, end to end, its defaults 400 samples x top 10 x 10 steps x horizon 2).
+Either way the baseline is the upstream way, the PyTorch reference recomputing the whole sequence
+for every predicted frame (and, planning, scoring on the host), timed in the same run on the same
+device and precision; every backend's output is compared with it (planning: the same draws, so the
+same plan is expected).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import numpy as np
 
 from .errors import VitacError
 from .manifest import now_iso, save_figure, versions
-from .planning import CEMOptions, cem_plan, planning_problem
+from .planning import CEMOptions, plan, planning_problem
+from .planning.cem import ActionSpace
+from .planning.memory import plan_flops, upstream_plan_flops
+from .runtimes.torch.full_recompute import FullRecompute
 from .validation import ParityInputs
 
 BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile", "tensorrt")
@@ -42,7 +47,8 @@ class BenchOptions:
     baseline: str = "full-recompute"      # or "none" (long plans on slow machines)
     seed: int = 0
     plan: Optional[CEMOptions] = None     # set: time one CEM plan instead of rollouts
-    cuda_graphs: bool = True              # onnxruntime (CUDA) and tensorrt
+    chunk: Optional[int] = None           # --plan: samples rolled out at once (default: all)
+    cuda_graphs: str = "off"              # off, on or both (a row each): onnxruntime (CUDA) and tensorrt
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,40 +70,18 @@ def _time_rollout(fn: Callable[[Optional[Callable]], np.ndarray], repeats: int, 
     return float(np.median(totals)), (np.median(per_frame, axis=0) if per_frame else None), per_frame, out
 
 
-class FullRecompute:
-    """The upstream way behind the runtime's `rollout` API: the PyTorch reference recomputing the
-    whole sequence at every step (`use_cache=False`), on the benchmark's device and precision."""
+GRAPH_BACKENDS = ("onnxruntime", "tensorrt")   # where CUDA graphs are an option
 
-    backend = "baseline (torch, full recompute)"
 
-    def __init__(self, model, device: str, precision: str):
-        import torch
-
-        self._torch, self.device = torch, device
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.model = model.to(device=device, dtype=self.dtype).eval()
-        self.cfg = model.cfg
-
-    def rollout(self, context, actions, states, horizon, extrinsics=None, state_update=None, on_frame=None):
-        torch = self._torch
-        B, C = actions.shape[0], context.shape[1]
-        if state_update == "delta":   # as Runtime.rollout does
-            full = np.empty(actions.shape, np.float32)
-            full[:, :C] = states[:, :C]
-            for t in range(C - 1, actions.shape[1] - 1):
-                full[:, t + 1] = full[:, t] + actions[:, t]
-            states = full
-        t = lambda a: None if a is None else torch.from_numpy(np.array(a, np.float32)).to(self.device, self.dtype)  # noqa: E731
-        ctx = t(np.broadcast_to(context, (B,) + context.shape[1:]))
-        with torch.no_grad():
-            out = self.model.rollout(ctx, t(actions), t(states), horizon, t(extrinsics), use_cache=False)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        return out.float().cpu().numpy()
+def _variants(backend: str, opts: BenchOptions) -> list[bool]:
+    """The CUDA-graph settings a backend is timed with: one row each."""
+    if opts.device != "cuda" or backend not in GRAPH_BACKENDS:
+        return [False]
+    return {"off": [False], "on": [True], "both": [False, True]}[opts.cuda_graphs]
 
 
 def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, workdir: Path,
-          say: Callable[[str], None]):
+          say: Callable[[str], None], graphs: bool = False, max_frames: Optional[int] = None):
     from .runtimes import open_runtime
 
     if backend == "tensorrt":
@@ -113,10 +97,14 @@ def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, work
             say(f"building a {flavour} engine for batch <= {max_batch}")
             build_engine(artifact, plan, EngineOptions(precision=opts.precision, flavour=flavour,
                                                        profile=ProfileOptions(1, max_batch, max_batch)), say=say)
-        return open_runtime(plan, cuda_graphs=opts.cuda_graphs)
-    extra = {"cuda_graphs": True} if backend == "onnxruntime" and opts.device == "cuda" and opts.cuda_graphs else {}
+        return open_runtime(plan, cuda_graphs=graphs, max_frames=max_frames)
+    extra = {"cuda_graphs": True} if graphs else {}
     return open_runtime(artifact, backend=backend, device=opts.device, precision=opts.precision,
-                        max_batch=max_batch, **extra)
+                        max_batch=max_batch, max_frames=max_frames, **extra)
+
+
+def _label(backend: str, graphs: bool, opts: BenchOptions) -> str:
+    return f"{backend}+graphs" if graphs else backend
 
 
 def _device_memory(rt, device: str) -> dict[str, Any]:
@@ -156,6 +144,14 @@ def check_options(opts: BenchOptions) -> None:
         raise VitacError(f"--baseline must be full-recompute or none, got {opts.baseline}")
     if opts.device not in ("cpu", "cuda"):
         raise VitacError(f"--device must be cpu or cuda, got {opts.device}")
+    if opts.cuda_graphs not in ("off", "on", "both"):
+        raise VitacError(f"--cuda-graphs must be off, on or both, got {opts.cuda_graphs}")
+    if opts.cuda_graphs != "off" and opts.device != "cuda":
+        raise VitacError("--cuda-graphs needs --device cuda")
+    if opts.plan is not None:
+        opts.plan.check()
+        if opts.chunk is not None and opts.chunk < 1:
+            raise VitacError(f"--chunk must be >= 1, got {opts.chunk}")
 
 
 def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -163,13 +159,11 @@ def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], No
     sequence; returns every figure (JSON-ready)."""
     check_options(opts)
     cfg = model.cfg
-    C = opts.context
-    H = opts.plan.horizon if opts.plan else opts.horizon
+    C = 1 if opts.plan else opts.context
+    H = opts.plan.rollout if opts.plan else opts.horizon
     F = C + H - 1
     if F > cfg.max_frames:
         raise VitacError(f"--context {C} + --horizon {H} - 1 = {F} frames exceed max_frames={cfg.max_frames}")
-    if opts.plan and C < 1:
-        raise VitacError("--context must be >= 1")
     result: dict[str, Any] = {
         "date": now_iso(), "mode": "plan" if opts.plan else "rollout", "machine": _machine(opts.device),
         "versions": versions(), "config": cfg.to_dict(),
@@ -179,7 +173,7 @@ def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], No
     }
     if opts.plan:
         result["options"]["plan"] = dict(opts.plan.__dict__)
-    baseline = FullRecompute(model, opts.device, opts.precision) if opts.baseline != "none" else None
+    baseline = FullRecompute(model, opts.device, opts.precision, opts.chunk) if opts.baseline != "none" else None
     with tempfile.TemporaryDirectory() as tmp:
         if opts.plan:
             _bench_plan(baseline, artifact, opts, result, Path(tmp), say)
@@ -204,9 +198,10 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 lambda _cb: baseline.rollout(inp.context, inp.actions, inp.states, H, inp.extrinsics),
                 opts.repeats, opts.warmup, F)
             result["baseline"][str(B)] = {"rollout_s": b_time, "frames_per_s": B * H / b_time}
-        for backend in opts.backends:
-            say(f"batch {B}: {backend}")
-            rt = _open(artifact, backend, opts, B, workdir, say)
+        for backend, graphs in ((b, g) for b in opts.backends for g in _variants(b, opts)):
+            label = _label(backend, graphs, opts)
+            say(f"batch {B}: {label}")
+            rt = _open(artifact, backend, opts, B, workdir, say, graphs)
 
             def run(cb, rt=rt):
                 return rt.rollout(inp.context, inp.actions, inp.states, H, inp.extrinsics, on_frame=cb)
@@ -214,8 +209,8 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
             r_time, frame_times, all_frames, out = _time_rollout(run, opts.repeats, opts.warmup, F)
             steps = np.concatenate(all_frames) if all_frames else np.array([r_time / F])
             result["entries"].append({
-                "backend": backend, "runtime": rt.describe(), "device": opts.device, "precision": opts.precision,
-                "batch": B,
+                "backend": label, "runtime": rt.describe(), "device": opts.device, "precision": opts.precision,
+                "batch": B, "cuda_graphs_requested": graphs, "cuda_graphs_used": bool(getattr(rt, "graphs_in_use", False)),
                 "step_latency_median_ms": float(np.median(steps) * 1e3),
                 "step_latency_p90_ms": float(np.percentile(steps, 90) * 1e3),
                 "per_frame_ms": [float(x * 1e3) for x in frame_times] if frame_times is not None else None,
@@ -231,44 +226,58 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
 
 
 def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, say) -> None:
-    """One CEM plan per backend (after one untimed warm-up iteration), and the baseline's."""
+    """One plan of the upstream planner per backend, after an untimed one-step warm-up, and the
+    baseline's: the same problem and the same standard-normal draws, so the same plan is expected."""
     from .config import PredictorConfig
 
     cfg = PredictorConfig.from_dict(result["config"])
     p = opts.plan
-    problem = planning_problem(cfg, opts.context, opts.seed)
-    frames = p.samples * p.iterations * p.horizon
+    current, goal, pose = planning_problem(cfg, opts.seed)
+    space = ActionSpace.for_dim(cfg.action_dim)
+    noise = np.random.default_rng(opts.seed).standard_normal((p.cem_steps * p.rollout, p.samples, len(space.sampled)))
+    flops = plan_flops(cfg, p.samples, p.rollout, p.cem_steps)
+    result["plan"] = {"flops": flops, "upstream_flops": upstream_plan_flops(cfg, p.samples, p.rollout, p.cem_steps),
+                      "problem": "planning_problem(cfg, seed), draws numpy default_rng(seed)"}
+    warm = CEMOptions(**{**p.__dict__, "cem_steps": 1})
 
     def timed(rt, label: str):
-        say(f"{label}: warm-up iteration")
-        cem_plan(rt, *problem, CEMOptions(p.samples, p.elites, 1, p.horizon, p.seed))
-        say(f"{label}: plan of {p.samples} samples x {p.iterations} iterations x horizon {p.horizon}")
-        return cem_plan(rt, *problem, p, on_iteration=lambda i, n, s: say(f"{label}: iteration {i}/{n}"))
+        say(f"{label}: warm-up (one CEM step)")
+        plan(rt, current, goal, pose, warm, noise=noise[:p.rollout], space=space, chunk=opts.chunk)
+        say(f"{label}: plan of {p.samples} samples x top {p.topk} x {p.cem_steps} steps x horizon {p.rollout}")
+        return plan(rt, current, goal, pose, p, noise=noise, space=space, chunk=opts.chunk,
+                    on_step=lambda i, n, e: say(f"{label}: step {i}/{n}"))
 
     base = None
     if baseline is not None:
         base = timed(baseline, "baseline")
-        result["baseline"]["plan"] = {"plan_s": base.seconds, "best_score": base.score,
-                                      "iteration_s_median": float(np.median(base.iteration_seconds))}
-    for backend in opts.backends:
-        rt = _open(artifact, backend, opts, p.samples, workdir, say)
-        res = timed(rt, backend)
-        result["entries"].append({
-            "backend": backend, "runtime": rt.describe(), "device": opts.device, "precision": opts.precision,
-            "batch": p.samples, "plan_s": res.seconds,
-            "iteration_s_median": float(np.median(res.iteration_seconds)),
-            "rollouts_per_s": p.samples * p.iterations / res.seconds,
-            "predicted_frames_per_s": frames / res.seconds,
-            "best_score": res.score,
+        result["baseline"]["plan"] = {"plan_s": base.seconds, "step_s_median": float(np.median(base.step_seconds)),
+                                      "actions": base.actions.tolist(), "chunk": base.chunk}
+    for backend, graphs in ((b, g) for b in opts.backends for g in _variants(backend=b, opts=opts)):
+        label = _label(backend, graphs, opts)
+        rt = _open(artifact, backend, opts, opts.chunk or p.samples, workdir, say, graphs, max_frames=p.rollout)
+        res = timed(rt, label)
+        entry = {
+            "backend": label, "runtime": rt.describe(), "device": opts.device, "precision": opts.precision,
+            "cuda_graphs_requested": graphs, "cuda_graphs_used": bool(getattr(rt, "graphs_in_use", False)),
+            "batch": res.chunk, "plan_s": res.seconds, "step_s_median": float(np.median(res.step_seconds)),
+            "rollouts_per_s": p.samples * p.cem_steps / res.seconds,
+            "predicted_frames_per_s": p.samples * p.cem_steps * p.rollout / res.seconds,
+            "tflops_per_s": flops / res.seconds / 1e12,
+            "actions": res.actions.tolist(),
             "peak_host_rss_mib": _peak_rss_mib(), **_device_memory(rt, opts.device),
-            "kv_cache_mib": cfg.kv_bytes_per_frame(2 if opts.precision == "fp16" else 4)
-            * (opts.context + p.horizon - 1) * p.samples / 2**20,
+            "kv_cache_mib": cfg.kv_bytes_per_frame(2 if opts.precision == "fp16" else 4) * p.rollout * res.chunk / 2**20,
             "baseline_plan_s": base.seconds if base else None,
             "speedup_vs_baseline": base.seconds / res.seconds if base else None,
-            # same seed, same samples: the best scores agree when the rollouts do (the actions
-            # themselves can differ where samples score within rounding of each other)
-            "score_diff_vs_baseline": abs(res.score - base.score) if base else None,
-        })
+        }
+        if base is not None:
+            # same draws: step 0 scores the same samples, so its energies compare one to one; later
+            # steps agree as long as the elites do (samples within rounding can swap places)
+            entry["energy_max_abs_step0"] = float(np.abs(res.energies[0] - base.energies[0]).max())
+            entry["same_elites_every_step"] = bool(all(
+                set(np.argsort(a, kind="stable")[:p.topk]) == set(np.argsort(b, kind="stable")[:p.topk])
+                for a, b in zip(res.energies, base.energies)))
+            entry["action_max_abs_vs_baseline"] = float(np.abs(res.actions - base.actions).max())
+        result["entries"].append(entry)
         _close(rt)
 
 

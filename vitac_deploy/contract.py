@@ -1,9 +1,14 @@
 """The step graph's IO contract, declared once (numpy only: exporters and runtimes both read it).
 
 Per-step graph (``step``): one frame in, the next frame's prediction out, with every block's
-attention keys/values of earlier frames passed in (``past_*``) and returned grown (``present_*``).
+attention keys/values of earlier frames passed in (``past_*``) and returned grown (``present_*``),
+and the frame's RoPE rows (``rope_cos``, ``rope_sin``) passed in: a runtime keeps the table of
+every frame on the device and binds row t, so the graph holds no shape arithmetic that would run
+on the host (which keeps CUDA-graph capture possible in ONNX Runtime).
 First-frame graph (``first``): the same without past inputs, for engines whose optimization
-profiles cannot express ``past_len = 0``.
+profiles cannot express ``past_len = 0``; its RoPE rows (frame 0) are constants.
+Energy graph (``energy``): the planner's energy of a batch of predictions against a goal, run
+where the predictions are, so that only [batch] floats cross to the host.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Any, Union
 import numpy as np
 
 from .config import PredictorConfig
+from .rope import all_frame_tables
 
 Dim = Union[int, str]
 BATCH, PAST, PRESENT = "batch", "past_len", "present_len"  # present_len = past_len + K + N
+ROPE_INPUTS = ("rope_cos", "rope_sin")                      # [1, K+N, head_dim]: row t of rope.all_frame_tables
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ def step_io(cfg: PredictorConfig, cache_dtype: str, first_frame: bool = False
     inputs += conditioning_inputs(cfg)
     present_len: Dim = cfg.tokens_per_step if first_frame else PRESENT
     if not first_frame:
+        inputs += [TensorSpec(n, cache_dtype, (1, cfg.tokens_per_step, hd)) for n in ROPE_INPUTS]
         inputs += [TensorSpec(n, cache_dtype, (BATCH, H, PAST, hd)) for n in past_names(cfg)]
     frame = (BATCH, cfg.tokens_per_frame, cfg.embed_dim)
     outputs = [TensorSpec("next_features", "float32", frame)]
@@ -68,12 +76,30 @@ def step_io(cfg: PredictorConfig, cache_dtype: str, first_frame: bool = False
     return inputs, outputs
 
 
+def energy_io(cfg: PredictorConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The energy graph: mean over N x D of |prediction - goal| per batch row (planner.md section 3)."""
+    frame = (cfg.tokens_per_frame, cfg.embed_dim)
+    return ([TensorSpec("prediction", "float32", (BATCH,) + frame), TensorSpec("goal", "float32", (1,) + frame)],
+            [TensorSpec("energy", "float32", (BATCH,))])
+
+
+def rope_rows(cfg: PredictorConfig, cache_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rope_cos / rope_sin rows of every frame, [max_frames, 1, K+N, head_dim] in the cache dtype:
+    what a runtime binds (row t for the frame after t cached frames)."""
+    cos, sin = all_frame_tables(cfg)
+    return (np.ascontiguousarray(cos[:, None].astype(cache_dtype)), np.ascontiguousarray(sin[:, None].astype(cache_dtype)))
+
+
 def dummy_inputs(cfg: PredictorConfig, batch: int, past_frames: int, cache_dtype: str = "float32",
                  seed: int = 0, first_frame: bool = False, scale: float = 12.0) -> dict[str, np.ndarray]:
     """Seeded inputs of the contract's shapes; features with realistic raw magnitudes (|x| ~ 50)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
+    cos, sin = rope_rows(cfg, cache_dtype)
     for spec in step_io(cfg, cache_dtype, first_frame)[0]:
+        if spec.name in ROPE_INPUTS:
+            out[spec.name] = (cos if spec.name == "rope_cos" else sin)[past_frames]
+            continue
         shape = [{BATCH: batch, PAST: past_frames * cfg.tokens_per_step}.get(d, d) for d in spec.shape]
         s = scale if spec.name == "features" else 1.0
         out[spec.name] = (s * rng.standard_normal(shape)).astype(spec.dtype)

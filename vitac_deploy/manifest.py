@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from .errors import VitacError
 
 ARTIFACT_FORMAT = "vitac-deploy/artifact"
-ARTIFACT_FORMAT_VERSION = 1
+ARTIFACT_FORMAT_VERSION = 2   # 2: RoPE rows as step-graph inputs, energy graph
 MANIFEST = "manifest.json"
 
 
@@ -93,13 +93,24 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
         raise VitacError(f"cannot read manifest {path}: {e}") from None
     if data.get("format") != ARTIFACT_FORMAT:
         raise VitacError(f"{path} is not a vitac-deploy artifact manifest")
-    if int(data.get("format_version", 0)) > ARTIFACT_FORMAT_VERSION:
-        raise VitacError(f"{path} has format version {data['format_version']}; this vitac-deploy reads "
-                         f"up to {ARTIFACT_FORMAT_VERSION}: upgrade vitac-deploy")
+    _check_format_version(path, data, ARTIFACT_FORMAT_VERSION, "re-export it with `vitac-deploy export`")
     return data
 
 
+def _check_format_version(path: Path, data: dict[str, Any], current: int, redo: str) -> None:
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version < 1:
+        raise VitacError(f"{path} has no valid format_version: {redo}")
+    if version > current:
+        raise VitacError(f"{path} has format version {version}; this vitac-deploy reads up to {current}: "
+                         f"upgrade vitac-deploy")
+    if version < current:
+        raise VitacError(f"{path} has format version {version}, written by an older vitac-deploy whose graphs "
+                         f"this one no longer runs (version {current}): {redo}")
+
+
 ENGINE_FORMAT = "vitac-deploy/engine"
+ENGINE_FORMAT_VERSION = 2     # 2: engines of format-2 artifacts, energy engine, shared activation memory
 
 
 def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
@@ -119,6 +130,7 @@ def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
     engines = data.get("engines") or [{}]
     if data.get("format") != ENGINE_FORMAT or engines[0].get("file") != p.name:
         raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
+    _check_format_version(meta, data, ENGINE_FORMAT_VERSION, "rebuild it with `vitac-deploy build-engine`")
     return data
 
 

@@ -35,17 +35,20 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (baseline uses the same)."),
     batch: str = typer.Option("1", "--batch", help="Comma list of batch sizes."),
-    horizon: Optional[int] = typer.Option(None, "--horizon", help="Frames predicted per rollout (default 7; 6 with --plan)."),
-    context: Optional[int] = typer.Option(None, "--context", help="Context frames (default 1; 2 with --plan)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon",
+                                          help="Frames predicted per rollout (default 7; with --plan the planner's rollout, default 2)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Context frames (default 1; --plan plans from one)."),
     repeats: int = typer.Option(3, "--repeats", help="Timed rollouts per entry (median reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed rollouts first."),
     baseline: str = typer.Option("full-recompute", "--baseline",
                                  help="full-recompute (the upstream way), or none to skip it."),
-    plan: bool = typer.Option(False, "--plan", help="Time one CEM plan end to end instead of rollouts."),
-    samples: int = typer.Option(300, "--samples", help="--plan: action sequences per iteration (the batch)."),
-    elites: Optional[int] = typer.Option(None, "--elites", help="--plan: elites refit per iteration (default samples/10)."),
-    iterations: int = typer.Option(30, "--iterations", help="--plan: CEM iterations."),
-    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs (onnxruntime cuda, tensorrt)."),
+    plan: bool = typer.Option(False, "--plan", help="Time one plan of the upstream CEM planner instead of rollouts."),
+    samples: int = typer.Option(400, "--samples", help="--plan: action sequences per CEM step."),
+    topk: int = typer.Option(10, "--topk", help="--plan: elites per CEM step."),
+    cem_steps: int = typer.Option(10, "--cem-steps", help="--plan: CEM steps."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="--plan: samples rolled out at once (default: all)."),
+    cuda_graphs: str = typer.Option("off", "--cuda-graphs",
+                                    help="off, on, or both (a row each): onnxruntime on cuda and tensorrt."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights and inputs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of per-frame latency vs frame index."),
@@ -61,21 +64,18 @@ def bench(
 
     if precision not in ("fp32", "fp16"):
         raise VitacError(f"--precision must be fp32 or fp16, got {precision}")
-    horizon = horizon if horizon is not None else (6 if plan else 7)
-    context = context if context is not None else (2 if plan else 1)
+    horizon = horizon if horizon is not None else (2 if plan else 7)
+    if plan and context not in (None, 1):
+        raise VitacError("--plan plans from one observation, as upstream: --context does not apply")
+    context = context if context is not None else 1
     if horizon < 1 or context < 1 or repeats < 1 or warmup < 0:
         raise VitacError("--horizon, --context and --repeats must be >= 1, --warmup >= 0")
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
-    cem = None
-    if plan:
-        elites = elites if elites is not None else max(1, samples // 10)
-        if samples < 1 or iterations < 1 or not 1 <= elites <= samples:
-            raise VitacError("--plan needs --samples >= 1, --iterations >= 1 and 1 <= --elites <= --samples")
-        cem = CEMOptions(samples, elites, iterations, horizon, seed)
+    cem = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps) if plan else None
     opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch, "--batch"),
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
-                        seed=seed, plan=cem, cuda_graphs=cuda_graphs)
+                        seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs)
     check_options(opts)
     for flag, target in (("--json", json_out), ("--plot", plot)):
         if target is not None and not target.parent.is_dir():   # before minutes of benchmarking
@@ -121,23 +121,27 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
     where = result["machine"].get("gpu") or f"cpu ({result['machine']['cpu_count']} cores)"
     if opts.plan:
         p = opts.plan
-        table = Table(title=f"CEM plan: {p.samples} samples x {p.iterations} iterations x horizon {p.horizon}, "
-                            f"{opts.context} context frames, {cfg.num_parameters():,}-parameter model, {where}, "
-                            f"{opts.precision}; baseline = torch full recompute, same run", header_style="bold")
-        for col in ("backend", "plan", "per iteration", "rollouts/s", "frames/s", "speedup", "score diff", "device MiB"):
+        table = Table(title=f"upstream CEM plan: {p.samples} samples x top {p.topk} x {p.cem_steps} steps x horizon "
+                            f"{p.rollout}, {cfg.num_parameters():,}-parameter model, {where}, {opts.precision}; "
+                            f"baseline = torch full recompute, host scoring, same draws, same run", header_style="bold")
+        for col in ("backend", "chunk", "plan", "per step", "TFLOP/s", "speedup", "energy diff", "same elites",
+                    "action diff", "device MiB"):
             table.add_column(col, justify="right")
         for e in result["entries"]:
-            mem = e["device_memory"]
-            table.add_row(e["backend"], f"{e['plan_s']:.2f} s", f"{e['iteration_s_median'] * 1e3:.0f} ms",
-                          f"{e['rollouts_per_s']:.1f}", f"{e['predicted_frames_per_s']:.1f}",
+            table.add_row(e["backend"], str(e["batch"]), f"{e['plan_s']:.2f} s", f"{e['step_s_median'] * 1e3:.0f} ms",
+                          f"{e['tflops_per_s']:.3f}",
                           _fmt(e["speedup_vs_baseline"], ".2f") + ("x" if e["speedup_vs_baseline"] else ""),
-                          _fmt(e["score_diff_vs_baseline"], ".1e"), _fmt(_mib(mem), ".0f"))
+                          _fmt(e.get("energy_max_abs_step0"), ".1e"),
+                          {True: "yes", False: "no", None: "-"}[e.get("same_elites_every_step")],
+                          _fmt(e.get("action_max_abs_vs_baseline"), ".1e"), _fmt(_mib(e["device_memory"]), ".0f"))
         if "plan" in result["baseline"]:
             b = result["baseline"]["plan"]
-            table.add_row("baseline", f"{b['plan_s']:.2f} s", f"{b['iteration_s_median'] * 1e3:.0f} ms",
-                          f"{p.samples * p.iterations / b['plan_s']:.1f}",
-                          f"{p.samples * p.iterations * p.horizon / b['plan_s']:.1f}", "1.00x", "0", "-")
+            table.add_row("baseline", str(b["chunk"]), f"{b['plan_s']:.2f} s", f"{b['step_s_median'] * 1e3:.0f} ms",
+                          f"{result['plan']['upstream_flops'] / b['plan_s'] / 1e12:.3f}", "1.00x", "0", "-", "0", "-")
         console.print(table)
+        console.print(f"FLOPs of one plan: {result['plan']['flops'] / 1e12:.2f} TFLOP with the KV cache, "
+                      f"{result['plan']['upstream_flops'] / 1e12:.2f} TFLOP the upstream way "
+                      f"(TFLOP/s column: each row's own FLOPs / its time)")
         return
     table = Table(title=f"{cfg.num_parameters():,}-parameter model, {opts.context} context + {opts.horizon} predicted "
                         f"frames, {where}, {opts.precision}; baseline = torch full recompute, same run",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,20 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import PredictorConfig
+from ..errors import VitacError
+from ..planning.memory import (
+    BACKENDS,
+    DEVICES,
+    PRECISIONS,
+    affine_terms,
+    chunks_needed,
+    device,
+    largest_chunk,
+    parse_bytes,
+    plan_flops,
+    plan_memory,
+    upstream_plan_flops,
+)
 from ._common import cli_errors, resolve_config
 
 
@@ -34,14 +49,139 @@ def config_table(cfg: PredictorConfig, title: str, n_params: Optional[int] = Non
     return table
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """The --plan-* options of `info`, as given (None: not given)."""
+
+    samples: Optional[int]
+    horizon: Optional[int]
+    context: Optional[int]
+    cem_steps: Optional[int]
+    chunk: Optional[int]
+    budget: Optional[str]
+    device_budget: Optional[str]
+    unified: Optional[bool]
+    precision: Optional[str]
+    backend: Optional[str]
+    engines: Optional[int]
+    fused_attention: Optional[bool]
+
+    def requested(self) -> bool:
+        """True with --plan-samples; any other plan option without it is an error (it would be ignored)."""
+        if self.samples is not None:
+            return True
+        if any(v is not None for v in astuple(self)):
+            raise VitacError("the plan options (--plan-horizon, --chunk, --budget, ...) need --plan-samples")
+        return False
+
+
+def _positive(flag: str, value: Optional[int], default: int) -> int:
+    value = default if value is None else value
+    if value < 1:
+        raise VitacError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def plan_table(cfg: PredictorConfig, o: PlanOptions) -> Table:
+    """Memory of a chunk of a CEM plan by component (MiB), totals, FLOPs, and against a budget the
+    largest chunk that fits. Raises VitacError on a bad option, before anything is printed."""
+    S = _positive("--plan-samples", o.samples, 1)
+    H = _positive("--plan-horizon", o.horizon, 2)
+    C = _positive("--plan-context", o.context, 1)
+    steps = _positive("--plan-cem-steps", o.cem_steps, 10)
+    chunk = _positive("--chunk", o.chunk, S)
+    if chunk > S:
+        raise VitacError(f"--chunk {chunk} is more than --plan-samples {S}")
+    precision = o.precision or "fp16"
+    if precision not in PRECISIONS:
+        raise VitacError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    backend = o.backend or "tensorrt"
+    if backend not in BACKENDS:
+        raise VitacError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    engines = o.engines if o.engines is not None else (2 if backend == "tensorrt" else 1)
+    if engines not in (1, 2):
+        raise VitacError(f"--engines must be 1 or 2, got {engines}")
+    if o.budget is not None and o.device_budget is not None:
+        raise VitacError("give either --budget or --device-budget, not both")
+    if o.device_budget is not None and o.unified is not None:
+        raise VitacError("--unified/--discrete go with --budget; a --device-budget knows its memory")
+    budget, unified, dev = None, bool(o.unified), None
+    if o.budget is not None:
+        budget = parse_bytes(o.budget)
+    elif o.device_budget is not None:
+        dev = device(o.device_budget)
+        budget, unified = dev.budget, dev.unified
+    fused = bool(o.fused_attention)
+    kw = {"horizon": H, "context": C, "precision": precision, "backend": backend, "engines": engines,
+          "fused_attention": fused}
+    mem = plan_memory(cfg, chunk, **kw)
+
+    attention = "fused" if fused else "unfused (upper bound)"
+    title = (f"CEM plan: {S} samples, horizon {H}, context {C}, chunk {chunk} ({precision}, {backend}, "
+             f"{engines} engine{'s' if engines > 1 else ''}, {attention} attention)")
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("per chunk of the plan")
+    table.add_column("value", justify="right")
+    for label, nbytes in mem.rows():
+        table.add_row(label, _mib(nbytes))
+    table.add_section()
+    table.add_row("device total", _mib(mem.device_total))
+    table.add_row("unified total (device + pinned host, Jetson)", _mib(mem.total(unified=True)))
+    fixed, per_sample = affine_terms(cfg, unified=unified, **kw)
+    which = "unified" if unified else "device"
+    table.add_row(f"fixed + per sample ({which} total)", f"{_mib(fixed)} + {_mib(per_sample)}")
+    table.add_section()
+    table.add_row(f"FLOPs of the plan ({steps} CEM steps, KV cache)", f"{plan_flops(cfg, S, H, steps, C, chunk):.4g}")
+    table.add_row("FLOPs, upstream full recompute", f"{upstream_plan_flops(cfg, S, H, steps, C):.4g}")
+    if budget is not None:
+        best = largest_chunk(cfg, budget, samples=S, unified=unified, **kw)
+        table.add_section()
+        if dev is not None:
+            table.add_row(f"budget: {dev.name}", f"{_mib(dev.total)} - {_mib(dev.reserve)} reserve")
+        table.add_row(f"budget, compared with the {which} total", _mib(budget))
+        table.add_row(f"chunk {chunk} fits", "yes" if mem.total(unified) <= budget else "no")
+        table.add_row("largest chunk that fits", str(best))
+        table.add_row(f"chunks per CEM step for {S} samples", str(chunks_needed(S, best)) if best else "-")
+        table.add_row("plan fits at all", "yes" if best else "no (not even 1 sample)")
+        if dev is not None and dev.fp16_dense_tflops:
+            seconds = plan_flops(cfg, S, H, steps, C, best or chunk) / (dev.fp16_dense_tflops * 1e12)
+            table.add_row(f"compute limit at {dev.fp16_dense_tflops:g} TFLOP/s dense fp16", f"{seconds:.3f} s")
+    return table
+
+
 @cli_errors
 def info(
     preset: Optional[str] = typer.Option(None, "--preset", help="A named config (vitac-l384, vjepa2-ac-vitg)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint to inspect (.pt/.pth/.safetensors)."),
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig JSON or upstream kwargs JSON."),
+    plan_samples: Optional[int] = typer.Option(
+        None, "--plan-samples", help="Also print the memory of a CEM plan of this many samples (upstream: 400)."),
+    plan_horizon: Optional[int] = typer.Option(None, "--plan-horizon", help="Predicted frames per sample (default 2)."),
+    plan_context: Optional[int] = typer.Option(None, "--plan-context", help="Observed context frames (default 1)."),
+    plan_cem_steps: Optional[int] = typer.Option(None, "--plan-cem-steps", help="CEM steps, for FLOPs (default 10)."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples per runtime call, its max batch (default all)."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Memory budget, e.g. 8GiB, 7.5GB, 6000MiB."),
+    device_budget: Optional[str] = typer.Option(
+        None, "--device-budget", help=f"A named budget: {', '.join(DEVICES)} (total minus a stated reserve)."),
+    unified: Optional[bool] = typer.Option(
+        None, "--unified/--discrete", help="With --budget: host and device share memory (Jetson), so pinned "
+                                           "host buffers count (default --discrete)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp16 or fp32: cache, weights, activations (default fp16)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="tensorrt or onnxruntime (default tensorrt)."),
+    engines: Optional[int] = typer.Option(
+        None, "--engines", help="Copies of the weights: 2 for TensorRT with its first-frame engine (the default "
+                                "build), 1 for ONNX Runtime (the defaults)."),
+    fused_attention: Optional[bool] = typer.Option(
+        None, "--fused-attention/--unfused-attention",
+        help="Fused attention keeps no score matrix (default unfused: the upper bound)."),
 ) -> None:
-    """Config table, parameter count, tokens per frame and KV-cache bytes of a preset or checkpoint."""
+    """Config table, parameter count, tokens per frame and KV-cache bytes of a preset or checkpoint;
+    with --plan-samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows."""
     cfg = resolve_config(config, preset)
+    plan = PlanOptions(plan_samples, plan_horizon, plan_context, plan_cem_steps, chunk, budget, device_budget,
+                       unified, precision, backend, engines, fused_attention)
+    plan_table_ = plan_table(cfg, plan) if plan.requested() else None  # bad options fail before any output
     title = f"preset {preset}" if preset and not config else (str(config) if config else "vitac-l384 (default)")
     n_params = None
     if checkpoint is not None:
@@ -51,4 +191,7 @@ def info(
         check_state_dict(sd, cfg, source=str(checkpoint))
         n_params = sum(int(v.numel()) for v in sd.values())
         title = f"{checkpoint} ({title})"
-    Console().print(config_table(cfg, title, n_params))
+    console = Console()
+    console.print(config_table(cfg, title, n_params))
+    if plan_table_ is not None:
+        console.print(plan_table_)

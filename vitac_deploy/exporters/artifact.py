@@ -13,15 +13,18 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..contract import step_io
+from ..contract import energy_io, step_io
 from ..errors import ValidationError, VitacError
 from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, now_iso, sha256_file, umask, versions,
                         write_json_atomic)
 from ..metrics import TOLERANCES
+from .energy_graph import build_energy_graph
 from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_step_graph
 from .weights import save_with_shared_data
 
 PRECISIONS = ("fp32", "fp16")
+ENERGY_FILE = "energy.onnx"
+ENERGY_TOLERANCE = 1e-5   # float32 mean over N x D entries, against float64 (the golden energies' tolerance)
 Progress = Callable[[str], None]
 
 
@@ -111,6 +114,10 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
                     "inputs": [s.to_dict() for s in ins], "outputs": [s.to_dict() for s in outs],
                 }
             timings[f"convert_{precision}_s"] = round(time.perf_counter() - t0, 3)
+        onnx.save(build_energy_graph(cfg, opts.opset), str(tmp / ENERGY_FILE))
+        e_ins, e_outs = energy_io(cfg)
+        graphs["energy"] = {"file": ENERGY_FILE, "role": "energy", "precision": "fp32",
+                            "inputs": [s.to_dict() for s in e_ins], "outputs": [s.to_dict() for s in e_outs]}
 
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest: dict[str, Any] = {
@@ -124,6 +131,8 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
             "graphs": graphs,
             "first_frame": ("first.* graphs take no past inputs: TensorRT profiles may not express "
                             "past_len = 0; step.* graphs accept past_len = 0 on ONNX Runtime"),
+            "rope": "step.* graphs take the frame's RoPE rows (rope_cos, rope_sin): row t of "
+                    "vitac_deploy.contract.rope_rows for the frame after t cached frames",
             "files": files,
             "tolerances": {p: TOLERANCES[p].to_dict() for p in opts.precisions},
             "validation": {"skipped": not opts.validate},
@@ -135,6 +144,9 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
             manifest["validation"] = validate_artifact(model, tmp, opts, say)
             write_json_atomic(tmp / MANIFEST, manifest)
             failed = [p for p in opts.precisions if not manifest["validation"][p]["passed"]]
+            if not manifest["validation"]["energy"]["passed"]:
+                raise ValidationError(f"exported energy graph is off by {manifest['validation']['energy']['max_abs']:.3g} "
+                                      f"(> {ENERGY_TOLERANCE:g}; nothing was written)")
             if failed:
                 worst = {p: manifest["validation"][p]["worst_max_abs"] for p in failed}
                 raise ValidationError(
@@ -173,7 +185,22 @@ def validate_artifact(model, artifact: Path, opts: ExportOptions, say: Progress)
             entry["passed"] = entry["passed"] and entry["first_frame_graph_max_abs"] <= report.tolerance.max_abs
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         results[precision] = entry
+    results["energy"] = _check_energy_graph(artifact, model.cfg, opts.validation_seed)
     return results
+
+
+def _check_energy_graph(artifact: Path, cfg, seed: int) -> dict[str, Any]:
+    """The energy graph against numpy in float64 (planner.md section 3)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    pred = rng.standard_normal((3, cfg.tokens_per_frame, cfg.embed_dim)).astype(np.float32)
+    goal = rng.standard_normal((1, cfg.tokens_per_frame, cfg.embed_dim)).astype(np.float32)
+    sess = ort.InferenceSession(str(artifact / ENERGY_FILE), providers=["CPUExecutionProvider"])
+    got = sess.run(["energy"], {"prediction": pred, "goal": goal})[0]
+    want = np.abs(pred.astype(np.float64) - goal).mean(axis=(1, 2))
+    err = float(np.abs(got - want).max())
+    return {"max_abs": err, "tolerance": ENERGY_TOLERANCE, "passed": err <= ENERGY_TOLERANCE}
 
 
 def _check_first_graph(artifact: Path, precision: str, rt, inputs) -> float:

@@ -2,8 +2,8 @@
 
 Why not `torch.onnx.export`: the float16 artifact must be strongly typed (every tensor's type
 explicit, float32 exactly where float16 breaks), attention must stay in the MatMul-Softmax-MatMul
-form TensorRT fuses, and the RoPE position must come from `past_len`. Writing the graph directly
-keeps all three under our control, and the export's validation compares it with the independent
+form TensorRT fuses, and the RoPE rows of the frame come in as inputs (no shape arithmetic in the graph). Writing the
+graph directly keeps all three under our control, and the export's validation compares it with the independent
 PyTorch reference, so a mistake here cannot hide.
 """
 
@@ -17,8 +17,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..config import PredictorConfig
-from ..contract import TensorSpec, step_io
-from ..rope import all_frame_tables, frame_tables, pair_rotation_matrix
+from ..contract import ROPE_INPUTS, TensorSpec, step_io
+from ..rope import frame_tables, pair_rotation_matrix
 
 _DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 _NP = {"float32": np.float32, "float16": np.float16}
@@ -126,17 +126,14 @@ class StepGraphBuilder:
 
     # -- the model -----------------------------------------------------------------------------------
     def _rope_tables(self) -> tuple[str, str]:
-        """cos, sin for this frame's tokens: [1, K+N, head_dim] (step: gathered at past_len/(K+N))."""
+        """cos, sin for this frame's tokens, [1, K+N, head_dim]: inputs of the step graph (the
+        runtime binds the frame's row; see contract.py), constants of frame 0 in the first-frame graph."""
         cfg, g = self.cfg, self.g
         if self.first_frame:
             cos, sin = frame_tables(cfg, 0)
             return (g.const("rope_cos_frame0", cos[None].astype(_NP[self.cd])),
                     g.const("rope_sin_frame0", sin[None].astype(_NP[self.cd])))
-        cos, sin = all_frame_tables(cfg)
-        past_len = g.one("Gather", [g.one("Shape", ["past_key.0"], "past_shape"), self._ints(2)], "past_len", axis=0)
-        frame = g.one("Div", [past_len, self._ints(cfg.tokens_per_step)], "frame_index")  # [1]
-        return (g.one("Gather", [g.const("rope_cos", cos.astype(_NP[self.cd])), frame], "rope_cos_frame", axis=0),
-                g.one("Gather", [g.const("rope_sin", sin.astype(_NP[self.cd])), frame], "rope_sin_frame", axis=0))
+        return ROPE_INPUTS
 
     def attention(self, x: str, i: int, cos: str, sin: str) -> str:
         cfg, g, p = self.cfg, self.g, f"predictor_blocks.{i}.attn"

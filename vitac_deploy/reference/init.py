@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..config import PredictorConfig
 
 
-def recipe_state_dict(param_shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
-    """Weights from the golden recipe (shared/golden/README.md), float32 numpy arrays."""
+def recipe_state_dict(param_shapes: Mapping[str, Sequence[int]], seed: int, linear_std: float = 0.02,
+                      overrides: Optional[Mapping[str, float]] = None) -> dict[str, np.ndarray]:
+    """Weights from the golden recipe (shared/golden/README.md), float32 numpy arrays.
+
+    `linear_std` and `overrides` (key -> std) are the recipe's variants for the planner case, whose
+    actions must move the energy clearly (`predictor_linear_std`, `predictor_weight_overrides`)."""
     rng = np.random.Generator(np.random.PCG64(seed))
+    overrides = overrides or {}
     out: dict[str, np.ndarray] = {}
     for key in sorted(param_shapes):
         shape = tuple(param_shapes[key])
-        if key.endswith("weight") and len(shape) == 2:
-            w = rng.standard_normal(shape) * 0.02
+        if key.endswith("weight") and len(shape) >= 2:   # Linear (and the encoder's Conv3d) weights
+            w = rng.standard_normal(shape) * overrides.get(key, linear_std)
             if key.endswith(("attn.proj.weight", "mlp.fc2.weight", "mlp.fc3.weight")):
                 w /= math.sqrt(2 * (int(key.split(".")[1]) + 1))
         elif key.endswith("weight"):

@@ -46,7 +46,7 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
     """Open an export artifact directory (onnxruntime, torch) or a TensorRT engine (ENGINE.plan,
     with its ENGINE.plan.json) with a backend; "auto" picks the best one available and logs which.
     device defaults to cpu for artifacts and cuda for engines; precision to fp32 on cpu and fp16
-    on cuda. `options` go to the backend (e.g. cuda_graphs=False for tensorrt)."""
+    on cuda. `options` go to the backend (e.g. cuda_graphs=True, tf32=True)."""
     p = Path(path)
     if p.suffix in (".plan", ".engine"):
         return _open_engine(p, backend, device or "cuda", precision, max_batch, max_frames, **options)
@@ -67,13 +67,14 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
         raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)}, torch-compile)")
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRuntime
+        from .onnxruntime.backend import energy_graph_path
 
         key = f"step.{precision}"
         if key not in manifest["graphs"]:
             raise VitacError(f"{p} has no {precision} step graph (exported: "
                              f"{', '.join(sorted(manifest['graphs']))})")
         return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
-                                  max_batch, max_frames, **options)
+                                  max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), **options)
     if backend == "torch":
         from .torch import TorchRuntime
 

@@ -5,21 +5,26 @@ round trip. numpy only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from ..errors import VitacError
 
 
+LEGACY_STREAM = 1   # __cuda_array_interface__ v3: 1 is the legacy default stream, 2 the per-thread one
+
+
 @dataclass(frozen=True)
 class DeviceArray:
-    """A C-contiguous CUDA array: its device pointer, shape and dtype."""
+    """A C-contiguous CUDA array: its device pointer, shape, dtype, and the stream its producer
+    wrote it on (None: the producer says no synchronization is needed)."""
 
     ptr: int
-    shape: tuple[int, ...]
+    shape: Tuple[int, ...]
     dtype: np.dtype
     owner: Any = None          # keeps the producer's tensor alive while we hold its pointer
+    stream: Optional[int] = LEGACY_STREAM
 
     @property
     def nbytes(self) -> int:
@@ -53,4 +58,9 @@ def as_device_array(x: Any, name: str = "array") -> Optional[DeviceArray]:
         dense = tuple(int(np.prod(shape[i + 1:])) * dtype.itemsize for i in range(len(shape)))
         if tuple(int(s) for s in strides) != dense:
             raise VitacError(f"{name} is a strided CUDA array: pass a contiguous one (.contiguous())")
-    return DeviceArray(int(cai["data"][0]), shape, dtype, x)
+    # v3 producers (PyTorch, CuPy) name the stream the data is being written on; a consumer must
+    # order its reads after it. Without the key (v2), the legacy default stream is the safe guess.
+    stream = cai.get("stream", LEGACY_STREAM) if cai.get("version", 2) >= 3 else LEGACY_STREAM
+    if stream == 0:
+        raise VitacError(f"{name}: __cuda_array_interface__ stream 0 is not allowed (ambiguous default stream)")
+    return DeviceArray(int(cai["data"][0]), shape, dtype, x, None if stream is None else int(stream))

@@ -1,7 +1,10 @@
-"""The runtime loop every backend shares: input checks, streaming `append`, batched `rollout`.
+"""The runtime loop every backend shares: input checks, streaming `append`, batched `rollout`, and
+the planner's `rollout_energy`.
 
 numpy only. A backend owns the KV cache (allocated once for max batch x max frames) and
-implements four hooks: `_allocate`, `_run`, `_broadcast_cache` and `_prediction`.
+implements the hooks `_allocate`, `_run`, `_broadcast_cache` and `_prediction`; backends that keep
+predictions on a device also implement `_stage_goal` and `_energy`, so that planning never copies
+a prediction to the host (the default `_energy` scores on the host, for backends that live there).
 """
 
 from __future__ import annotations
@@ -58,13 +61,22 @@ class Runtime:
         """The last normalized prediction, [B, N, D] float32 (a copy)."""
         raise NotImplementedError
 
+    def _stage_goal(self, goal: np.ndarray) -> None:
+        """Keep the goal [N, D] float32 where `_energy` reads it."""
+        self._goal = goal
+
+    def _energy(self) -> np.ndarray:
+        """Energies [B] float32 of the last prediction against the staged goal. This default copies
+        the prediction to the host; device backends override it."""
+        return host_energy(self._prediction(), self._goal)
+
     # -- checks ---------------------------------------------------------------------------------------
     def _to_host(self, array: DeviceArray) -> np.ndarray:
         """Copy a (small) device array to the host: actions and states of a device rollout."""
         raise NotImplementedError
 
     def _device(self, name: str, x) -> Optional[DeviceArray]:
-        dev = as_device_array(x, name)
+        dev = x if isinstance(x, DeviceArray) else as_device_array(x, name)
         if dev is not None and not self.accepts_device_arrays:
             raise VitacError(f"{name} is a CUDA array, but the {self.backend} runtime takes host arrays "
                              f"(numpy); pass it with .cpu().numpy(), or use the tensorrt backend")
@@ -144,6 +156,44 @@ class Runtime:
         every row are computed once and their cache broadcast. Returns [B, horizon, N, D].
         `on_frame(done, total)` is called after every frame (for progress bars).
         """
+        held: dict[str, np.ndarray] = {}
+
+        def keep(j: int) -> None:
+            if j == 0:   # the batch is known once _roll has checked the inputs
+                held["out"] = np.empty((self.batch, horizon, self.cfg.tokens_per_frame, self.cfg.embed_dim),
+                                       np.float32)
+            held["out"][:, j] = self._prediction()
+
+        self._roll(context, actions, states, horizon, extrinsics, state_update, on_frame, keep)
+        return held["out"]
+
+    def set_goal(self, goal) -> None:
+        """The goal of `rollout_energy`: normalized features [N, D] or [1, N, D], staged once (on the
+        device for device backends) and kept until the next `set_goal`."""
+        N, D = self.cfg.tokens_per_frame, self.cfg.embed_dim
+        g = np.asarray(goal)
+        if g.ndim == 3 and g.shape[0] == 1:
+            g = g[0]
+        self._stage_goal(self._check("goal", g, (N, D)))
+        self._goal_staged = True
+
+    def rollout_energy(self, context, actions, states, horizon: int, extrinsics=None,
+                       state_update: StateUpdate = None,
+                       on_frame: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """The planner's energy of every row: mean |last prediction - goal| (planner.md section 3), the
+        goal given by `set_goal`. Same inputs as `rollout`; returns [B] float32. Predictions stay
+        where the backend computes them: only the B energies cross to the host."""
+        if not getattr(self, "_goal_staged", False):
+            raise VitacError("call set_goal(goal) before rollout_energy()")
+        out: list[np.ndarray] = []
+        self._roll(context, actions, states, horizon, extrinsics, state_update, on_frame,
+                   lambda j: out.append(self._energy()) if j == horizon - 1 else None)
+        return out[0]
+
+    def _roll(self, context, actions, states, horizon: int, extrinsics, state_update: StateUpdate,
+              on_frame: Optional[Callable[[int, int], None]], on_prediction: Callable[[int], None]) -> None:
+        """The loop behind `rollout` and `rollout_energy`: checks, shared context, frames; calls
+        `on_prediction(j)` when predicted frame j (0..horizon-1) is in the backend's buffers."""
         cfg = self.cfg
         N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
         dev_context = self._device("context", context)
@@ -188,7 +238,6 @@ class Runtime:
         if context.shape[0] == 1 and B > 1:
             while shared < C - 1 and all(np.array_equal(v[:1], v) for v in cond(shared).values()):
                 shared += 1
-        out = np.empty((B, horizon, N, D), np.float32)
         tick = on_frame or (lambda done, total: None)
         if shared:
             self.reset(B)  # allocates for B once, so the broadcast fits
@@ -205,13 +254,12 @@ class Runtime:
             self._run(frame(t, B), cond(t))
             self.frames += 1
             tick(t + 1, F)
-        out[:, 0] = self._prediction()
+        on_prediction(0)
         for j in range(1, horizon):
             self._run(None, cond(C + j - 1))   # feeds back the raw prediction: normalized once, as upstream
             self.frames += 1
-            out[:, j] = self._prediction()
+            on_prediction(j)
             tick(C + j, F)
-        return out
 
     def _states(self, states, actions: np.ndarray, B: int, C: int, F: int, update: StateUpdate) -> np.ndarray:
         A = self.cfg.action_dim
@@ -232,9 +280,21 @@ class Runtime:
             full[:, t + 1] = self._check("state_update result", step(full[:, t], actions[:, t]), (B, A))
         return full
 
+    def close(self) -> None:
+        """Free the buffers now (they are freed with the runtime otherwise)."""
+
     def device_memory(self) -> Optional[dict[str, float]]:
         """Device memory figures (MiB) where the backend can tell; None on the host."""
         return None
 
     def describe(self) -> str:
         return f"{self.backend} ({self.device}, {self.precision})"
+
+
+def host_energy(prediction: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """mean |prediction - goal| per row of [B, N, D] (planner.md section 3), one row at a time so
+    that no [B, N, D] temporary is made; float64 accumulation."""
+    out = np.empty(prediction.shape[0], np.float32)
+    for b in range(prediction.shape[0]):
+        out[b] = np.abs(prediction[b].astype(np.float64) - goal).mean()
+    return out

@@ -1,14 +1,16 @@
 """The little CUDA the runtimes need, through cuda-python (no PyTorch): the GPU's identity, device
-and pinned buffers, a non-blocking stream, async copies and CUDA-graph capture. Every call is
-checked. Imported only by backends that run on CUDA."""
+and pinned buffers, a non-blocking stream, async copies, waits on a producer's stream and CUDA-graph
+capture. Every call is checked. Imported only by backends that run on CUDA (TensorRT, ONNX Runtime
+on CUDA)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import BackendUnavailable, VitacError
+from ..errors import BackendUnavailable, VitacError, first_line
+from .arrays import DeviceArray
 
 
 def import_cudart():
@@ -19,7 +21,7 @@ def import_cudart():
         try:
             from cuda import cudart  # type: ignore[no-redef]
         except ImportError:
-            raise BackendUnavailable("the tensorrt backend needs cuda-python for device memory and streams: "
+            raise BackendUnavailable("running on CUDA needs cuda-python for device memory and streams: "
                                      "pip install cuda-python (on a Jetson: the wheel matching JetPack's CUDA)") from None
     return cudart
 
@@ -109,45 +111,77 @@ class PinnedBuffer:
 
 
 class Stream:
-    """A non-blocking stream (capture needs one that is not the legacy default stream)."""
+    """A non-blocking stream (capture needs one that is not the legacy default stream).
+
+    Non-blocking means it does NOT wait for the legacy default stream: work a caller queued
+    elsewhere (a PyTorch tensor being written) must be waited for explicitly (`wait_for`)."""
+
+    _KINDS = {"h2d": "cudaMemcpyHostToDevice", "d2h": "cudaMemcpyDeviceToHost", "d2d": "cudaMemcpyDeviceToDevice"}
 
     def __init__(self, cudart):
         self._c = cudart
         self.handle = check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreate")
+        self._event = None     # made on first use of wait_for
 
     @property
     def ptr(self) -> int:
         return int(self.handle)
 
+    def _kind(self, kind: str):
+        return getattr(self._c.cudaMemcpyKind, self._KINDS[kind])
+
     def copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
-        k = {"h2d": self._c.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": self._c.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-             "d2d": self._c.cudaMemcpyKind.cudaMemcpyDeviceToDevice}[kind]
-        check(self._c.cudaMemcpyAsync(dst, src, nbytes, k, self.handle), f"cudaMemcpyAsync ({kind})")
+        check(self._c.cudaMemcpyAsync(dst, src, nbytes, self._kind(kind), self.handle), f"cudaMemcpyAsync ({kind})")
 
     def copy_rows(self, dst: int, dst_pitch: int, src: int, src_pitch: int, row_bytes: int, rows: int,
                   kind: str) -> None:
         """Strided copy: `rows` rows of `row_bytes` (e.g. frame t of every batch row of a [B, C, ...] array)."""
-        k = {"h2d": self._c.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2d": self._c.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
-             "d2h": self._c.cudaMemcpyKind.cudaMemcpyDeviceToHost}[kind]
-        check(self._c.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, k, self.handle),
+        check(self._c.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, self._kind(kind), self.handle),
               "cudaMemcpy2DAsync")
+
+    def tile(self, ptr: int, row_bytes: int, have: int, want: int) -> None:
+        """Repeat the first `have` rows of a buffer up to `want` rows on this stream, doubling (log2 copies)."""
+        for row, n in tile_copies(have, want):
+            self.copy(ptr + row * row_bytes, ptr, n * row_bytes, "d2d")
+
+    def wait_for(self, producer: Optional[int]) -> None:
+        """Order this stream's next work after everything queued so far on `producer` (a stream
+        handle as `__cuda_array_interface__` gives it: 1 legacy default, 2 per-thread default; None:
+        nothing to wait for). An event, not a host synchronization: the host does not block."""
+        if producer is None:
+            return
+        c = self._c
+        if self._event is None:
+            self._event = check(c.cudaEventCreateWithFlags(c.cudaEventDisableTiming), "cudaEventCreateWithFlags")
+        check(c.cudaEventRecord(self._event, producer), "cudaEventRecord (producer stream)")
+        check(c.cudaStreamWaitEvent(self.handle, self._event, 0), "cudaStreamWaitEvent")
 
     def synchronize(self) -> None:
         check(self._c.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
-    def capture(self, enqueue) -> Any:
-        """Capture what `enqueue()` puts on this stream into an instantiated graph (cudaGraphExec_t)."""
+    def capture(self, enqueue: Callable[[], bool]) -> Any:
+        """Capture what `enqueue()` puts on this stream into an instantiated graph (cudaGraphExec_t).
+        Raises VitacError for any failure; the capture is always ended, and an error of the capture
+        itself never hides the error that caused it."""
         c = self._c
         check(c.cudaStreamBeginCapture(self.handle, c.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
               "cudaStreamBeginCapture")
+        failure: Optional[BaseException] = None
         try:
-            ok = enqueue()
-        finally:
-            graph = check(c.cudaStreamEndCapture(self.handle), "cudaStreamEndCapture")
+            if not enqueue():
+                failure = VitacError("the enqueue returned False during stream capture")
+        except Exception as e:  # noqa: BLE001 - ended below, then re-raised as the cause
+            failure = e
+        err, graph = c.cudaStreamEndCapture(self.handle)
+        if failure is not None:
+            if int(err) == 0 and graph is not None:
+                c.cudaGraphDestroy(graph)
+            raise VitacError(f"stream capture failed: {first_line(failure)}") from failure
+        check((err, graph), "cudaStreamEndCapture")
         try:
-            if not ok:
-                raise VitacError("enqueue failed during stream capture")
-            return check(c.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            # cudaGraphInstantiate changed signature between cuda-python 11.x (graph, logBuffer,
+            # bufferSize) and 12+ (graph, flags); WithFlags is (graph, flags) in both.
+            return check(c.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
         finally:
             c.cudaGraphDestroy(graph)
 
@@ -155,7 +189,19 @@ class Stream:
         check(self._c.cudaGraphLaunch(graph_exec, self.handle), "cudaGraphLaunch")
 
     def destroy(self) -> None:
+        if self._event is not None:
+            self._c.cudaEventDestroy(self._event)
+            self._event = None
         if self.handle is not None:
             self._c.cudaStreamDestroy(self.handle)
             self.handle = None
 
+
+def device_to_host(cudart, stream: "Stream", array: DeviceArray) -> np.ndarray:
+    """A (small) caller's device array on the host, read after its producer's work: conditioning
+    arrays of a rollout given as CUDA tensors."""
+    out = np.empty(array.shape, array.dtype)
+    stream.wait_for(array.stream)
+    stream.copy(out.ctypes.data, array.ptr, array.nbytes, "d2h")
+    stream.synchronize()
+    return out

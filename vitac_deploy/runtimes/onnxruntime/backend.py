@@ -3,29 +3,37 @@
 Each block's cache lives in two flat arenas of (max batch x max frames) elements, allocated once.
 `past_*` is bound to one, `present_*` to the other, and they swap after every frame: no per-frame
 allocation, and the only copy of the cache is the graph's own Concat. On CUDA the arenas are
-device memory, so the cache never crosses to the host.
+device memory (cuda-python), so the cache never crosses to the host; the RoPE rows of every frame
+sit on the device too and are bound by address.
 
-With `cuda_graphs=True` (CUDA only) the CUDA execution provider captures one graph per (batch,
-frame index, buffer parity), selected with the `gpu_graph_id` run option; every input is then
-staged in device buffers of fixed address. If the session cannot be created that way (nodes not
-placed on CUDA), the runtime warns and runs without graphs.
+The planner's energy runs as a second, tiny graph (`energy.onnx`) bound to the prediction buffer:
+only [batch] floats cross to the host per rollout.
+
+With `cuda_graphs=True` (CUDA, ONNX Runtime >= 1.18) the CUDA execution provider captures one graph
+per (batch, frame index, buffer parity), each under a graph id never reused; every input is then
+staged at a fixed device address. Whether graphs are really used is reported by `graphs_in_use`
+(the session refuses them when a node is not placed on CUDA; the runtime then warns and runs
+without).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from ...config import PredictorConfig
-from ...contract import past_names, present_names
+from ...contract import ROPE_INPUTS, past_names, present_names, rope_rows
 from ...errors import BackendUnavailable, VitacError, first_line
 from ..base import Runtime
+from .memory import CudaMemory, HostMemory
 
-_NP = {"float32": np.float32, "float16": np.float16}
 log = logging.getLogger("vitac_deploy")
+GRAPH_ID_MIN_VERSION = (1, 18)   # gpu_graph_id (one CUDA graph per id) arrived in ONNX Runtime 1.18
 
 
 def _import_ort():
@@ -37,34 +45,42 @@ def _import_ort():
     return ort
 
 
-class _Buffer:
-    """A flat buffer on the runtime's device, bound by pointer with any shape that fits."""
+def version_tuple(version: str) -> tuple[int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split(".")[:2]]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
-    def __init__(self, ort, n: int, dtype, device: str):
-        self.dtype, self.device = np.dtype(dtype), device
-        self.nbytes = max(n, 1) * self.dtype.itemsize
-        if device == "cpu":
-            self.host = np.empty(max(n, 1), self.dtype)
-            self.ptr = self.host.ctypes.data
-        else:
-            self.host = None
-            self.value = ort.OrtValue.ortvalue_from_shape_and_type([max(n, 1)], self.dtype.type, "cuda", 0)
-            self.ptr = self.value.data_ptr()
 
-    def view(self, shape) -> np.ndarray:
-        """Host copy (CUDA) or view (CPU) of the first prod(shape) elements."""
-        n = int(np.prod(shape))
-        flat = self.host if self.host is not None else self.value.numpy()
-        return flat[:n].reshape(shape)
+def cuda_provider_options(cuda_graphs: bool, tf32: bool) -> dict[str, str]:
+    """CUDA execution provider options. TF32 is ONNX Runtime's default for float32 MatMuls on Ampere
+    and newer; it would break the fp32 tolerance (1e-4), so it is off unless asked for."""
+    opts = {"use_tf32": "1" if tf32 else "0"}
+    if cuda_graphs:
+        opts["enable_cuda_graph"] = "1"
+    return opts
 
-    def write(self, array: np.ndarray) -> None:
-        a = np.ascontiguousarray(array, self.dtype).ravel()
-        if self.host is not None:
-            self.host[:a.size] = a
-        else:
-            full = self.value.numpy()
-            full[:a.size] = a
-            self.value.update_inplace(full)
+
+def cuda_provider_failure(ort) -> str:
+    """Why ONNX Runtime's CUDA provider library does not load, in one line (the missing library),
+    or an empty string when it loads."""
+    import ctypes
+
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not lib.is_file():
+        return f"{lib.name} is not part of this onnxruntime (install onnxruntime-gpu, not onnxruntime)"
+    try:
+        ctypes.CDLL(str(lib))
+    except OSError as e:
+        return first_line(e)
+    return ""
+
+
+def check_providers(requested_cuda: bool, got: list[str], why: str = "") -> None:
+    """ONNX Runtime silently falls back to the CPU when the CUDA provider fails to load: refuse that."""
+    if requested_cuda and "CUDAExecutionProvider" not in got:
+        raise BackendUnavailable("onnxruntime could not start its CUDA execution provider"
+                                 + (f" ({why})" if why else "")
+                                 + f"; the session would run on {', '.join(got) or 'nothing'}: install the CUDA and "
+                                 "cuDNN libraries onnxruntime-gpu needs (pip install 'onnxruntime-gpu[cuda,cudnn]')")
 
 
 class OnnxRuntimeRuntime(Runtime):
@@ -72,61 +88,124 @@ class OnnxRuntimeRuntime(Runtime):
 
     def __init__(self, graph_path: str | Path, cfg: PredictorConfig, precision: str, device: str = "cpu",
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None,
-                 session_options: Any = None, threads: Optional[int] = None, cuda_graphs: bool = False):
+                 session_options: Any = None, threads: Optional[int] = None, cuda_graphs: bool = False,
+                 tf32: bool = False, energy_graph: Optional[str | Path] = None):
         super().__init__(cfg, precision, device, max_batch, max_frames)
         ort = self._ort = _import_ort()
         if device not in ("cpu", "cuda"):
             raise VitacError(f"device must be cpu or cuda, got {device!r}")
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here: install onnxruntime-gpu "
-                                         "and run on a machine with an NVIDIA GPU")
-            providers.insert(0, "CUDAExecutionProvider")
-        so = session_options or ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
         if cuda_graphs and device != "cuda":
             raise VitacError("cuda_graphs needs device cuda")
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here: install onnxruntime-gpu "
+                                     "and run on a machine with an NVIDIA GPU")
+        if cuda_graphs and version_tuple(ort.__version__) < GRAPH_ID_MIN_VERSION:
+            log.warning("onnxruntime %s has no gpu_graph_id (needs 1.18): running without CUDA graphs", ort.__version__)
+            cuda_graphs = False
+        if device == "cuda" and hasattr(ort, "preload_dlls"):
+            try:   # CUDA/cuDNN from the nvidia-* wheels, where installed (onnxruntime >= 1.21)
+                ort.preload_dlls()
+            except Exception as e:  # noqa: BLE001 - a failure shows up as a missing provider below
+                log.debug("onnxruntime.preload_dlls: %s", first_line(e))
+        self._so = session_options or ort.SessionOptions()
+        if threads:
+            self._so.intra_op_num_threads = threads
+        self._tf32 = tf32
         self.cuda_graphs = cuda_graphs
         if cuda_graphs:
             try:
-                self.session = ort.InferenceSession(
-                    str(graph_path), so, providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}),
-                                                    "CPUExecutionProvider"])
+                self.session = self._session(graph_path, cuda_graphs=True)
+            except BackendUnavailable:
+                raise
             except Exception as e:  # noqa: BLE001 - ORT raises plain exceptions
                 log.warning("onnxruntime cannot capture CUDA graphs for this graph (%s): running without",
                             first_line(e))
                 self.cuda_graphs = False
         if not self.cuda_graphs:
-            try:
-                self.session = ort.InferenceSession(str(graph_path), so, providers=providers)
-            except Exception as e:
-                raise VitacError(f"onnxruntime cannot load {graph_path}: {first_line(e)}") from None
-        self._staged: dict[tuple, Any] = {}     # (name, shape) -> device OrtValue (CUDA graphs)
-        self._run_options: dict[tuple, Any] = {}  # frame key -> RunOptions carrying its gpu_graph_id
+            self.session = self._session(graph_path, cuda_graphs=False)
         names = {i.name for i in self.session.get_inputs()}
-        if "past_key.0" not in names:
-            raise VitacError(f"{graph_path} is not a step graph (no past_key.0 input)")
-        self.cache_dtype = _NP["float16" if precision == "fp16" else "float32"]
+        if "past_key.0" not in names or not set(ROPE_INPUTS) <= names:
+            raise VitacError(f"{graph_path} is not a step graph of this vitac-deploy (no past_key.0 / rope_cos "
+                             f"inputs): re-export it with `vitac-deploy export`")
+        self.energy_session = self._session(energy_graph, cuda_graphs=False) if energy_graph else None
+        self.cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
         self._outputs = {o.name for o in self.session.get_outputs()}
         self._binding = self.session.io_binding()
-        self._dev = "cuda" if device == "cuda" else "cpu"
+        self._mem = CudaMemory() if device == "cuda" else HostMemory()
+        self._staged: dict[tuple, Any] = {}       # (name, shape) -> device OrtValue (CUDA graphs)
+        self._run_options: dict[tuple, Any] = {}  # frame key -> RunOptions carrying its gpu_graph_id
+        self._graph_ids = itertools.count(1)      # never reused: an id names one captured graph for good
+        self._buffers: list = []
 
+    def _session(self, path, cuda_graphs: bool):
+        ort = self._ort
+        providers: list = ["CPUExecutionProvider"]
+        if self.device == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(cuda_graphs, self._tf32)))
+            if cuda_graphs:
+                providers = providers[:1]   # graphs need every node on CUDA: no CPU fallback
+        try:
+            sess = ort.InferenceSession(str(path), self._so, providers=providers)
+        except Exception as e:
+            if cuda_graphs:
+                raise
+            raise VitacError(f"onnxruntime cannot load {path}: {first_line(e)}") from None
+        check_providers(self.device == "cuda", sess.get_providers(),
+                        cuda_provider_failure(ort) if self.device == "cuda" else "")
+        return sess
+
+    @property
+    def graphs_in_use(self) -> bool:
+        """True when the session was created with CUDA graphs (what the bench reports)."""
+        return self.cuda_graphs
+
+    # -- memory ---------------------------------------------------------------------------------------
     def _allocate(self, batch: int) -> None:
-        cfg, ort = self.cfg, self._ort
+        self._release()
+        cfg, mem = self.cfg, self._mem
         per_frame = cfg.num_heads * cfg.tokens_per_step * cfg.head_dim
         n = batch * self.max_frames * per_frame
-        self._arenas = [{name: _Buffer(ort, n, self.cache_dtype, self.device) for name in past_names(cfg)}
-                        for _ in range(2)]
+        self._arenas = [{name: mem.alloc(n, self.cache_dtype) for name in past_names(cfg)} for _ in range(2)]
         frame = batch * cfg.tokens_per_frame * cfg.embed_dim
-        self._pred = _Buffer(ort, frame, np.float32, self.device)
-        self._raw = [_Buffer(ort, frame, np.float32, self.device) for _ in range(2)]
+        self._pred = mem.alloc(frame, np.float32)
+        self._raw = [mem.alloc(frame, np.float32) for _ in range(2)]
+        cos, sin = rope_rows(cfg, self.cache_dtype.name)   # [frames, 1, L, hd]: row t bound for frame t
+        self._rope = {}
+        for name, table in zip(ROPE_INPUTS, (cos, sin)):
+            self._rope[name] = mem.alloc(table.size, self.cache_dtype)
+            mem.upload(self._rope[name], table)
+        self._rope_row = cfg.tokens_per_step * cfg.head_dim * self.cache_dtype.itemsize
+        self._goal_buf = mem.alloc(cfg.tokens_per_frame * cfg.embed_dim, np.float32)
+        self._energies = mem.alloc(batch, np.float32)
+        self._buffers = ([b for a in self._arenas for b in a.values()] + [self._pred, *self._raw, self._goal_buf,
+                         self._energies, *self._rope.values()])
         self._cur = 0          # arena holding the cache
         self._raw_cur = 0      # raw-prediction buffer holding the last prediction
+        # captured graphs read the addresses they were captured with: a new allocation starts afresh
+        self._run_options.clear()
+        self._staged.clear()
+        if getattr(self, "_goal", None) is not None:
+            mem.upload(self._goal_buf, self._goal)
 
+    def _release(self) -> None:
+        for b in self._buffers:
+            b.free()
+        self._buffers = []
+
+    def close(self) -> None:
+        self._release()
+        self._mem.close()
+        self._capacity = 0
+
+    def device_memory(self) -> Optional[dict[str, float]]:
+        """The device buffers this runtime allocated (the session's own memory is not counted)."""
+        if self.device != "cuda" or not self._buffers:
+            return None
+        return {"cache_and_io_buffers_mib": sum(b.nbytes for b in self._buffers) / 2**20}
+
+    # -- one frame ------------------------------------------------------------------------------------
     def _stage(self, name: str, array: np.ndarray):
-        """A device copy of a host input at an address fixed per (name, batch): captured graphs
+        """A device copy of a host input at an address fixed per (name, shape): captured graphs
         replay reads from where they were captured."""
         key = (name, array.shape)
         value = self._staged.get(key)
@@ -136,105 +215,111 @@ class OnnxRuntimeRuntime(Runtime):
             value.update_inplace(array)
         return value
 
-    def _bind(self, name: str, buf_or_array, shape, output: bool = False) -> None:
-        if isinstance(buf_or_array, np.ndarray) and self.cuda_graphs:
-            v = self._stage(name, buf_or_array)
-            self._binding.bind_input(name, "cuda", 0, buf_or_array.dtype.type, list(shape), v.data_ptr())
-            return
-        if isinstance(buf_or_array, np.ndarray):   # host input
-            if not buf_or_array.flags.c_contiguous:  # bound by pointer: must be one dense block
+    def _bind_host(self, binding, name: str, array: np.ndarray) -> None:
+        if self.cuda_graphs:
+            v = self._stage(name, array)
+            binding.bind_input(name, "cuda", 0, array.dtype.type, list(array.shape), v.data_ptr())
+        elif self.device == "cpu":
+            if not array.flags.c_contiguous:  # bound by pointer: must be one dense block
                 raise ValueError(f"{name}: internal error, non-contiguous array bound")
-            if self.device == "cpu":
-                self._binding.bind_input(name, "cpu", 0, buf_or_array.dtype.type, list(shape),
-                                         buf_or_array.ctypes.data)
-            else:
-                self._binding.bind_cpu_input(name, buf_or_array)
-            return
-        b = buf_or_array
-        fn = self._binding.bind_output if output else self._binding.bind_input
-        fn(name, self._dev, 0, b.dtype.type, list(shape), b.ptr)
+            binding.bind_input(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
+        else:
+            binding.bind_cpu_input(name, array)
+
+    def _bind(self, binding, name: str, buf, shape, output: bool = False, offset: int = 0) -> None:
+        fn = binding.bind_output if output else binding.bind_input
+        fn(name, self._mem.device, 0, buf.dtype.type, list(shape), buf.ptr + offset)
 
     def _run(self, features: Optional[np.ndarray], cond: dict[str, np.ndarray]) -> None:
-        cfg, B = self.cfg, self.batch
+        cfg, B, bind = self.cfg, self.batch, self._binding
         P = self.frames * cfg.tokens_per_step
         frame = (B, cfg.tokens_per_frame, cfg.embed_dim)
         kv_past, kv_present = (B, cfg.num_heads, P, cfg.head_dim), (B, cfg.num_heads, P + cfg.tokens_per_step, cfg.head_dim)
         past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
         raw_in, raw_out = self._raw[self._raw_cur], self._raw[1 - self._raw_cur]
-        self._binding.clear_binding_inputs()
-        self._binding.clear_binding_outputs()
+        self._mem.synchronize()   # our copies (cache broadcast, goal) before ONNX Runtime's stream reads
+        bind.clear_binding_inputs()
+        bind.clear_binding_outputs()
         if features is None:
-            self._bind("features", raw_in, frame)
+            self._bind(bind, "features", raw_in, frame)
         else:
-            self._bind("features", features, frame)
+            self._bind_host(bind, "features", features)
         for name, value in cond.items():
-            self._bind(name, value, value.shape)
+            self._bind_host(bind, name, value)
+        for name, table in self._rope.items():
+            self._bind(bind, name, table, (1, cfg.tokens_per_step, cfg.head_dim), offset=self.frames * self._rope_row)
         for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
-            self._bind(p_name, past[p_name], kv_past)
-            self._bind(q_name, present[p_name], kv_present, output=True)
+            self._bind(bind, p_name, past[p_name], kv_past)
+            self._bind(bind, q_name, present[p_name], kv_present, output=True)
         if "next_features_raw" in self._outputs:
-            self._bind("next_features", self._pred, frame, output=True)
-            self._bind("next_features_raw", raw_out, frame, output=True)
+            self._bind(bind, "next_features", self._pred, frame, output=True)
+            self._bind(bind, "next_features_raw", raw_out, frame, output=True)
         else:  # normalize_reps off: the prediction is what is fed back, written where it is read from
-            self._bind("next_features", raw_out, frame, output=True)
+            self._bind(bind, "next_features", raw_out, frame, output=True)
         run_options = None
         if self.cuda_graphs:
             key = (B, P, self._cur, self._raw_cur, features is None)
             run_options = self._run_options.get(key)
-            if run_options is None:   # once per key: graph ids start at 1 (0 is ORT's own)
+            if run_options is None:   # once per key: ids start at 1 (0 is ORT's own) and are never reused
                 run_options = self._run_options[key] = self._ort.RunOptions()
-                run_options.add_run_config_entry("gpu_graph_id", str(len(self._run_options)))
+                run_options.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
         try:
-            self.session.run_with_iobinding(self._binding, run_options)
+            self.session.run_with_iobinding(bind, run_options)
         except Exception as e:
             raise VitacError(f"onnxruntime failed on frame {self.frames}: {first_line(e)}") from None
         self._cur = 1 - self._cur
         self._raw_cur = 1 - self._raw_cur
 
-    def device_memory(self) -> Optional[dict[str, float]]:
-        """The device buffers this runtime allocated (the session's own memory is not counted)."""
-        if self.device != "cuda" or not hasattr(self, "_arenas"):
-            return None
-        kv = sum(b.nbytes for a in self._arenas for b in a.values())
-        io = self._pred.nbytes + sum(b.nbytes for b in self._raw)
-        return {"cache_and_io_buffers_mib": (kv + io) / 2**20}
-
-    def _broadcast_cache(self, batch: int) -> None:
-        if batch > self._capacity:
-            raise VitacError(f"batch {batch} exceeds the runtime's allocated batch {self._capacity}")
-        if self.device == "cuda" and self._tile_on_device(batch):
-            return
-        cfg = self.cfg
-        shape1 = (1, cfg.num_heads, self.frames * cfg.tokens_per_step, cfg.head_dim)
-        for buf in self._arenas[self._cur].values():
-            block = buf.view(shape1)
-            buf.write(np.broadcast_to(block, (batch,) + shape1[1:]))
-        frame1 = (1, cfg.tokens_per_frame, cfg.embed_dim)
-        raw = self._raw[self._raw_cur]
-        raw.write(np.broadcast_to(raw.view(frame1), (batch,) + frame1[1:]))
-
-    def _tile_on_device(self, batch: int) -> bool:
-        """Broadcast row 0 of the cache with device-to-device copies (cuda-python), doubling;
-        False where cuda-python is missing (the host path is used then)."""
-        try:
-            from ..gpu import check, import_cudart, tile_copies
-
-            c = import_cudart()
-        except VitacError:
-            return False
-        cfg = self.cfg
-        kind = c.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        rows = [(b.ptr, cfg.num_heads * self.frames * cfg.tokens_per_step * cfg.head_dim * b.dtype.itemsize)
-                for b in self._arenas[self._cur].values()]
-        rows.append((self._raw[self._raw_cur].ptr, cfg.tokens_per_frame * cfg.embed_dim * 4))
-        if "next_features_raw" in self._outputs:
-            rows.append((self._pred.ptr, cfg.tokens_per_frame * cfg.embed_dim * 4))
-        for ptr, row in rows:
-            for first, n in tile_copies(1, batch):
-                check(c.cudaMemcpy(ptr + first * row, ptr, n * row, kind), "cudaMemcpy (cache broadcast)")
-        return True
+    def _last(self):
+        """The buffer holding the last normalized prediction."""
+        return self._pred if "next_features_raw" in self._outputs else self._raw[self._raw_cur]
 
     def _prediction(self) -> np.ndarray:
         cfg = self.cfg
-        src = self._pred if "next_features_raw" in self._outputs else self._raw[self._raw_cur]
-        return np.array(src.view((self.batch, cfg.tokens_per_frame, cfg.embed_dim)), copy=True)
+        return self._mem.download(self._last(), (self.batch, cfg.tokens_per_frame, cfg.embed_dim))
+
+    # -- energy ---------------------------------------------------------------------------------------
+    def _stage_goal(self, goal: np.ndarray) -> None:
+        self._goal = goal
+        if self._capacity:
+            self._mem.upload(self._goal_buf, goal)
+
+    def _energy(self) -> np.ndarray:
+        if self.energy_session is None:   # an artifact without energy.onnx: score on the host
+            return super()._energy()
+        cfg, B = self.cfg, self.batch
+        self._mem.synchronize()
+        bind = self.energy_session.io_binding()
+        self._bind(bind, "prediction", self._last(), (B, cfg.tokens_per_frame, cfg.embed_dim))
+        self._bind(bind, "goal", self._goal_buf, (1, cfg.tokens_per_frame, cfg.embed_dim))
+        self._bind(bind, "energy", self._energies, (B,), output=True)
+        try:
+            self.energy_session.run_with_iobinding(bind)
+        except Exception as e:
+            raise VitacError(f"onnxruntime failed on the energy graph: {first_line(e)}") from None
+        return self._mem.download(self._energies, (B,))
+
+    # -- rollout hooks --------------------------------------------------------------------------------
+    def _broadcast_cache(self, batch: int) -> None:
+        if batch > self._capacity:
+            raise VitacError(f"batch {batch} exceeds the runtime's allocated batch {self._capacity}")
+        cfg, mem = self.cfg, self._mem
+        kv_row = cfg.num_heads * self.frames * cfg.tokens_per_step * cfg.head_dim
+        for buf in self._arenas[self._cur].values():
+            mem.tile(buf, kv_row, 1, batch)
+        frame_row = cfg.tokens_per_frame * cfg.embed_dim
+        mem.tile(self._raw[self._raw_cur], frame_row, 1, batch)
+        if "next_features_raw" in self._outputs:
+            mem.tile(self._pred, frame_row, 1, batch)
+        # device-to-device copies return before they finish and ONNX Runtime computes on its own
+        # stream: wait here so that the next run reads the broadcast cache
+        mem.synchronize()
+
+    def describe(self) -> str:
+        graphs = ", CUDA graphs" if self.cuda_graphs else ""
+        return f"{self.backend} ({self.device}, {self.precision}{graphs})"
+
+
+def energy_graph_path(artifact: Path, manifest: dict[str, Any]) -> Optional[Path]:
+    g = manifest.get("graphs", {}).get("energy")
+    return artifact / g["file"] if g and os.path.isfile(artifact / g["file"]) else None

@@ -3,13 +3,17 @@
 - The engine's manifest is checked against this TensorRT and GPU before the plan is deserialized.
 - Every block's cache lives in two device arenas of (max batch x max frames), allocated once;
   past_* is bound to one, present_* to the other, and they swap after every frame (the graph's
-  Concat is the only copy of the cache). Inputs and the prediction go through pinned buffers.
-- `execute_async_v3` on a non-blocking stream. With `cuda_graphs` (default on) the first run of
-  each (engine, batch, frame index, buffer parity) is enqueued and then captured; later runs of the
-  same key launch the graph. A failed capture turns graphs off for this runtime, with a warning.
-  TensorRT for RTX uses its own whole-graph capture (runtime config) instead.
-- No PyTorch: device memory and streams come from cuda-python. CUDA arrays (PyTorch, CuPy) are
-  taken by pointer.
+  Concat is the only copy of the cache). The RoPE rows of every frame live on the device; frame t
+  binds row t. Host inputs go through pinned buffers; predictions stay on the device until asked
+  for (`_prediction`), and the planner's energy runs as an engine of its own on them.
+- All contexts (step, first frame, energy) share one activation buffer (see contexts.py).
+- `execute_async_v3` on a non-blocking stream. CUDA graphs are OFF by default: until a GPU run has
+  shown replay equal to eager execution for every frame, they are an option (`cuda_graphs=True`).
+  With them, each (batch, frame, parity) key gets its own context, configured once, run eagerly
+  once, then captured; later runs of the key replay the graph. Any capture failure turns graphs off
+  with a warning. TensorRT for RTX uses its own whole-graph capture instead.
+- CUDA arrays (PyTorch, CuPy) are taken by pointer; the copy waits for the producer's stream.
+- No PyTorch: device memory and streams come from cuda-python.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ from typing import Any, Optional
 import numpy as np
 
 from ...config import PredictorConfig
-from ...contract import past_names
-from ...errors import VitacError
+from ...contract import ROPE_INPUTS, past_names, rope_rows
+from ...errors import VitacError, first_line
 from ...manifest import sha256_file
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
-from ..gpu import DeviceBuffer, PinnedBuffer, Stream, check, gpu_info, import_cudart, tile_copies
-from .binding import FrameBuffers, bind_frame
+from ..gpu import DeviceBuffer, PinnedBuffer, Stream, device_to_host, gpu_info, import_cudart
+from .binding import FrameBinding, FrameBuffers, bind_frame
 from .compat import check_engine_compat
+from .contexts import ContextFactory, activation_bytes, configure
 from .module import import_tensorrt
 
 log = logging.getLogger("vitac_deploy")
@@ -39,7 +44,7 @@ class TensorRTRuntime(Runtime):
     accepts_device_arrays = True
 
     def __init__(self, engine_path: str | Path, manifest: dict[str, Any], max_batch: Optional[int] = None,
-                 max_frames: Optional[int] = None, cuda_graphs: bool = True, verify_files: bool = True):
+                 max_frames: Optional[int] = None, cuda_graphs: bool = False, verify_files: bool = True):
         flavour = manifest.get("tensorrt", {}).get("flavour", "tensorrt")
         trt = self._trt = import_tensorrt(flavour)
         cfg = PredictorConfig.from_dict(manifest["config"])
@@ -56,12 +61,16 @@ class TensorRTRuntime(Runtime):
                          max_frames or engine_frames)
         gpu = gpu_info(required=False)
         check_engine_compat(manifest, trt.__version__, flavour, gpu and gpu["name"], gpu and gpu["compute_capability"])
-        self._cudart = import_cudart()
+        self._cudart = c = import_cudart()
         self._free_at_open = self._mem_free()
         self.flavour, self.manifest = flavour, manifest
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engines, self._ctx = {}, {}
+        if flags.get("version_compatible"):
+            # a version-compatible plan embeds the lean runtime it was built with: TensorRT refuses
+            # to deserialize it unless host code is allowed
+            self._runtime.engine_host_code_allowed = True
+        self._engines: dict[str, Any] = {}
         folder = Path(engine_path).parent
         for e in manifest["engines"]:
             path = folder / e["file"]
@@ -73,17 +82,27 @@ class TensorRTRuntime(Runtime):
             self._check_validity(path, data)
             engine = self._runtime.deserialize_cuda_engine(data)
             if engine is None:
-                raise VitacError(f"TensorRT {trt.__version__} cannot deserialize {path}: rebuild it here")
+                raise VitacError(f"{trt.__name__} {trt.__version__} cannot deserialize {path}: rebuild it here")
             self._engines[e["role"]] = engine
-            self._ctx[e["role"]] = self._context(engine, cuda_graphs)
-        self.cache_dtype = np.dtype(trt.nptype(self._engines["step"].get_tensor_dtype("past_key.0")))
-        self._stream = Stream(self._cudart)
-        # RTX captures on its own; for TensorRT we capture per frame index.
+        if "step" not in self._engines:
+            raise VitacError(f"{engine_path}: its manifest lists no step engine")
+        step = self._engines["step"]
+        self.cache_dtype = np.dtype(trt.nptype(step.get_tensor_dtype("past_key.0")))
+        self.rope_dtype = np.dtype(trt.nptype(step.get_tensor_dtype("rope_cos")))
+        self._activation_size = max(activation_bytes(e) for e in self._engines.values())
+        self._activation = DeviceBuffer(c, self._activation_size)
+        self._stream = Stream(c)
         self.cuda_graphs = cuda_graphs and flavour == "tensorrt"
         self._rtx_graphs = cuda_graphs and flavour == "tensorrt-rtx"
-        self._graphs: dict[tuple, Any] = {}
-        self._bindings: dict[tuple, Any] = {}   # frame key -> FrameBinding
+        self._contexts = ContextFactory(trt, flavour, lambda: self._activation.ptr, lambda: self._activation_size,
+                                        self._rtx_graphs)
+        self._eager = {role: self._contexts.create(engine) for role, engine in self._engines.items()}
+        self._eager_key: dict[str, Any] = {}     # role -> the frame key its context is configured for
+        self._keyed: dict[tuple, Any] = {}       # frame key -> its own context (CUDA graphs)
+        self._graphs: dict[tuple, Any] = {}      # frame key -> instantiated CUDA graph
+        self._bindings: dict[tuple, FrameBinding] = {}
         self._buffers: list = []
+        self._last_pred = 0
 
     def _check_validity(self, path: Path, data: bytes) -> None:
         """TensorRT for RTX (1.1+) says from the header alone whether a plan runs on this GPU."""
@@ -99,33 +118,17 @@ class TensorRTRuntime(Runtime):
         if validity == trt.EngineValidity.SUBOPTIMAL:
             log.warning("%s runs %s sub-optimally here; rebuilding it for this GPU may be faster", trt.__name__, path)
 
-    def _context(self, engine, cuda_graphs: bool):
-        trt = self._trt
-        if self.flavour == "tensorrt-rtx":
-            rc = engine.create_runtime_config()
-            rc.cuda_graph_strategy = (trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE if cuda_graphs
-                                      else trt.CudaGraphStrategy.DISABLED)
-            ctx = engine.create_execution_context(rc)
-        else:
-            ctx = engine.create_execution_context()
-        if ctx is None:
-            raise VitacError("TensorRT could not create an execution context (out of device memory?)")
-        return ctx
-
     # -- memory ---------------------------------------------------------------------------------------
     def _mem_free(self) -> Optional[int]:
         err, free, _total = self._cudart.cudaMemGetInfo() if hasattr(self, "_cudart") else (1, 0, 0)
         return int(free) if int(err) == 0 else None
 
     def device_memory(self) -> dict[str, float]:
-        """Device memory this runtime holds, in MiB: its buffers, TensorRT's activation memory, and
-        the drop in free device memory since it was opened (engines and all)."""
+        """Device memory this runtime holds, in MiB: its buffers, the activation buffer its contexts
+        share, and the drop in free device memory since it was opened (engines and all)."""
         mib = 1 / 2**20
-        out = {"cache_and_io_buffers_mib": sum(b.nbytes for b in self._buffers if isinstance(b, DeviceBuffer)) * mib}
-        act = 0
-        for e in self._engines.values():
-            act += int(getattr(e, "device_memory_size_v2", getattr(e, "device_memory_size", 0)))
-        out["activation_mib"] = act * mib
+        out = {"cache_and_io_buffers_mib": sum(b.nbytes for b in self._buffers if isinstance(b, DeviceBuffer)) * mib,
+               "activation_mib": self._activation_size * mib}
         free = self._mem_free()
         if free is not None and self._free_at_open is not None:
             out["device_used_since_open_mib"] = (self._free_at_open - free) * mib
@@ -134,30 +137,47 @@ class TensorRTRuntime(Runtime):
     def _allocate(self, batch: int) -> None:
         self._release()
         cfg, c = self.cfg, self._cudart
-        L, N, D, A = cfg.tokens_per_step, cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
-        kv = batch * cfg.num_heads * self.max_frames * L * cfg.head_dim * self.cache_dtype.itemsize
+        N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
+        kv = batch * cfg.num_heads * self.max_frames * cfg.tokens_per_step * cfg.head_dim * self.cache_dtype.itemsize
         self._arenas = [{n: DeviceBuffer(c, kv) for n in past_names(cfg)} for _ in range(2)]
         frame = batch * N * D * 4
         self._d_feat = DeviceBuffer(c, frame)
         self._d_pred = DeviceBuffer(c, frame)
         self._d_raw = [DeviceBuffer(c, frame) for _ in range(2)]
         self._h_feat = PinnedBuffer(c, batch * N * D)
-        self._h_pred = PinnedBuffer(c, batch * N * D)
         cond = ["action", "state"] + (["extrinsics"] if cfg.use_extrinsics else [])
         width = {"action": A, "state": A, "extrinsics": A - 1}
         self._d_cond = {n: DeviceBuffer(c, batch * width[n] * 4) for n in cond}
         self._h_cond = {n: PinnedBuffer(c, batch * width[n]) for n in cond}
+        tables = dict(zip(ROPE_INPUTS, rope_rows(cfg, self.rope_dtype.name)))
+        self._d_rope = {n: DeviceBuffer(c, t.nbytes) for n, t in tables.items()}
+        for n, t in tables.items():
+            self._stream.copy(self._d_rope[n].ptr, t.ctypes.data, t.nbytes, "h2d")
+        self._rope_row_bytes = cfg.tokens_per_step * cfg.head_dim * self.rope_dtype.itemsize
+        self._d_goal = DeviceBuffer(c, N * D * 4)
+        self._d_energy = DeviceBuffer(c, batch * 4)
         self._buffers = ([b for a in self._arenas for b in a.values()] + [self._d_feat, self._d_pred, *self._d_raw,
-                         self._h_feat, self._h_pred, *self._d_cond.values(), *self._h_cond.values()])
+                         self._h_feat, *self._d_cond.values(), *self._h_cond.values(), *self._d_rope.values(),
+                         self._d_goal, self._d_energy])
         self._cur, self._raw_cur = 0, 0
-        self._graphs.clear()   # captured addresses are gone
+        if getattr(self, "_goal", None) is not None:
+            self._stream.copy(self._d_goal.ptr, self._goal.ctypes.data, self._goal.nbytes, "h2d")
+        self._stream.synchronize()   # the tables above were copied from temporaries
+
+    def _forget_frames(self) -> None:
+        """Captured graphs and keyed contexts hold the addresses of the old buffers. The stream must
+        be idle: a context is not destroyed while its work is queued."""
+        for g in self._graphs.values():
+            self._cudart.cudaGraphExecDestroy(g)
+        self._graphs.clear()
+        self._keyed.clear()
         self._bindings.clear()
+        self._eager_key.clear()
 
     def _release(self) -> None:
-        for g in getattr(self, "_graphs", {}).values():
-            self._cudart.cudaGraphExecDestroy(g)
-        if hasattr(self, "_graphs"):
-            self._graphs.clear()
+        if getattr(self, "_stream", None) is not None:
+            self._stream.synchronize()
+        self._forget_frames()
         for b in getattr(self, "_buffers", []):
             b.free()
         self._buffers = []
@@ -165,6 +185,11 @@ class TensorRTRuntime(Runtime):
     def close(self) -> None:
         """Free device memory now (it is freed with the runtime otherwise)."""
         self._release()
+        self._eager = {}
+        if getattr(self, "_contexts", None) is not None:
+            self._contexts.release()
+        if getattr(self, "_activation", None) is not None:
+            self._activation.free()
         if getattr(self, "_stream", None) is not None:
             self._stream.destroy()
             self._stream = None
@@ -187,23 +212,21 @@ class TensorRTRuntime(Runtime):
             self._h_feat.array[:features.size] = features.ravel()
             s.copy(self._d_feat.ptr, self._h_feat.ptr, features.nbytes, "h2d")
         elif isinstance(features, DeviceArray):   # copied so a captured graph keeps its address
+            s.wait_for(features.stream)
             s.copy(self._d_feat.ptr, features.ptr, features.nbytes, "d2d")
         elif isinstance(features, DeviceFrames):
             src = features.array
             rows, C = src.shape[0], src.shape[1]
+            s.wait_for(src.stream)
             s.copy_rows(self._d_feat.ptr, row, src.ptr + features.t * row, C * row, row, rows, "d2d")
-            self._tile(self._d_feat.ptr, row, rows, features.batch)
+            s.tile(self._d_feat.ptr, row, rows, features.batch)
         else:
             raise TypeError(f"unexpected features {type(features).__name__}")
         return self._d_feat.ptr
 
-    def _tile(self, ptr: int, row_bytes: int, have: int, want: int) -> None:
-        """Repeat the first `have` rows of a buffer up to `want` rows, doubling (log2 copies)."""
-        for row, n in tile_copies(have, want):
-            self._stream.copy(ptr + row * row_bytes, ptr, n * row_bytes, "d2d")
-
     def _run(self, features, cond: dict[str, np.ndarray]) -> None:
         cfg, B, s = self.cfg, self.batch, self._stream
+        s.synchronize()   # the pinned staging buffers are reused: the last frame's copies must be done
         feat_ptr = self._load_features(features)
         for name, value in cond.items():
             self._h_cond[name].array[:value.size] = value.ravel()
@@ -213,38 +236,84 @@ class TensorRTRuntime(Runtime):
         bind = self._bindings.get(key)
         if bind is None:
             past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
-            bind = self._bindings[key] = bind_frame(cfg, B, self.frames, "first" in self._ctx, FrameBuffers(
+            bind = self._bindings[key] = bind_frame(cfg, B, self.frames, "first" in self._engines, FrameBuffers(
                 features=feat_ptr, cond={n: self._d_cond[n].ptr for n in cond},
                 past={n: b.ptr for n, b in past.items()}, present={n: b.ptr for n, b in present.items()},
-                prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr))
-        ctx = self._ctx[bind.role]
-        if not (self.cuda_graphs and key in self._graphs):   # a replayed graph needs no rebinding
-            for name, shape in bind.shapes.items():
-                if not ctx.set_input_shape(name, shape):
-                    raise VitacError(f"TensorRT refused shape {list(shape)} for {name} (outside the engine's profile?)")
-            for name, ptr in bind.addresses.items():
-                ctx.set_tensor_address(name, ptr)
-        self._enqueue(ctx, key)
-        s.copy(self._h_pred.ptr, bind.prediction, B * cfg.tokens_per_frame * cfg.embed_dim * 4, "d2h")
-        s.synchronize()
+                prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr,
+                rope={n: b.ptr for n, b in self._d_rope.items()}, rope_row_bytes=self._rope_row_bytes))
+        if self.cuda_graphs:
+            self._run_graph(key, bind)
+        else:
+            self._run_eager(key, bind)
+        self._last_pred = bind.prediction
         self._cur, self._raw_cur = 1 - self._cur, 1 - self._raw_cur
 
-    def _enqueue(self, ctx, key: tuple) -> None:
-        s = self._stream
-        graph = self._graphs.get(key) if self.cuda_graphs else None
-        if graph is not None:
-            s.launch(graph)
-            return
-        if not ctx.execute_async_v3(s.ptr):
+    def _execute(self, ctx) -> None:
+        if not ctx.execute_async_v3(self._stream.ptr):
             raise VitacError(f"TensorRT failed on frame {self.frames} (execute_async_v3 returned False)")
-        if self.cuda_graphs:
-            # Shapes and addresses are fixed per key, so the enqueue above (which also settles
-            # TensorRT's shape-dependent state, as capture requires) can be recorded for replay.
-            try:
-                self._graphs[key] = s.capture(lambda: ctx.execute_async_v3(s.ptr))
-            except VitacError as e:
-                self.cuda_graphs = False
-                log.warning("CUDA graph capture failed (%s): running without CUDA graphs", e)
+
+    def _run_eager(self, key: tuple, bind: FrameBinding) -> None:
+        ctx = self._eager[bind.role]
+        if self._eager_key.get(bind.role) != key:
+            configure(ctx, bind.shapes, bind.addresses, f"frame {self.frames}")
+            self._eager_key[bind.role] = key
+        self._execute(ctx)
+
+    def _run_graph(self, key: tuple, bind: FrameBinding) -> None:
+        graph = self._graphs.get(key)
+        if graph is not None:
+            self._stream.launch(graph)
+            return
+        ctx = self._keyed.get(key)
+        if ctx is None:   # one context per key: a captured graph's context is never reconfigured
+            ctx = self._keyed[key] = self._contexts.create(self._engines[bind.role])
+            configure(ctx, bind.shapes, bind.addresses, f"frame {self.frames}")
+        # the eager run does this frame's work and settles TensorRT's deferred, shape-dependent
+        # state, which capture requires; the capture itself executes nothing
+        self._execute(ctx)
+        try:
+            if hasattr(ctx, "is_stream_capturable") and not ctx.is_stream_capturable(self._stream.ptr):
+                raise VitacError("TensorRT says this context cannot be captured on this stream")
+            self._graphs[key] = self._stream.capture(lambda: ctx.execute_async_v3(self._stream.ptr))
+        except Exception as e:  # noqa: BLE001 - any capture failure: eager from here on
+            log.warning("CUDA graph capture failed on frame %d (%s): running without CUDA graphs",
+                        self.frames, first_line(e))
+            self.cuda_graphs = False
+            self._stream.synchronize()   # the eager run above still uses the keyed context: finish it first
+            self._forget_frames()
+
+    # -- predictions and energies ---------------------------------------------------------------------
+    def _prediction(self) -> np.ndarray:
+        cfg = self.cfg
+        out = np.empty((self.batch, cfg.tokens_per_frame, cfg.embed_dim), np.float32)
+        self._stream.copy(out.ctypes.data, self._last_pred, out.nbytes, "d2h")
+        self._stream.synchronize()
+        return out
+
+    def _stage_goal(self, goal: np.ndarray) -> None:
+        self._goal = goal
+        if self._capacity:
+            self._stream.synchronize()
+            self._stream.copy(self._d_goal.ptr, goal.ctypes.data, goal.nbytes, "h2d")
+            self._stream.synchronize()
+
+    def _energy(self) -> np.ndarray:
+        if "energy" not in self._eager:   # an engine built without its energy engine: score on the host
+            return super()._energy()
+        cfg, B = self.cfg, self.batch
+        frame = (cfg.tokens_per_frame, cfg.embed_dim)
+        ctx = self._eager["energy"]
+        key = (B, self._last_pred)
+        if self._eager_key.get("energy") != key:
+            configure(ctx, {"prediction": (B,) + frame, "goal": (1,) + frame},
+                      {"prediction": self._last_pred, "goal": self._d_goal.ptr, "energy": self._d_energy.ptr},
+                      "energy")
+            self._eager_key["energy"] = key
+        self._execute(ctx)
+        out = np.empty(B, np.float32)
+        self._stream.copy(out.ctypes.data, self._d_energy.ptr, out.nbytes, "d2h")
+        self._stream.synchronize()
+        return out
 
     # -- rollout hooks --------------------------------------------------------------------------------
     def _broadcast_cache(self, batch: int) -> None:
@@ -253,25 +322,17 @@ class TensorRTRuntime(Runtime):
         cfg = self.cfg
         kv_row = cfg.num_heads * self.frames * cfg.tokens_per_step * cfg.head_dim * self.cache_dtype.itemsize
         for buf in self._arenas[self._cur].values():
-            self._tile(buf.ptr, kv_row, 1, batch)
-        frame_row = cfg.tokens_per_frame * cfg.embed_dim * 4
-        self._tile(self._d_raw[self._raw_cur].ptr, frame_row, 1, batch)
-        n = cfg.tokens_per_frame * cfg.embed_dim
-        self._h_pred.array[n:batch * n] = np.tile(self._h_pred.array[:n], batch - 1)
-        self._stream.synchronize()
-
-    def _prediction(self) -> np.ndarray:
-        cfg = self.cfg
-        n = self.batch * cfg.tokens_per_frame * cfg.embed_dim
-        return self._h_pred.array[:n].reshape(self.batch, cfg.tokens_per_frame, cfg.embed_dim).copy()
+            self._stream.tile(buf.ptr, kv_row, 1, batch)
+        # stream order puts these copies before the next frame's engine: no host wait needed
 
     def _to_host(self, array: DeviceArray) -> np.ndarray:
-        out = np.empty(array.shape, array.dtype)
-        c = self._cudart
-        check(c.cudaMemcpy(out.ctypes.data, array.ptr, array.nbytes, c.cudaMemcpyKind.cudaMemcpyDeviceToHost),
-              "cudaMemcpy (device array to host)")
-        return out
+        return device_to_host(self._cudart, self._stream, array)
 
     def describe(self) -> str:
         graphs = "CUDA graphs" if self.cuda_graphs or self._rtx_graphs else "no CUDA graphs"
         return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {graphs})"
+
+    @property
+    def graphs_in_use(self) -> bool:
+        """Whether frames replay captured graphs (False after a capture failure turned them off)."""
+        return self.cuda_graphs or self._rtx_graphs

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from ...config import PredictorConfig
-from ...contract import past_names, present_names
+from ...contract import ROPE_INPUTS, past_names, present_names
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class FrameBuffers:
     present: Dict[str, int]     # the other arena, by past name
     prediction: int             # next_features (normalized) when normalize_reps
     raw_out: int                # the raw prediction fed back next frame
+    rope: Dict[str, int]        # rope_cos / rope_sin tables [max_frames, K+N, head_dim] on the device
+    rope_row_bytes: int         # bytes of one frame's row of a table
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ def bind_frame(cfg: PredictorConfig, batch: int, cached_frames: int, has_first_e
     widths = {"action": cfg.action_dim, "state": cfg.action_dim, "extrinsics": cfg.action_dim - 1}
     shapes: Dict[str, Tuple[int, ...]] = {"features": frame, **{n: (batch, widths[n]) for n in bufs.cond}}
     addrs: Dict[str, int] = {"features": bufs.features, **bufs.cond}
+    if role == "step":   # the first-frame engine holds frame 0's rows as constants
+        for name in ROPE_INPUTS:
+            shapes[name] = (1, cfg.tokens_per_step, cfg.head_dim)
+            addrs[name] = bufs.rope[name] + cached_frames * bufs.rope_row_bytes
     for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
         if role == "step":
             shapes[p_name] = (batch, cfg.num_heads, P, cfg.head_dim)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
 from ...errors import VitacError
-from ...manifest import now_iso, read_manifest, sha256_file, write_json_atomic
+from ...manifest import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, now_iso, read_manifest, sha256_file, write_json_atomic
 from ..gpu import gpu_info
 from .module import import_tensorrt
 from .profiles import ProfileOptions, check_profile_options, step_profile
@@ -40,6 +40,7 @@ class EngineOptions:
     verbose: bool = False
     flavour: str = "tensorrt"
     compute_capabilities: tuple[str, ...] = ()   # tensorrt-rtx only: target architectures, e.g. ("8.6", "8.9")
+    tf32: bool = False      # allow TF32 in float32 layers (off: fp32 means fp32)
 
 
 def _strongly_typed(trt) -> Optional[int]:
@@ -117,10 +118,61 @@ def _progress_monitor(trt, say: Callable[[str], None]):
     return Monitor()
 
 
+def check_parser_opset(trt_version: str, flavour: str, opset: int) -> None:
+    """TensorRT's ONNX parser reads LayerNormalization (opset 17, our default) from 8.6 on: refuse
+    the combination that JetPack 5.1 (TensorRT 8.5) cannot parse, before parsing."""
+    if flavour != "tensorrt":
+        return
+    major, minor = (int(x) for x in (trt_version.split(".") + ["0"])[:2])
+    if (major, minor) < (8, 6) and opset >= 17:
+        raise VitacError(f"TensorRT {trt_version} cannot parse this artifact's LayerNormalization (opset {opset}; "
+                         f"TensorRT reads it from 8.6): re-export with `vitac-deploy export --opset 16`")
+
+
+def _cache_io_half(trt, network) -> int:
+    """TensorRT 8.x weak typing keeps a float32 graph's IO in float32 whatever the FP16 flag: declare
+    the cache (past/present) and RoPE IO float16, so the cache costs half (it is the memory that
+    matters) and matches what the runtime binds."""
+    n = 0
+    for tensors in ([network.get_input(i) for i in range(network.num_inputs)],
+                    [network.get_output(i) for i in range(network.num_outputs)]):
+        for t in tensors:
+            if t.name.startswith(("past_", "present_", "rope_")):
+                t.dtype = trt.float16
+                n += 1
+    return n
+
+
+def energy_profile(cfg: PredictorConfig, prof: ProfileOptions) -> dict[str, tuple]:
+    frame = (cfg.tokens_per_frame, cfg.embed_dim)
+    return {"prediction": tuple((b,) + frame for b in (prof.min_batch, prof.opt_batch, prof.max_batch)),
+            "goal": ((1,) + frame,) * 3}
+
+
+def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_version: str, gpu: Optional[dict],
+                    targets: list, opts: EngineOptions, prof: ProfileOptions, how: str,
+                    engines: list[dict[str, Any]]) -> dict[str, Any]:
+    """ENGINE.plan.json: how, where and from what the engines were built (the runtime checks it
+    before deserializing anything)."""
+    return {
+        "format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "created": now_iso(),
+        "tensorrt": {"flavour": flavour, "version": trt_version},
+        "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
+        **({"compute_capabilities": targets} if flavour == "tensorrt-rtx" else {}),
+        "precision": opts.precision, "precision_how": how, "tf32": opts.tf32,
+        "first_frame": "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0",
+        "build_flags": {"workspace_mib": opts.workspace_mib, "opt_level": opts.opt_level,
+                        "version_compatible": opts.version_compatible, "hardware_compatible": opts.hardware_compatible,
+                        "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
+                        "batch": [prof.min_batch, prof.opt_batch, prof.max_batch], "max_frames": prof.max_frames},
+        "engines": engines,
+    }
+
+
 def build_engine(artifact: Path, out: Path, opts: EngineOptions,
                  say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Build `out` (step engine) and, where the first frame needs it, `out` with `.first.plan`;
-    write `out.json`. Atomic: nothing is left behind on failure."""
+    """Build `out` (step engine), where the first frame needs it `out` with `.first.plan`, and the
+    planner's energy engine (`.energy.plan`); write `out.json`. Atomic: nothing is left behind on failure."""
     trt = import_tensorrt(opts.flavour)
     manifest = read_manifest(artifact)
     cfg = PredictorConfig.from_dict(manifest["config"])
@@ -134,6 +186,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         raise VitacError("--compute-capability is for --flavour tensorrt-rtx (TensorRT builds for the GPU it runs on)")
     if opts.hardware_compatible and rtx:
         raise VitacError("--hardware-compatible is for TensorRT; TensorRT for RTX targets --compute-capability")
+    check_parser_opset(trt.__version__, opts.flavour, int(manifest.get("opset", 17)))
     # TensorRT for RTX compiles ahead of time without a GPU (kernels are JIT-compiled where it runs).
     gpu = gpu_info(required=not rtx)
     targets = list(opts.compute_capabilities) or ([gpu["compute_capability"]] if gpu else ["default"])
@@ -144,18 +197,16 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         source_precision, how = "fp16", "strongly typed network from the fp16 graphs (ONNX types decide precision)"
     elif opts.precision == "fp16":
         source_precision, how = "fp32", ("FP16 builder flag on the fp32 graphs, normalization layers pinned to float32 "
-                                         "(OBEY_PRECISION_CONSTRAINTS): TensorRT < 9 has no strong typing")
+                                         "(OBEY_PRECISION_CONSTRAINTS), cache IO float16: TensorRT < 9 has no strong typing")
     else:
         source_precision, how = "fp32", "float32 network from the fp32 graphs"
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
 
-    def build_one(role: str, min_past: int, target: Path) -> dict[str, Any]:
-        graph = manifest["graphs"].get(f"{role}.{source_precision}")
-        if graph is None:
-            raise VitacError(f"{artifact} has no {role}.{source_precision} graph: re-export with that precision")
+    def build_one(role: str, graph: dict[str, Any], shapes: dict[str, tuple], target: Path,
+                  half: bool) -> dict[str, Any]:
         onnx_path = artifact / graph["file"]
-        network = builder.create_network(_network_flags(trt, strong and source_precision == "fp16"))
+        network = builder.create_network(_network_flags(trt, strong and half))
         parser = trt.OnnxParser(network, logger)
         say(f"parsing {graph['file']}")
         if not parser.parse_from_file(str(onnx_path)):
@@ -166,11 +217,13 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
         if opts.opt_level is not None and hasattr(config, "builder_optimization_level"):
             config.builder_optimization_level = opts.opt_level
+        set_tf32(trt, config, opts.tf32)
         pinned = 0
-        if opts.precision == "fp16" and not strong:
+        if half and not strong:
             config.set_flag(trt.BuilderFlag.FP16)
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
             pinned = _pin_normalization_fp32(trt, network)
+            _cache_io_half(trt, network)
         if opts.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if opts.hardware_compatible:
@@ -187,13 +240,11 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             blob = opts.timing_cache.read_bytes() if opts.timing_cache.is_file() else b""
             cache = config.create_timing_cache(blob)
             config.set_timing_cache(cache, ignore_mismatch=False)
-        shapes = step_profile(graph, cfg, ProfileOptions(prof.min_batch, prof.opt_batch, prof.max_batch,
-                                                         prof.max_frames, min_past))
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in shapes.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
-        say(f"building the {role} engine ({how}); this can take minutes")
+        say(f"building the {role} engine ({how if half else 'float32'}); this can take minutes")
         t0 = time.perf_counter()
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -210,12 +261,28 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
                 "source_onnx_sha256": manifest["files"].get(graph["file"]), "build_s": round(time.perf_counter() - t0, 1),
                 "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "layers_pinned_fp32": pinned}
 
-    first_target = out.with_name(out.stem + ".first" + out.suffix)
+    def graph_of(role: str) -> dict[str, Any]:
+        graph = manifest["graphs"].get(f"{role}.{source_precision}")
+        if graph is None:
+            raise VitacError(f"{artifact} has no {role}.{source_precision} graph: re-export with that precision")
+        return graph
+
+    def profile_of(role: str, min_past: int) -> dict[str, tuple]:
+        return step_profile(graph_of(role), cfg, ProfileOptions(prof.min_batch, prof.opt_batch, prof.max_batch,
+                                                                prof.max_frames, min_past))
+
+    half = opts.precision == "fp16"
+    jobs = [("step", graph_of("step"), profile_of("step", prof.min_past_frames), out, half)]
+    if prof.min_past_frames > 0:
+        jobs.append(("first", graph_of("first"), profile_of("first", 0),
+                     out.with_name(out.stem + ".first" + out.suffix), half))
+    if "energy" in manifest["graphs"]:
+        jobs.append(("energy", manifest["graphs"]["energy"], energy_profile(cfg, prof),
+                     out.with_name(out.stem + ".energy" + out.suffix), False))
     built: list[dict[str, Any]] = []
     try:
-        built.append(build_one("step", prof.min_past_frames, out))
-        if prof.min_past_frames > 0:
-            built.append(build_one("first", 0, first_target))
+        for job in jobs:
+            built.append(build_one(*job))
         engines = []
         for b in built:
             final = out.parent / b.pop("file")
@@ -225,18 +292,18 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         for b in built:
             Path(b.get("tmp", "")).unlink(missing_ok=True)
         raise
-    data = {
-        "format": "vitac-deploy/engine", "format_version": 1, "created": now_iso(),
-        "tensorrt": {"flavour": opts.flavour, "version": trt.__version__},
-        "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
-        **({"compute_capabilities": targets} if rtx else {}),
-        "precision": opts.precision, "precision_how": how,
-        "first_frame": "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0",
-        "build_flags": {"workspace_mib": opts.workspace_mib, "opt_level": opts.opt_level,
-                        "version_compatible": opts.version_compatible, "hardware_compatible": opts.hardware_compatible,
-                        "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
-                        "batch": [prof.min_batch, prof.opt_batch, prof.max_batch], "max_frames": prof.max_frames},
-        "engines": engines,
-    }
+    data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines)
     write_json_atomic(out.with_name(out.name + ".json"), data)
     return data
+
+
+def set_tf32(trt, config, allow: bool) -> None:
+    """TF32 is on by default in TensorRT's builder: float32 layers would run with a 10-bit mantissa
+    on Ampere and newer and miss the fp32 tolerance. fp32 means fp32 unless TF32 is asked for."""
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:
+        return
+    if allow:
+        config.set_flag(flag)
+    else:
+        config.clear_flag(flag)

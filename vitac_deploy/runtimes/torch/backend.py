@@ -108,3 +108,12 @@ class TorchRuntime(Runtime):
 
     def _prediction(self) -> np.ndarray:
         return self._last.detach().cpu().numpy().astype(np.float32, copy=True)
+
+    def _stage_goal(self, goal: np.ndarray) -> None:
+        self._goal = self._torch.from_numpy(goal).to(self.device)
+
+    def _energy(self) -> np.ndarray:
+        """On the runtime's device, float32 (the prediction is kept float32 whatever the precision)."""
+        with self._torch.no_grad():
+            e = (self._last - self._goal).abs().mean(dim=(1, 2))
+        return e.cpu().numpy().astype(np.float32)

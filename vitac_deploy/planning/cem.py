@@ -1,0 +1,179 @@
+"""The CEM planner of V-JEPA 2-AC (`WorldModel.infer_next_action` / `cem`), exact (numpy only).
+
+planner.md section 5. Each CEM step draws `samples` action sequences of `rollout` steps from a
+per-step normal distribution over the sampled action entries (xyz and gripper for the 7-dim
+Franka space), clips them, rolls every sequence out from the current observation and pose through
+a runtime, keeps the `topk` lowest energies, and moves the distribution towards the elites' mean
+and (unbiased) standard deviation with momentum. The plan is the final mean, the gripper entry
+zeroed below a threshold. Given the same standard-normal draws (`noise`), it returns upstream's plan.
+
+One algorithm for every model: `ActionSpace` says which action entries are sampled, which one is
+a gripper (sampled with std 1, clipped to +-0.75, its own momentum), and how poses follow actions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import VitacError
+from .energy import PoseUpdate, check_features, chunk_size, default_pose_update, graph_context, rollout_energies
+
+
+@dataclass
+class CEMOptions:
+    """The upstream planner's options, names and `WorldModel` defaults."""
+
+    rollout: int = 2                     # horizon H: actions planned (and frames predicted) per sample
+    samples: int = 400
+    topk: int = 10                       # elites
+    cem_steps: int = 10
+    momentum_mean: float = 0.15
+    momentum_mean_gripper: float = 0.15
+    momentum_std: float = 0.15
+    momentum_std_gripper: float = 0.15
+    maxnorm: float = 0.05                # bound of every non-gripper sampled entry (and its initial std)
+    close_gripper: Optional[int] = None  # from this horizon step on, the gripper entry is 1.0
+
+    def check(self) -> None:
+        for name in ("rollout", "samples", "cem_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise VitacError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.topk, (int, np.integer)) or not 2 <= self.topk <= self.samples:
+            raise VitacError(f"topk must be in 2..samples ({self.samples}): the elites' std divides by topk - 1, "
+                             f"got {self.topk!r}")
+        for name in ("momentum_mean", "momentum_mean_gripper", "momentum_std", "momentum_std_gripper"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise VitacError(f"{name} must be in [0, 1], got {v!r}")
+        if not self.maxnorm > 0:
+            raise VitacError(f"maxnorm must be > 0, got {self.maxnorm!r}")
+        if self.close_gripper is not None and not 0 <= self.close_gripper:
+            raise VitacError(f"close_gripper must be None or a step index >= 0, got {self.close_gripper!r}")
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """What CEM samples: `sampled` entries of a `dim`-wide action (the rest stay 0); `gripper`, one
+    of them, is drawn with std 1, clipped to +-gripper_clip and zeroed in the plan below
+    gripper_threshold; every other sampled entry is bounded by maxnorm. `pose_update` gives the
+    next pose (state) from a pose and an action."""
+
+    dim: int
+    sampled: tuple
+    gripper: Optional[int] = None
+    gripper_clip: float = 0.75
+    gripper_threshold: float = 0.25
+    pose_update: PoseUpdate = "delta"
+
+    @classmethod
+    def franka(cls) -> "ActionSpace":
+        """Upstream: xyz + extrinsic-xyz Euler + gripper; CEM samples xyz and the gripper."""
+        return cls(7, (0, 1, 2, 6), gripper=6, pose_update=default_pose_update(7))
+
+    @classmethod
+    def euclidean(cls, dim: int) -> "ActionSpace":
+        """Every entry sampled like upstream's xyz; poses move by the action (state + action)."""
+        return cls(dim, tuple(range(dim)), gripper=None, pose_update="delta")
+
+    @classmethod
+    def for_dim(cls, dim: int) -> "ActionSpace":
+        return cls.franka() if dim == 7 else cls.euclidean(dim)
+
+    def check(self, action_dim: int) -> None:
+        if self.dim != action_dim:
+            raise VitacError(f"the action space is {self.dim}-dim but the model takes {action_dim}-dim actions")
+        if not self.sampled or len(set(self.sampled)) != len(self.sampled) or \
+                not all(0 <= i < self.dim for i in self.sampled):
+            raise VitacError(f"sampled entries {self.sampled} must be distinct indices in 0..{self.dim - 1}")
+        if self.gripper is not None and self.gripper not in self.sampled:
+            raise VitacError(f"the gripper entry {self.gripper} must be one of the sampled entries {self.sampled}")
+
+
+@dataclass
+class PlanResult:
+    actions: np.ndarray                  # [rollout, A]: the plan (the robot executes row 0)
+    energies: np.ndarray                 # [cem_steps, samples]: every sample's energy, in draw order
+    mean: np.ndarray                     # [rollout, k]: the final sampling mean over the sampled entries
+    std: np.ndarray                      # [rollout, k]
+    chunk: int                           # samples rolled out at once
+    seconds: float = 0.0
+    step_seconds: list = field(default_factory=list)
+
+
+def _per_entry(space: ActionSpace, opts: CEMOptions):
+    """Initial std, clip bound, mean and std momentum of every sampled entry."""
+    grip = [i == space.gripper for i in space.sampled]
+    pick = lambda g, o: np.array([g if is_g else o for is_g in grip])  # noqa: E731
+    return (pick(1.0, opts.maxnorm), pick(space.gripper_clip, opts.maxnorm),
+            pick(opts.momentum_mean_gripper, opts.momentum_mean), pick(opts.momentum_std_gripper, opts.momentum_std))
+
+
+def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noise: Optional[np.ndarray] = None,
+         seed: int = 0, space: Optional[ActionSpace] = None, chunk: Optional[int] = None,
+         on_step: Optional[Callable[[int, int, float], None]] = None) -> PlanResult:
+    """Plan `options.rollout` actions from the current features [1, N, D] (normalized) and pose
+    [1, A] towards the goal features [1, N, D].
+
+    `noise`: the standard normal draws [cem_steps * rollout, samples, k] in upstream draw order
+    (step 0 h 0, step 0 h 1, step 1 h 0, ...; k sampled entries: xyz, gripper), used instead of
+    `numpy.random.default_rng(seed)`. `chunk`: samples rolled out at once (default: all, at most the
+    runtime's max_batch; the plan does not depend on it). `on_step(step, steps, best_energy)`.
+    """
+    opts = options or CEMOptions()
+    opts.check()
+    cfg = runtime.cfg
+    space = space or ActionSpace.for_dim(cfg.action_dim)
+    space.check(cfg.action_dim)
+    current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
+    pose = np.asarray(pose, np.float32)
+    if pose.shape != (1, cfg.action_dim):
+        raise VitacError(f"pose must have shape [1, {cfg.action_dim}], got {list(pose.shape)}")
+    H, S, K, k = opts.rollout, opts.samples, opts.topk, len(space.sampled)
+    if noise is not None:
+        noise = np.asarray(noise, np.float64)
+        if noise.shape != (opts.cem_steps * H, S, k):
+            raise VitacError(f"noise must have shape [cem_steps * rollout, samples, {k}] = "
+                             f"{[opts.cem_steps * H, S, k]}, got {list(noise.shape)}")
+    if opts.close_gripper is not None and space.gripper is None:
+        raise VitacError("close_gripper needs an action space with a gripper entry")
+    std0, bound, m_mean, m_std = _per_entry(space, opts)
+    mean, std = np.zeros((H, k)), np.tile(std0, (H, 1))
+    rng = np.random.default_rng(seed)
+    sampled = list(space.sampled)
+    n = chunk_size(runtime, S, chunk)
+    runtime.set_goal(goal)
+    context = graph_context(current, cfg)
+    result = PlanResult(np.zeros((H, cfg.action_dim), np.float32), np.empty((opts.cem_steps, S), np.float32),
+                        mean, std, n)
+    t_start = time.perf_counter()
+    for step in range(opts.cem_steps):
+        t0 = time.perf_counter()
+        # one [S, k] draw per horizon step, in upstream's order
+        eps = noise[step * H:(step + 1) * H] if noise is not None else \
+            np.stack([rng.standard_normal((S, k)) for _ in range(H)])
+        a = np.clip(eps * std[:, None] + mean[:, None], -bound, bound)            # [H, S, k]
+        actions = np.zeros((S, H, cfg.action_dim))
+        actions[:, :, sampled] = a.transpose(1, 0, 2)
+        if opts.close_gripper is not None:
+            actions[:, opts.close_gripper:, space.gripper] = 1.0
+        e = rollout_energies(runtime, context, pose, actions.astype(np.float32), space.pose_update, n)
+        result.energies[step] = e
+        elites = actions[np.argsort(e, kind="stable")[:K]][:, :, sampled]        # [K, H, k], as rolled out
+        mean = (1 - m_mean) * elites.mean(0) + m_mean * mean
+        std = (1 - m_std) * elites.std(0, ddof=1) + m_std * std
+        result.step_seconds.append(time.perf_counter() - t0)
+        if on_step:
+            on_step(step + 1, opts.cem_steps, float(e.min()))
+    plan_actions = np.zeros((H, cfg.action_dim))
+    plan_actions[:, sampled] = mean
+    if space.gripper is not None:
+        g = plan_actions[:, space.gripper]
+        plan_actions[:, space.gripper] = np.where(np.abs(g) >= space.gripper_threshold, g, 0.0)
+    result.actions, result.mean, result.std = plan_actions.astype(np.float32), mean, std
+    result.seconds = time.perf_counter() - t_start
+    return result

@@ -1,0 +1,106 @@
+"""The planner's energy of action sequences, through any runtime (numpy only).
+
+`E = mean over N x D of |z_pred - z_goal|` of the LAST predicted frame (planner.md section 3).
+The rollout starts from the current observation's normalized features; poses start at the
+current pose and follow the pose update. Samples are rolled out in chunks of at most the
+runtime's batch; the energy is computed where the rollout runs (`Runtime.rollout_energy`), so a
+chunk moves its actions in and its energies out, never its predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..errors import VitacError
+
+PoseUpdate = Union[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+
+
+def raw_equivalent(normalized: np.ndarray, eps: float) -> np.ndarray:
+    """Features that the graph's input LayerNorm (no affine, `eps`) maps back to `normalized`.
+
+    The step graphs normalize their `features` input, as upstream normalizes encoder output once;
+    the planner receives features already normalized. LayerNorm with eps is not idempotent, so
+    they are scaled by s = sqrt(eps / (1 - var)) first: LN(s x) = x / sqrt(var + eps / s^2) = x
+    exactly for zero-mean x with var < 1 (a normalized token has var = v / (v + eps) < 1)."""
+    x = np.asarray(normalized, np.float64)
+    mean = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    if np.abs(mean).max() > 1e-2 or var.max() > 1.01 or var.min() < 0.9:
+        raise VitacError("current and goal must be normalized features (LayerNorm without affine over the "
+                         "feature axis: mean 0 and variance 1 per token), as the encoder path returns them")
+    gap = np.maximum(1.0 - var, 1e-12)   # var rounds to >= 1 only for huge raw variances: s is then ~1e3
+    return (x * np.sqrt(eps / gap)).astype(np.float32)
+
+
+def check_features(name: str, x, cfg) -> np.ndarray:
+    """[1, N, D] (or [N, D]) float features of the model's shape, finite."""
+    a = np.asarray(x)
+    N, D = cfg.tokens_per_frame, cfg.embed_dim
+    if a.ndim == 2:
+        a = a[None]
+    if a.shape != (1, N, D) or a.dtype.kind != "f":
+        raise VitacError(f"{name} must be float features of shape [1, {N}, {D}], got {a.dtype} {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise VitacError(f"{name} contains NaN or inf")
+    return np.ascontiguousarray(a, np.float32)
+
+
+def default_pose_update(action_dim: int) -> PoseUpdate:
+    """The upstream pose update for 7-dim (xyz, Euler xyz, gripper) models; a delta otherwise."""
+    if action_dim == 7:
+        from .pose import compute_new_pose
+
+        return compute_new_pose
+    return "delta"
+
+
+def chunk_size(runtime, samples: int, chunk: Optional[int] = None) -> int:
+    """The samples rolled out at once: at most `chunk` and the runtime's max_batch."""
+    limit = getattr(runtime, "max_batch", None) or samples
+    c = min(samples, limit, chunk or samples)
+    if c < 1:
+        raise VitacError(f"chunk must be >= 1, got {chunk}")
+    return c
+
+
+def rollout_energies(runtime, context: np.ndarray, pose: np.ndarray, actions: np.ndarray,
+                     pose_update: PoseUpdate, chunk: int) -> np.ndarray:
+    """Energies [S] of actions [S, H, A] from `context` (graph input [1, 1, N, D]) and pose [1, A],
+    the goal already staged on the runtime (`set_goal`)."""
+    S, H, A = actions.shape
+    out = np.empty(S, np.float32)
+    for lo in range(0, S, chunk):
+        hi = min(S, lo + chunk)
+        states = np.ascontiguousarray(np.broadcast_to(pose[:, None], (hi - lo, 1, A)), np.float32)
+        out[lo:hi] = runtime.rollout_energy(context, actions[lo:hi], states, H, state_update=pose_update)
+    return out
+
+
+def energies(runtime, current, goal, pose, actions, pose_update: Optional[PoseUpdate] = None,
+             chunk: Optional[int] = None) -> np.ndarray:
+    """The energy of given action sequences [S, H, A] from the current features [1, N, D]
+    (normalized) and pose [1, A] towards the goal features [1, N, D]: [S] float32.
+
+    With H = 1 on a grid of actions this is upstream's energy landscape."""
+    cfg = runtime.cfg
+    current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
+    A = cfg.action_dim
+    pose = np.asarray(pose, np.float32).reshape(1, -1)
+    actions = np.asarray(actions)
+    if pose.shape != (1, A):
+        raise VitacError(f"pose must have shape [1, {A}], got {list(np.shape(pose))}")
+    if actions.ndim != 3 or actions.shape[2] != A or actions.shape[0] < 1 or actions.shape[1] < 1:
+        raise VitacError(f"actions must have shape [S, H, {A}], got {list(actions.shape)}")
+    runtime.set_goal(goal)
+    return rollout_energies(runtime, graph_context(current, cfg), pose, np.ascontiguousarray(actions, np.float32),
+                            pose_update or default_pose_update(A), chunk_size(runtime, actions.shape[0], chunk))
+
+
+def graph_context(current: np.ndarray, cfg) -> np.ndarray:
+    """The runtime's context input [1, 1, N, D] for the current features (see raw_equivalent)."""
+    if not cfg.normalize_reps:   # the graph takes features as they are
+        return current[:, None]
+    return raw_equivalent(current, cfg.feature_norm_eps)[:, None]

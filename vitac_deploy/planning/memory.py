@@ -1,0 +1,381 @@
+"""Memory and compute model of one CEM plan: what a runtime allocates to roll out S samples in
+chunks, the largest chunk a memory budget allows, and the FLOPs of a plan.
+
+A CEM plan (shared planner.md section 5) rolls out `samples` action sequences for `horizon`
+predicted frames from `context` observed frames, for `cem_steps` steps. Our runtimes roll the
+samples out in CHUNKS of at most `chunk` samples: the runtime is opened with max_batch = chunk and
+max_frames = F = context + horizon - 1, and the energies are computed on the device.
+
+What is exact and what is an estimate:
+- EXACT (the runtime's own allocation formulas): the KV cache, the frame buffers, the pinned host
+  buffers, the RoPE tables, goal, energies and conditioning buffers, and the weights' element count.
+- ESTIMATE: the activations (an upper bound for UNFUSED attention, see `activation_terms`), and
+  everything the libraries add on their own (CUDA context, cuBLAS/cuDNN workspaces, TensorRT's
+  tactic scratch, ONNX Runtime's arena rounding, the Python process): that is what the reserves of
+  `DEVICES` are for.
+
+Pure Python on purpose (no numpy, no torch): the CLI and the docs generator import it cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from ..config import PredictorConfig
+from ..errors import VitacError
+
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "PRECISIONS",
+    "Device",
+    "GiB",
+    "MiB",
+    "PlanMemory",
+    "activation_terms",
+    "affine_terms",
+    "chunks_needed",
+    "device",
+    "frame_flops",
+    "largest_chunk",
+    "parse_bytes",
+    "plan_flops",
+    "plan_memory",
+    "upstream_plan_flops",
+]
+
+MiB = 2**20
+GiB = 2**30
+
+PRECISIONS = {"fp16": 2, "fp32": 4}          # bytes per element of the cache, weights and activations
+BACKENDS = ("tensorrt", "onnxruntime")
+RESIDUAL_TENSORS = 3                          # residual stream, its LayerNorm output, the branch output
+FLOAT32 = 4
+
+
+# -- memory ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanMemory:
+    """Bytes a runtime holds for one chunk of a plan, by component.
+
+    `host_pinned` is page-locked HOST memory (TensorRT's staging of the input and the prediction):
+    it is not device memory on a discrete GPU, but on a Jetson host and device share the same DRAM,
+    so `total(unified=True)` counts it.
+    """
+
+    weights: int        # num_parameters x element size x engines (TensorRT: first-frame engine holds a copy)
+    kv_cache: int       # (2 arenas if double-buffered) x chunk x F x kv_bytes_per_frame   -- exact
+    frame_buffers: int  # float32 [chunk, N, D] device buffers (3 ONNX Runtime, 4 TensorRT)   -- exact
+    host_pinned: int    # TensorRT: pinned host input + prediction (+ conditioning)           -- exact
+    activations: int    # transient tensors of one frame: an ESTIMATE (upper bound, unfused attention)
+    small: int          # RoPE tables, goal features, energies, device conditioning inputs    -- exact
+
+    @property
+    def device_total(self) -> int:
+        """Everything that lives in device memory (discrete GPU: what must fit its memory)."""
+        return self.weights + self.kv_cache + self.frame_buffers + self.activations + self.small
+
+    def total(self, unified: bool) -> int:
+        """Device total, plus the pinned host buffers where host and device share memory (Jetson)."""
+        return self.device_total + (self.host_pinned if unified else 0)
+
+    def rows(self) -> list[tuple[str, int]]:
+        """(label, bytes) of each component, in a fixed order, for printing."""
+        labels = {
+            "weights": "weights",
+            "kv_cache": "KV cache",
+            "frame_buffers": "frame buffers (device)",
+            "host_pinned": "pinned host buffers",
+            "activations": "activations (estimate)",
+            "small": "RoPE, goal, energies, conditioning",
+        }
+        return [(labels[f.name], getattr(self, f.name)) for f in fields(self)]
+
+
+def _element_size(precision: str) -> int:
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise VitacError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}") from None
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise VitacError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _frames(cfg: PredictorConfig, horizon: int, context: int) -> int:
+    """F = context + horizon - 1: the frames the predictor runs (the last prediction is not fed back)."""
+    _check_positive("horizon", horizon)
+    _check_positive("context", context)
+    frames = context + horizon - 1
+    if frames > cfg.max_frames:
+        raise VitacError(f"context {context} + horizon {horizon} - 1 = {frames} latent frames exceed "
+                         f"max_frames={cfg.max_frames}")
+    return frames
+
+
+def _check_build(backend: str, engines: int) -> None:
+    if backend not in BACKENDS:
+        raise VitacError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if engines not in (1, 2):
+        raise VitacError(f"engines must be 1 or 2, got {engines!r}")
+    if backend == "onnxruntime" and engines != 1:
+        raise VitacError("onnxruntime holds the weights once: engines must be 1")
+
+
+def activation_terms(cfg: PredictorConfig, batch: int, cache_frames: int, element_size: int,
+                     fused_attention: bool = False) -> dict[str, int]:
+    """Transient tensors of ONE frame at batch `batch` attending over `cache_frames` frames
+    (the new one included), in bytes, and their `peak`. An ESTIMATE, meant as an upper bound:
+
+    - scores: attention scores and probabilities, 2 x B x heads x L x (F x L) x e. Only for
+      UNFUSED attention (ONNX Runtime's MatMul-Softmax-MatMul); a fused kernel (TensorRT's MHA
+      fusion, flash attention) never materializes them, so `fused_attention=True` sets it to 0.
+    - qkv: B x L x 3d x e; attn_out: B x L x d x e (the heads' output before `proj`).
+    - mlp: the hidden activations, B x L x mlp_hidden x e x 2 (fc1 output and GELU output;
+      x 3 for SwiGLU: fc1, fc2 and their product).
+    - live: what stays live across the block, RESIDUAL_TENSORS float32 tensors B x L x d x 4.
+
+    peak = live + max(attention phase = qkv + scores + attn_out, MLP phase = mlp). Libraries may
+    plan memory better (in-place ops, reuse) or worse (alignment, workspaces); measure to confirm.
+    """
+    B, L, d = batch, cfg.tokens_per_step, cfg.predictor_embed_dim
+    terms = {
+        "scores": 0 if fused_attention else 2 * B * cfg.num_heads * L * (cache_frames * L) * element_size,
+        "qkv": B * L * 3 * d * element_size,
+        "attn_out": B * L * d * element_size,
+        "mlp": B * L * cfg.mlp_hidden * element_size * (3 if cfg.use_silu else 2),
+        "live": RESIDUAL_TENSORS * B * L * d * FLOAT32,
+    }
+    terms["peak"] = terms["live"] + max(terms["qkv"] + terms["scores"] + terms["attn_out"], terms["mlp"])
+    return terms
+
+
+def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1, precision: str = "fp16",
+                backend: str = "tensorrt", double_buffered: bool = True, engines: int = 1,
+                fused_attention: bool = False) -> PlanMemory:
+    """Bytes a runtime opened with max_batch = `chunk`, max_frames = context + horizon - 1 holds.
+
+    With B = chunk, F = context + horizon - 1, e = element size of `precision`, N patch tokens,
+    D = embed_dim, L = tokens_per_step, A = action_dim:
+    - weights = num_parameters x e x engines (a TensorRT build with a separate first-frame
+      engine stores them twice; ONNX Runtime once).
+    - kv_cache = 2 x B x F x kv_bytes_per_frame(e): two arenas (past and present) because the
+      graph's Concat writes the whole grown cache, so present cannot alias past. One with
+      `double_buffered=False` (a contract where present extends past in place; not done yet).
+    - frame_buffers, float32: ONNX Runtime prediction + 2 raw predictions = 3 x B x N x D x 4;
+      TensorRT input staging + prediction + 2 raw = 4 x B x N x D x 4.
+    - host_pinned (TensorRT only): pinned input and prediction, 2 x B x N x D x 4, plus the pinned
+      conditioning inputs B x (2A [+ A-1 with extrinsics]) x 4.
+    - activations: `activation_terms(...)["peak"]` at cache length F; with two TensorRT engines each
+      execution context holds its own activation memory, so the first-frame engine's (cache
+      length 1) is added.
+    - small: RoPE cos/sin tables for every frame the config allows, 2 x cfg.max_frames x L x
+      head_dim x e (the runtimes upload `contract.rope_rows` whole), goal features N x D x 4,
+      energies B x 4, conditioning inputs B x (2A [+ A-1]) x 4.
+    Every term is a constant or proportional to B: memory is affine in the chunk.
+    """
+    _check_positive("chunk", chunk)
+    e = _element_size(precision)
+    _check_build(backend, engines)
+    F = _frames(cfg, horizon, context)
+    B, N, D, L, A = chunk, cfg.tokens_per_frame, cfg.embed_dim, cfg.tokens_per_step, cfg.action_dim
+    trt = backend == "tensorrt"
+    frame = B * N * D * FLOAT32
+    cond = B * (2 * A + (A - 1 if cfg.use_extrinsics else 0)) * FLOAT32
+    activations = activation_terms(cfg, B, F, e, fused_attention)["peak"]
+    if trt and engines == 2:
+        activations += activation_terms(cfg, B, 1, e, fused_attention)["peak"]
+    return PlanMemory(
+        weights=cfg.num_parameters() * e * engines,
+        kv_cache=(2 if double_buffered else 1) * B * F * cfg.kv_bytes_per_frame(e),
+        frame_buffers=(4 if trt else 3) * frame,
+        host_pinned=(2 * frame + cond) if trt else 0,
+        activations=activations,
+        small=2 * cfg.max_frames * L * cfg.head_dim * e + N * D * FLOAT32 + B * FLOAT32 + cond,
+    )
+
+
+def affine_terms(cfg: PredictorConfig, horizon: int, context: int = 1, precision: str = "fp16",
+                 backend: str = "tensorrt", double_buffered: bool = True, engines: int = 1,
+                 fused_attention: bool = False, unified: bool = False) -> tuple[int, int]:
+    """(fixed, per_sample) bytes with total(chunk) = fixed + per_sample x chunk, exactly."""
+    kw = {"horizon": horizon, "context": context, "precision": precision, "backend": backend,
+          "double_buffered": double_buffered, "engines": engines, "fused_attention": fused_attention}
+    one = plan_memory(cfg, 1, **kw).total(unified)
+    two = plan_memory(cfg, 2, **kw).total(unified)
+    return one - (two - one), two - one
+
+
+def largest_chunk(cfg: PredictorConfig, budget_bytes: int, horizon: int, samples: int, context: int = 1,
+                  precision: str = "fp16", backend: str = "tensorrt", double_buffered: bool = True,
+                  engines: int = 1, fused_attention: bool = False, unified: bool = False) -> int:
+    """The largest chunk <= `samples` whose `total(unified)` fits `budget_bytes`; 0 if not even one
+    sample fits. Closed form (memory is affine in the chunk), then checked against `plan_memory`."""
+    _check_positive("samples", samples)
+    if not isinstance(budget_bytes, int) or isinstance(budget_bytes, bool) or budget_bytes < 0:
+        raise VitacError(f"budget must be a non-negative number of bytes, got {budget_bytes!r}")
+    kw = {"horizon": horizon, "context": context, "precision": precision, "backend": backend,
+          "double_buffered": double_buffered, "engines": engines, "fused_attention": fused_attention}
+    fixed, per_sample = affine_terms(cfg, unified=unified, **kw)
+    chunk = min(samples, max(0, (budget_bytes - fixed) // per_sample))
+
+    def fits(c: int) -> bool:
+        return plan_memory(cfg, c, **kw).total(unified) <= budget_bytes
+
+    while chunk > 0 and not fits(chunk):          # guards the closed form; never loops in practice
+        chunk -= 1
+    while chunk < samples and fits(chunk + 1):
+        chunk += 1
+    return chunk
+
+
+def chunks_needed(samples: int, chunk: int) -> int:
+    """Runtime calls per CEM step for `samples` samples in chunks of `chunk`; 0 if chunk is 0."""
+    return math.ceil(samples / chunk) if chunk > 0 else 0
+
+
+# -- compute ---------------------------------------------------------------------------------------
+def _linear_macs(cfg: PredictorConfig) -> int:
+    """Multiply-adds of the linear layers for ONE frame of ONE sample (cache length does not matter)."""
+    d, D, A, h, N, L = (cfg.predictor_embed_dim, cfg.embed_dim, cfg.action_dim, cfg.mlp_hidden,
+                        cfg.tokens_per_frame, cfg.tokens_per_step)
+    embed = N * D * d                                     # predictor_embed over the N patch tokens
+    cond = 2 * A * d + ((A - 1) * d if cfg.use_extrinsics else 0)   # action, state (, extrinsics): 1 token each
+    mlp = (3 if cfg.use_silu else 2) * d * h              # fc1, fc2 (, fc3 for SwiGLU) per token
+    block = L * (3 * d * d + d * d + mlp)                 # qkv, proj, mlp over L tokens
+    proj = N * d * D                                      # predictor_proj over the N patch tokens
+    return embed + cond + cfg.depth * block + proj
+
+
+def _attention_macs(cfg: PredictorConfig, queries: int, keys: int) -> int:
+    """q k^T and p v of every block: 2 x queries x keys x d (the heads split d)."""
+    return cfg.depth * 2 * queries * keys * cfg.predictor_embed_dim
+
+
+def frame_flops(cfg: PredictorConfig, cached_frames: int) -> int:
+    """FLOPs (2 x multiply-adds) of ONE frame of ONE sample on top of `cached_frames` cached frames:
+    the linear layers (`_linear_macs`) plus attention of L queries over (cached_frames + 1) x L keys.
+    Not counted: biases, LayerNorms, GELU, softmax, RoPE, the energy (all O(tokens x width), < 1%)."""
+    if cached_frames < 0:
+        raise VitacError(f"cached_frames must be >= 0, got {cached_frames}")
+    L = cfg.tokens_per_step
+    return 2 * (_linear_macs(cfg) + _attention_macs(cfg, L, (cached_frames + 1) * L))
+
+
+def plan_flops(cfg: PredictorConfig, samples: int, horizon: int, cem_steps: int, context: int = 1,
+               chunk: Optional[int] = None) -> float:
+    """FLOPs of one plan with a KV cache, as our runtimes run it.
+
+    Per CEM step and per sample, the predictor runs frames t = context-1 .. context+horizon-2 (F' =
+    horizon frames), frame t on top of t cached frames. The first context-1 frames (the observed
+    history, the same in every sample) run once per runtime call at batch 1 and their cache is
+    broadcast; there are ceil(samples / chunk) calls per step (chunk=None: one call).
+
+        plan = cem_steps x [ samples x sum_{t=C-1}^{C+H-2} frame_flops(t)
+                             + calls x sum_{t=0}^{C-2} frame_flops(t) ]
+    """
+    for name, value in (("samples", samples), ("cem_steps", cem_steps)):
+        _check_positive(name, value)
+    C, F = context, _frames(cfg, horizon, context)
+    calls = chunks_needed(samples, chunk if chunk is not None else samples)
+    per_sample = sum(frame_flops(cfg, t) for t in range(C - 1, F))
+    shared = sum(frame_flops(cfg, t) for t in range(C - 1))
+    return float(cem_steps * (samples * per_sample + calls * shared))
+
+
+def upstream_plan_flops(cfg: PredictorConfig, samples: int, horizon: int, cem_steps: int, context: int = 1,
+                        dense_mask: bool = True) -> float:
+    """FLOPs of one plan the upstream way: no cache, every predicted frame recomputes the sequence.
+
+    Predicting frame C+h (h = 0..H-1) runs the predictor on all T = C+h frames of every sample
+    (the context is repeated per sample), and projects all of them. Upstream's SDPA with a
+    block-causal boolean mask computes the full (T x L)^2 score matrix (`dense_mask=True`); a
+    kernel that skipped masked blocks would do frame f over (f+1) x L keys (`dense_mask=False`).
+
+        plan = cem_steps x samples x sum_{h=0}^{H-1} [ T x linear + attention(T) ],  T = C + h
+    """
+    for name, value in (("samples", samples), ("cem_steps", cem_steps)):
+        _check_positive(name, value)
+    _frames(cfg, horizon, context)
+    L = cfg.tokens_per_step
+    per_sample = 0
+    for h in range(horizon):
+        T = context + h
+        if dense_mask:
+            attention = _attention_macs(cfg, T * L, T * L)
+        else:
+            attention = sum(_attention_macs(cfg, L, (f + 1) * L) for f in range(T))
+        per_sample += 2 * (T * _linear_macs(cfg) + attention)
+    return float(cem_steps * samples * per_sample)
+
+
+# -- devices ---------------------------------------------------------------------------------------
+JETSON_RESERVE = 2 * GiB   # ASSUMPTION: carve-outs, headless OS, CUDA context, Python; measure on the target
+DISCRETE_RESERVE = 1 * GiB  # ASSUMPTION: CUDA context and library workspaces on a discrete GPU
+
+
+@dataclass(frozen=True)
+class Device:
+    """A named memory budget. `budget` = `total` - `reserve`; `unified`: host and device share the
+    DRAM (Jetson), so pinned host buffers count against the same budget."""
+
+    name: str
+    total: int
+    reserve: int
+    unified: bool
+    fp16_dense_tflops: Optional[float] = None   # dense fp16 tensor-core peak, where a vendor figure is known
+    note: str = ""
+
+    @property
+    def budget(self) -> int:
+        return self.total - self.reserve
+
+
+DEVICES: dict[str, Device] = {
+    "orin-nano-8gb": Device("Jetson Orin Nano 8 GB", 8 * GiB, JETSON_RESERVE, True,
+                            note="8 GB LPDDR5 shared by CPU and GPU"),
+    "orin-nx-16gb": Device("Jetson Orin NX 16 GB", 16 * GiB, JETSON_RESERVE, True,
+                           note="16 GB LPDDR5 shared by CPU and GPU"),
+    "agx-orin-32gb": Device("Jetson AGX Orin 32 GB", 32 * GiB, JETSON_RESERVE, True,
+                            note="32 GB LPDDR5 shared by CPU and GPU"),
+    "agx-orin-64gb": Device("Jetson AGX Orin 64 GB", 64 * GiB, JETSON_RESERVE, True,
+                            note="64 GB LPDDR5 shared by CPU and GPU"),
+    "h100-80gb": Device("H100 80 GB (SXM)", 81559 * MiB, DISCRETE_RESERVE, False, fp16_dense_tflops=989.4,
+                        note="81559 MiB as nvidia-smi reports an 80 GB H100; 989.4 TFLOP/s dense fp16 "
+                             "(1979 with 2:4 sparsity), NVIDIA's H100 SXM figure"),
+}
+
+
+def device(name: str) -> Device:
+    """A `DEVICES` entry by key."""
+    try:
+        return DEVICES[name]
+    except KeyError:
+        raise VitacError(f"unknown device '{name}' (known: {', '.join(DEVICES)})") from None
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_BYTES = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes from "8GiB", "7.5GB", "6000MiB", "512 MiB" or a plain byte count (GB = 10^9,
+    GiB = 2^30; rounded down). Anything else, or zero, is a one-line VitacError."""
+    m = _BYTES.fullmatch(text) if isinstance(text, str) else None
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise VitacError(f"cannot read {text!r} as a size: give a number and a unit like 8GiB, 7.5GB, "
+                         f"6000MiB (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    whole, _, frac = m.group(1).partition(".")
+    scale = _UNITS[unit]
+    value = int(whole or 0) * scale + (int(frac) * scale // 10 ** len(frac) if frac else 0)
+    if value <= 0:
+        raise VitacError(f"size {text!r} must be more than 0 bytes")
+    return value

@@ -1,0 +1,100 @@
+"""Where the ONNX Runtime backend keeps its buffers: host memory (CPU) or device memory (CUDA,
+through cuda-python). Both offer the same few operations, and every copy moves only the bytes
+asked for (never a whole arena through the host)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+class Buffer:
+    """A flat allocation bound to ONNX Runtime by pointer, with any shape that fits."""
+
+    def __init__(self, ptr: int, nbytes: int, dtype, host: Optional[np.ndarray] = None, device=None):
+        self.ptr, self.nbytes, self.dtype = ptr, nbytes, np.dtype(dtype)
+        self.host = host          # the numpy array on the CPU; None on CUDA
+        self._device = device     # keeps the DeviceBuffer alive
+
+    def free(self) -> None:
+        if self._device is not None:
+            self._device.free()
+        self.host = None
+
+
+class HostMemory:
+    """Buffers in host memory: ONNX Runtime's CPU provider reads and writes them in place."""
+
+    device = "cpu"
+
+    def alloc(self, n: int, dtype) -> Buffer:
+        host = np.zeros(max(int(n), 1), dtype)
+        return Buffer(host.ctypes.data, host.nbytes, dtype, host=host)
+
+    def upload(self, buf: Buffer, array: np.ndarray, offset: int = 0) -> None:
+        a = np.ascontiguousarray(array, buf.dtype).ravel()
+        buf.host[offset:offset + a.size] = a
+
+    def download(self, buf: Buffer, shape) -> np.ndarray:
+        n = int(np.prod(shape))
+        return buf.host[:n].reshape(shape).copy()
+
+    def view(self, buf: Buffer, shape) -> np.ndarray:
+        """The first prod(shape) elements, in place (no copy)."""
+        return buf.host[:int(np.prod(shape))].reshape(shape)
+
+    def tile(self, buf: Buffer, row_elems: int, have: int, want: int) -> None:
+        """Repeat the first `have` rows up to `want` rows (the same doubling copies as on CUDA)."""
+        from ..gpu import tile_copies
+
+        flat = buf.host
+        for first, n in tile_copies(have, want):
+            flat[first * row_elems:(first + n) * row_elems] = flat[:n * row_elems]
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CudaMemory:
+    """Buffers in device memory (cuda-python): copies touch only the bytes that change, on one
+    non-blocking stream, synchronized before ONNX Runtime runs again (its compute stream is not
+    ordered after ours)."""
+
+    device = "cuda"
+
+    def __init__(self):
+        from ..gpu import Stream, import_cudart
+
+        self._c = import_cudart()
+        self.stream = Stream(self._c)
+
+    def alloc(self, n: int, dtype) -> Buffer:
+        from ..gpu import DeviceBuffer
+
+        dtype = np.dtype(dtype)
+        d = DeviceBuffer(self._c, max(int(n), 1) * dtype.itemsize, dtype)
+        return Buffer(d.ptr, d.nbytes, dtype, device=d)
+
+    def upload(self, buf: Buffer, array: np.ndarray, offset: int = 0) -> None:
+        a = np.ascontiguousarray(array, buf.dtype)
+        self.stream.copy(buf.ptr + offset * buf.dtype.itemsize, a.ctypes.data, a.nbytes, "h2d")
+        self.stream.synchronize()   # `a` may be a temporary: the copy must be done before it goes
+
+    def download(self, buf: Buffer, shape) -> np.ndarray:
+        out = np.empty(shape, buf.dtype)
+        self.stream.copy(out.ctypes.data, buf.ptr, out.nbytes, "d2h")
+        self.stream.synchronize()
+        return out
+
+    def tile(self, buf: Buffer, row_elems: int, have: int, want: int) -> None:
+        self.stream.tile(buf.ptr, row_elems * buf.dtype.itemsize, have, want)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        self.stream.destroy()
