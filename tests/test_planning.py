@@ -70,6 +70,15 @@ def test_chunked_plan_is_the_unchunked_plan(mpc, mpc_artifact):
         assert part.chunk == (chunk or max_batch)
         np.testing.assert_array_equal(part.actions, whole.actions)
         assert np.abs(part.energies - whole.energies).max() < 1e-6
+    # a memory budget picks the chunk with the memory model
+    from vitac_deploy.planning.memory import plan_memory
+
+    rt = _runtime("onnxruntime", mpc, mpc_artifact)
+    budget = plan_memory(mpc.cfg, 9, 2, precision="fp32", backend="onnxruntime").device_total
+    part = plan(rt, mpc.current, mpc.goal, mpc.pose, opts, noise=noise, memory_budget=budget)
+    assert part.chunk == 9 and np.array_equal(part.actions, whole.actions)
+    with pytest.raises(VitacError, match="not even one sample"):
+        plan(rt, mpc.current, mpc.goal, mpc.pose, opts, noise=noise, memory_budget=1000)
 
 
 @pytest.mark.parametrize("kind", ["reference", "onnxruntime"])

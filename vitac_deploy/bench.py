@@ -148,6 +148,10 @@ def check_options(opts: BenchOptions) -> None:
         raise VitacError(f"--cuda-graphs must be off, on or both, got {opts.cuda_graphs}")
     if opts.cuda_graphs != "off" and opts.device != "cuda":
         raise VitacError("--cuda-graphs needs --device cuda")
+    if opts.device == "cuda":
+        from .runtimes.gpu import gpu_info
+
+        gpu_info(required=True)   # one line, before minutes of export, when there is no GPU
     if opts.plan is not None:
         opts.plan.check()
         if opts.chunk is not None and opts.chunk < 1:
@@ -251,7 +255,10 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
     if baseline is not None:
         base = timed(baseline, "baseline")
         result["baseline"]["plan"] = {"plan_s": base.seconds, "step_s_median": float(np.median(base.step_seconds)),
-                                      "actions": base.actions.tolist(), "chunk": base.chunk}
+                                      "actions": base.actions.tolist(), "chunk": base.chunk,
+                                      # how far apart the samples' energies are: agreement on the elites
+                                      # means something only where this is well above rounding
+                                      "energy_spread_step0": float(np.ptp(base.energies[0]))}
     for backend, graphs in ((b, g) for b in opts.backends for g in _variants(backend=b, opts=opts)):
         label = _label(backend, graphs, opts)
         rt = _open(artifact, backend, opts, opts.chunk or p.samples, workdir, say, graphs, max_frames=p.rollout)

@@ -139,6 +139,11 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
             table.add_row("baseline", str(b["chunk"]), f"{b['plan_s']:.2f} s", f"{b['step_s_median'] * 1e3:.0f} ms",
                           f"{result['plan']['upstream_flops'] / b['plan_s'] / 1e12:.3f}", "1.00x", "0", "-", "0", "-")
         console.print(table)
+        spread = result["baseline"].get("plan", {}).get("energy_spread_step0")
+        if spread is not None and any(e.get("same_elites_every_step") is False for e in result["entries"]):
+            console.print(f"elites differ: the samples' energies span only {spread:.1e} at step 0, so samples within "
+                          f"rounding swap places (random weights barely react to actions; the golden planner case "
+                          f"checks the plan itself)")
         console.print(f"FLOPs of one plan: {result['plan']['flops'] / 1e12:.2f} TFLOP with the KV cache, "
                       f"{result['plan']['upstream_flops'] / 1e12:.2f} TFLOP the upstream way "
                       f"(TFLOP/s column: each row's own FLOPs / its time)")

@@ -32,6 +32,7 @@ def build_engine(
     compute_capability: Optional[str] = typer.Option(
         None, "--compute-capability",
         help="tensorrt-rtx: comma list of target GPUs, e.g. 8.6,8.9 (default: this GPU, or Ampere+ without one)."),
+    tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 in float32 layers (off: fp32 means fp32)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT's own log."),
 ) -> None:
     """Build FP16 (or FP32) TensorRT engines from an artifact, with profiles for batch and past_len."""
@@ -51,7 +52,7 @@ def build_engine(
         profile=ProfileOptions(min_batch, opt_batch, max_batch, max_frames, 1 if first_frame == "engine" else 0),
         workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
         version_compatible=version_compatible, hardware_compatible=hardware_compatible, verbose=verbose,
-        flavour=flavour,
+        flavour=flavour, tf32=tf32,
         compute_capabilities=tuple(c.strip() for c in (compute_capability or "").split(",") if c.strip()))
     err = stderr_console()
     with err.status("building") as status:

@@ -115,6 +115,7 @@ def _per_entry(space: ActionSpace, opts: CEMOptions):
 
 def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noise: Optional[np.ndarray] = None,
          seed: int = 0, space: Optional[ActionSpace] = None, chunk: Optional[int] = None,
+         memory_budget: Optional[int] = None,
          on_step: Optional[Callable[[int, int, float], None]] = None) -> PlanResult:
     """Plan `options.rollout` actions from the current features [1, N, D] (normalized) and pose
     [1, A] towards the goal features [1, N, D].
@@ -122,7 +123,9 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     `noise`: the standard normal draws [cem_steps * rollout, samples, k] in upstream draw order
     (step 0 h 0, step 0 h 1, step 1 h 0, ...; k sampled entries: xyz, gripper), used instead of
     `numpy.random.default_rng(seed)`. `chunk`: samples rolled out at once (default: all, at most the
-    runtime's max_batch; the plan does not depend on it). `on_step(step, steps, best_energy)`.
+    runtime's max_batch; the plan does not depend on it). `memory_budget` (bytes): the chunk is at
+    most the largest the memory model fits in it (planning/memory.py; a runtime allocates for its
+    max_batch, or for its first chunk when opened without one). `on_step(step, steps, best_energy)`.
     """
     opts = options or CEMOptions()
     opts.check()
@@ -145,6 +148,8 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     mean, std = np.zeros((H, k)), np.tile(std0, (H, 1))
     rng = np.random.default_rng(seed)
     sampled = list(space.sampled)
+    if memory_budget is not None:
+        chunk = min(chunk or S, _fitting_chunk(runtime, memory_budget, H, S))
     n = chunk_size(runtime, S, chunk)
     runtime.set_goal(goal)
     context = graph_context(current, cfg)
@@ -177,3 +182,15 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     result.actions, result.mean, result.std = plan_actions.astype(np.float32), mean, std
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _fitting_chunk(runtime, budget: int, horizon: int, samples: int) -> int:
+    from .memory import largest_chunk
+
+    layout = "tensorrt" if runtime.backend == "tensorrt" else "onnxruntime"
+    fit = largest_chunk(runtime.cfg, int(budget), horizon, samples, precision=runtime.precision, backend=layout,
+                        engines=getattr(runtime, "weight_copies", 1))
+    if fit == 0:
+        raise VitacError(f"not even one sample of a horizon-{horizon} plan fits {budget / 2**20:.0f} MiB "
+                         f"(see `vitac-deploy info --plan-samples`)")
+    return fit

@@ -88,10 +88,10 @@ def energies(runtime, current, goal, pose, actions, pose_update: Optional[PoseUp
     cfg = runtime.cfg
     current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
     A = cfg.action_dim
-    pose = np.asarray(pose, np.float32).reshape(1, -1)
+    pose = np.asarray(pose, np.float32)
     actions = np.asarray(actions)
     if pose.shape != (1, A):
-        raise VitacError(f"pose must have shape [1, {A}], got {list(np.shape(pose))}")
+        raise VitacError(f"pose must have shape [1, {A}], got {list(pose.shape)}")
     if actions.ndim != 3 or actions.shape[2] != A or actions.shape[0] < 1 or actions.shape[1] < 1:
         raise VitacError(f"actions must have shape [S, H, {A}], got {list(actions.shape)}")
     runtime.set_goal(goal)

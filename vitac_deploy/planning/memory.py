@@ -61,7 +61,8 @@ FLOAT32 = 4
 class PlanMemory:
     """Bytes a runtime holds for one chunk of a plan, by component.
 
-    `host_pinned` is page-locked HOST memory (TensorRT's staging of the input and the prediction):
+    `host_pinned` is page-locked HOST memory (TensorRT's staging of the input features and the
+    conditioning; predictions stay on the device and energies are read back through a few bytes):
     it is not device memory on a discrete GPU, but on a Jetson host and device share the same DRAM,
     so `total(unified=True)` counts it.
     """
@@ -69,7 +70,7 @@ class PlanMemory:
     weights: int        # num_parameters x element size x engines (TensorRT: first-frame engine holds a copy)
     kv_cache: int       # (2 arenas if double-buffered) x chunk x F x kv_bytes_per_frame   -- exact
     frame_buffers: int  # float32 [chunk, N, D] device buffers (3 ONNX Runtime, 4 TensorRT)   -- exact
-    host_pinned: int    # TensorRT: pinned host input + prediction (+ conditioning)           -- exact
+    host_pinned: int    # TensorRT: pinned host input features + conditioning                -- exact
     activations: int    # transient tensors of one frame: an ESTIMATE (upper bound, unfused attention)
     small: int          # RoPE tables, goal features, energies, device conditioning inputs    -- exact
 
@@ -169,11 +170,11 @@ def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1
       `double_buffered=False` (a contract where present extends past in place; not done yet).
     - frame_buffers, float32: ONNX Runtime prediction + 2 raw predictions = 3 x B x N x D x 4;
       TensorRT input staging + prediction + 2 raw = 4 x B x N x D x 4.
-    - host_pinned (TensorRT only): pinned input and prediction, 2 x B x N x D x 4, plus the pinned
+    - host_pinned (TensorRT only): the pinned input features, B x N x D x 4, plus the pinned
       conditioning inputs B x (2A [+ A-1 with extrinsics]) x 4.
-    - activations: `activation_terms(...)["peak"]` at cache length F; with two TensorRT engines each
-      execution context holds its own activation memory, so the first-frame engine's (cache
-      length 1) is added.
+    - activations: `activation_terms(...)["peak"]` at cache length F. Every TensorRT context (step,
+      first frame, energy; one per captured graph) shares ONE activation buffer sized for the
+      largest, so a second engine adds weights, not activations.
     - small: RoPE cos/sin tables for every frame the config allows, 2 x cfg.max_frames x L x
       head_dim x e (the runtimes upload `contract.rope_rows` whole), goal features N x D x 4,
       energies B x 4, conditioning inputs B x (2A [+ A-1]) x 4.
@@ -188,13 +189,11 @@ def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1
     frame = B * N * D * FLOAT32
     cond = B * (2 * A + (A - 1 if cfg.use_extrinsics else 0)) * FLOAT32
     activations = activation_terms(cfg, B, F, e, fused_attention)["peak"]
-    if trt and engines == 2:
-        activations += activation_terms(cfg, B, 1, e, fused_attention)["peak"]
     return PlanMemory(
         weights=cfg.num_parameters() * e * engines,
         kv_cache=(2 if double_buffered else 1) * B * F * cfg.kv_bytes_per_frame(e),
         frame_buffers=(4 if trt else 3) * frame,
-        host_pinned=(2 * frame + cond) if trt else 0,
+        host_pinned=(frame + cond) if trt else 0,
         activations=activations,
         small=2 * cfg.max_frames * L * cfg.head_dim * e + N * D * FLOAT32 + B * FLOAT32 + cond,
     )

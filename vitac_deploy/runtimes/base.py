@@ -54,7 +54,8 @@ class Runtime:
         raise NotImplementedError
 
     def _broadcast_cache(self, batch: int) -> None:
-        """Tile a batch-1 cache to `batch` rows (shared context)."""
+        """Tile a batch-1 cache to `batch` rows (shared context). Only the cache: the frame after the
+        shared ones runs at the full batch, so no prediction of the batch-1 frames is ever read."""
         raise NotImplementedError
 
     def _prediction(self) -> np.ndarray:

@@ -75,8 +75,8 @@ def gpu_info(required: bool = True) -> Optional[dict[str, Any]]:
         pass
     if not required:
         return None
-    raise BackendUnavailable("no CUDA GPU found (or neither cuda-python nor torch to query it): "
-                             "TensorRT engines are built and run on the GPU that uses them")
+    raise BackendUnavailable("no CUDA GPU found (or neither cuda-python nor torch to query it): this needs an "
+                             "NVIDIA GPU with its driver (TensorRT engines are built on the GPU that runs them)")
 
 
 class DeviceBuffer:

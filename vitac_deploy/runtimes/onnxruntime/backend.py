@@ -307,10 +307,7 @@ class OnnxRuntimeRuntime(Runtime):
         kv_row = cfg.num_heads * self.frames * cfg.tokens_per_step * cfg.head_dim
         for buf in self._arenas[self._cur].values():
             mem.tile(buf, kv_row, 1, batch)
-        frame_row = cfg.tokens_per_frame * cfg.embed_dim
-        mem.tile(self._raw[self._raw_cur], frame_row, 1, batch)
-        if "next_features_raw" in self._outputs:
-            mem.tile(self._pred, frame_row, 1, batch)
+        # (predictions need no broadcast: the last context frame always runs at the full batch)
         # device-to-device copies return before they finish and ONNX Runtime computes on its own
         # stream: wait here so that the next run reads the broadcast cache
         mem.synchronize()

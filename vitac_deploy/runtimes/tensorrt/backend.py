@@ -333,6 +333,11 @@ class TensorRTRuntime(Runtime):
         return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {graphs})"
 
     @property
+    def weight_copies(self) -> int:
+        """Engines holding the weights (step, and the first-frame engine where built)."""
+        return sum(role in self._engines for role in ("step", "first"))
+
+    @property
     def graphs_in_use(self) -> bool:
         """Whether frames replay captured graphs (False after a capture failure turned them off)."""
         return self.cuda_graphs or self._rtx_graphs

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...errors import VitacError
+from ...errors import BackendUnavailable, VitacError
 from ..base import StateUpdate, host_energy
 
 
@@ -20,6 +20,9 @@ class FullRecompute:
     def __init__(self, model, device: str = "cpu", precision: str = "fp32", max_batch: Optional[int] = None):
         import torch
 
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("the full-recompute baseline runs on torch, which has no CUDA device here "
+                                     "(install a CUDA build of torch, or use --baseline none)")
         self._torch, self.device, self.precision = torch, device, precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
