@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Download, on a machine with PyPI, the cp312 wheels the lent GPU machine needs (it reaches no
-# index), into wheels/ (git-ignored), laid out for the device tool's 64 MiB-per-call carry:
-#   wheels/base/            cuda-python (bindings + pathfinder), typer, rich, pytest and their pure deps
-#   wheels/ort-00 .. ort-NN onnxruntime-gpu (CUDA 13 build, ~256 MB) split in 60 MB parts
-# Carry wheels/ort-00, wheels/ort-01, ... one per call while the machine stays warm (it keeps
-# ignored files between calls), then run gpu_check.sh with wheels/base carried: it joins the parts.
+# Download, on a machine with PyPI, the one wheel the lent GPU machine lacks (it reaches no index):
+# onnxruntime-gpu (the CUDA 13 build, matching the image's PyTorch; ~256 MB), split for the device
+# tool, which carries at most 64 MiB a call INCLUDING the tracked tree (~9 MiB):
+#   wheels/ort-00 .. ort-NN   48 MiB parts, one carried per call while the machine stays warm
+# The image already has cuda-bindings, typer, rich, pytest and the CUDA/cuDNN libraries
+# (/work/.library/device/KINDS.md), so nothing else travels. gpu_check.sh joins the parts.
 #   bash scripts/fetch_gpu_wheels.sh            # prints the carry plan at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-3.12}
-PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-ORT=${ORT_VERSION:-1.31.1}          # CUDA 13 build, matching the GPU image's PyTorch (CUDA 13)
-rm -rf wheels && mkdir -p wheels/base wheels/tmp
-dl() { pip download -q --no-deps -d "$1" --python-version "$PY" --only-binary=:all: "${PLAT[@]}" "${@:2}"; }
-dl wheels/base cuda-bindings==13.4.4 cuda-pathfinder typer rich click shellingham markdown-it-py mdurl \
-   pygments typing_extensions annotated-doc pytest pluggy iniconfig
-dl wheels/tmp "onnxruntime-gpu==$ORT"
+ORT=${ORT_VERSION:-1.31.1}
+PART=${PART_MIB:-48}
+rm -rf wheels && mkdir -p wheels/tmp
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    -d wheels/tmp "onnxruntime-gpu==$ORT"
 whl=$(ls wheels/tmp/onnxruntime_gpu-*.whl)
-split -b 60M -d -a 2 "$whl" "wheels/tmp/$(basename "$whl").part"
+(cd wheels/tmp && sha256sum "$(basename "$whl")" > "$(basename "$whl").sha256")
+split -b "${PART}M" -d -a 2 "$whl" "wheels/tmp/$(basename "$whl").part"
 for part in wheels/tmp/*.part*; do
   n=${part##*.part}; mkdir -p "wheels/ort-$n"; mv "$part" "wheels/ort-$n/"
 done
+mv wheels/tmp/*.sha256 wheels/ort-00/
 rm -rf wheels/tmp
 du -sh wheels/* | sed 's/^/  /'
-echo "carry plan: one call per wheels/ort-NN (e.g. command 'ls wheels'), then:"
-echo "  OUT=\$OUT bash scripts/gpu_check.sh     with carry [\"wheels/base\"]"
+tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+echo "tracked tree: $((tree >> 20)) MiB; each call carries it plus one part (limit 64 MiB)"
+echo "carry plan: one call per part, e.g. command 'ls wheels' with carry [\"wheels/ort-00\"], [\"wheels/ort-01\"], ..."
+echo "then: OUT=\$OUT bash scripts/gpu_check.sh  (carry nothing; the parts stay on the warm machine)"

@@ -1,113 +1,141 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one run on a bare lent machine (Python 3.12, PyTorch with CUDA,
-# onnxruntime CPU, no index reachable). Run from the repository root with the wheels of
-# scripts/fetch_gpu_wheels.sh under wheels/. Every step's full output goes to $OUT/NN-step.log,
-# its status to $OUT/summary.txt; the script exits 1 when any step failed (it never hides a
-# failure behind a pipe). QUICK=1 skips the ViT-g-shaped plan and the batch-400 rows; SETUP=0 skips
-# the install (a rerun on the same warm machine).
+# Every check that needs a GPU, in one run on a bare lent machine (python3 3.12 with PyTorch CUDA 13,
+# cuda-bindings, typer, rich, pytest; onnxruntime CPU; no index reachable). Run from the repository
+# root with the onnxruntime-gpu parts of scripts/fetch_gpu_wheels.sh under wheels/ort-*.
+#
+# Each step runs under a time limit cut to what is left of DEADLINE (seconds, default 540, inside
+# the device tool's 600 s per command), so the summary is always written; steps that no longer fit
+# are reported as skipped. Every step's output goes to a log; $OUT gets summary.txt (the status of
+# every step with the end of its log) and gpu-results.tar.gz (all logs and JSON/PNG results): the
+# device tool returns at most 8 files. Exit 1 when any step failed or was skipped for time.
 #   OUT=$OUT bash scripts/gpu_check.sh
+#   QUICK=1 ...   batch 1 only, no ViT-g-shaped plan;   SETUP=0 ...   the wheel is installed already
 set -uo pipefail
-shopt -s nullglob
 OUT=${OUT:-gpu-results}
+DEADLINE=${DEADLINE:-540}
+WORK=$(mktemp -d /tmp/gpu-check.XXXX)
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 PY=${PY:-python3}
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 failed=0
 n=0
 say() { echo "$*" | tee -a "$SUMMARY"; }
 
-# step NAME TIMEOUT_S COMMAND...: run, log everything, record the status and the log's last lines
+finish() {
+  tar -czf "$OUT/gpu-results.tar.gz" -C "$WORK" . 2>/dev/null
+  say "== done in ${SECONDS} s: $([ "$failed" -eq 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED OR WERE SKIPPED')"
+  exit "$failed"
+}
+
+# step NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log everything, record the status
 step() {
   local name=$1 limit=$2; shift 2
   n=$((n + 1))
+  local left=$((DEADLINE - SECONDS - 15))
   local log
-  log=$(printf '%s/%02d-%s.log' "$OUT" "$n" "$name")
+  log=$(printf '%s/%02d-%s.log' "$WORK" "$n" "$name")
+  if [ "$left" -lt 30 ]; then
+    say "== $n. $name: SKIPPED (only ${left} s left of DEADLINE=$DEADLINE)"; failed=1; return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
   timeout "$limit" bash -c '"$@"' _ "$@" > "$log" 2>&1   # bash -c: steps may be exported functions
   local rc=$?
   local status=PASS
-  [ "$rc" -ne 0 ] && { status="FAIL (exit $rc$([ "$rc" -eq 124 ] && echo ", timed out after ${limit}s"))"; failed=1; }
-  say "== $n. $name: $status in $((SECONDS - t0)) s  [$log]"
+  if [ "$rc" -ne 0 ]; then
+    status="FAIL (exit $rc$([ "$rc" -eq 124 ] && echo ", stopped after ${limit} s"))"; failed=1
+  fi
+  say "== $n. $name: $status in $((SECONDS - t0)) s  [$(basename "$log")]"
   tail -n "${TAIL:-12}" "$log" | sed 's/^/   | /' | tee -a "$SUMMARY"
   return "$rc"
 }
 
-vd() { python -m vitac_deploy "$@"; }
-export -f vd
+vd() { "$PY" -m vitac_deploy "$@"; }
 
 setup() {
   set -e
   shopt -s nullglob
   parts=(wheels/ort-*/onnxruntime_gpu-*.part*)
-  if [ ${#parts[@]} -gt 0 ]; then
-    base=$(basename "${parts[0]}"); base=${base%.part*}
-    cat $(printf '%s\n' "${parts[@]}" | sort -V) > "/tmp/$base"
-    echo "joined ${#parts[@]} parts into /tmp/$base"
-    python -m pip uninstall -y -q onnxruntime || true      # the CPU build would shadow the GPU one
-    python -m pip install -q --no-deps --no-index "/tmp/$base"
+  if [ ${#parts[@]} -eq 0 ]; then
+    echo "no wheels/ort-*/onnxruntime_gpu-*.part*: carry them first (scripts/fetch_gpu_wheels.sh)"; exit 1
   fi
-  wheels=(wheels/base/*.whl)
-  [ ${#wheels[@]} -gt 0 ] && python -m pip install -q --no-deps --no-index "${wheels[@]}"
+  base=$(basename "${parts[0]}"); base=${base%.part*}
+  cat $(printf '%s\n' "${parts[@]}" | sort -V) > "/tmp/$base"
+  (cd /tmp && sha256sum -c "$OLDPWD"/wheels/ort-00/"$base".sha256)
+  # into /tmp/site, first on PYTHONPATH: it shadows the image's CPU onnxruntime without touching it
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "/tmp/$base"
+}
+
+probe() {
   nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
-  python - <<'EOF'
+  "$PY" - <<'EOF'
 import importlib.metadata as md
+import sys
 import onnxruntime as ort, torch
 from vitac_deploy.runtimes.gpu import gpu_info
-print("python", __import__("sys").version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda,
-      torch.cuda.is_available(), "| onnxruntime", ort.__version__, ort.get_available_providers())
-for p in ("onnxruntime-gpu", "cuda-bindings", "typer", "numpy"):
+from vitac_deploy.runtimes.onnxruntime.backend import cuda_provider_failure
+print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),
+      "| onnxruntime", ort.__version__, "from", ort.__file__)
+for p in ("onnxruntime-gpu", "cuda-bindings", "numpy", "typer", "pytest"):
     try:
-        print(p, md.version(p))
+        print(" ", p, md.version(p))
     except md.PackageNotFoundError:
-        print(p, "not installed")
-print("gpu_info", gpu_info())
+        print(" ", p, "not installed")
+print("gpu_info:", gpu_info())
 if hasattr(ort, "preload_dlls"):
     ort.preload_dlls()
-# the CUDA provider must load, or every ONNX Runtime CUDA row would silently be a CPU row
-from vitac_deploy.runtimes.onnxruntime.backend import cuda_provider_failure
-why = cuda_provider_failure(ort)
+print("providers:", ort.get_available_providers())
+why = cuda_provider_failure(ort)   # or every ONNX Runtime CUDA row would silently be a CPU row
 print("CUDA provider library:", why or "loads")
-assert not why, why
+sys.exit(1 if why else 0)
 EOF
 }
 
-export -f setup
-say "vitac-deploy GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-if [ "${SETUP:-1}" != 0 ]; then
-  step setup 240 setup || { say "setup failed: nothing else can run"; exit 1; }
-fi
+gpu_tests() {
+  "$PY" -m pytest -q -ra -p no:cacheprovider -m "gpu or tensorrt" tests/ --junitxml="$WORK/gpu-tests.xml" \
+      | tee "$WORK/gpu-tests.txt"
+  rc=${PIPESTATUS[0]}
+  # on the GPU machine a test that skips did not run: no test passing is a failure, not a pass
+  grep -qE '[0-9]+ passed' "$WORK/gpu-tests.txt" || { echo "no GPU test passed (all skipped?)"; exit 1; }
+  exit "$rc"
+}
+export -f vd setup probe gpu_tests
+export WORK
 
-step gpu-tests 420 python -m pytest -q -ra -m "gpu or tensorrt" -p no:cacheprovider tests/ \
-     --junitxml="$OUT/gpu-tests.xml"
-step export 300 vd export --preset vitac-l384 --random-init --out /tmp/art --force
-step validate-onnxruntime-cuda 300 vd validate /tmp/art --random-init --backend onnxruntime --device cuda \
-     --precision fp32,fp16 --report "$OUT/validate_onnxruntime_cuda.json"
-step validate-torch-cuda 300 vd validate /tmp/art --random-init --backend torch --device cuda \
-     --precision fp32,fp16 --report "$OUT/validate_torch_cuda.json"
+say "vitac-deploy GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), DEADLINE ${DEADLINE} s"
+if [ "${SETUP:-1}" != 0 ]; then
+  step setup 120 setup || { say "setup failed: nothing else can run"; finish; }
+fi
+step probe 60 probe || { say "no usable GPU or ONNX Runtime CUDA provider: nothing else can run"; finish; }
 
 BATCH=1,400; [ -n "${QUICK:-}" ] && BATCH=1
-TAIL=30 step bench-rollout 420 vd bench /tmp/art --device cuda --precision fp16 --batch "$BATCH" --horizon 7 \
+step gpu-tests 240 gpu_tests
+step export 120 vd export --preset vitac-l384 --random-init --out "$WORK/art" --force
+TAIL=20 step bench-plan-default 200 vd bench "$WORK/art" --plan --device cuda --precision fp16 \
+     --backend onnxruntime --backend torch --cuda-graphs both --json "$WORK/bench_plan_gpu.json"
+step validate-onnxruntime-cuda 120 vd validate "$WORK/art" --random-init --backend onnxruntime --device cuda \
+     --precision fp32,fp16 --report "$WORK/validate_onnxruntime_cuda.json"
+TAIL=30 step bench-rollout 200 vd bench "$WORK/art" --device cuda --precision fp16 --batch "$BATCH" --horizon 7 \
      --backend onnxruntime --backend torch --cuda-graphs both --repeats 10 --warmup 3 \
-     --json "$OUT/bench_rollout_gpu.json" --plot "$OUT/per_frame_gpu.png"
-TAIL=20 step bench-plan-default 420 vd bench /tmp/art --plan --device cuda --precision fp16 \
-     --backend onnxruntime --backend torch --cuda-graphs both --json "$OUT/bench_plan_gpu.json"
+     --json "$WORK/bench_rollout_gpu.json" --plot "$WORK/per_frame_gpu.png"
+step validate-torch-cuda 120 vd validate "$WORK/art" --random-init --backend torch --device cuda \
+     --precision fp32,fp16 --report "$WORK/validate_torch_cuda.json"
 if [ -z "${QUICK:-}" ]; then
-  TAIL=20 step bench-plan-vitg 540 vd bench --preset vjepa2-ac-vitg --plan --device cuda --precision fp16 \
-       --backend onnxruntime --cuda-graphs off --json "$OUT/bench_plan_vitg_gpu.json"
+  TAIL=20 step bench-plan-vitg 300 vd bench --preset vjepa2-ac-vitg --plan --device cuda --precision fp16 \
+       --backend onnxruntime --json "$WORK/bench_plan_vitg_gpu.json"
 fi
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)
-if python -c "import tensorrt" 2>/dev/null; then
-  step tensorrt-build 420 vd build-engine /tmp/art --out /tmp/eng.plan --max-batch 400 --opt-batch 400 --max-frames 2
-  step tensorrt-validate 300 vd validate /tmp/eng.plan --random-init
+if "$PY" -c "import tensorrt" 2>/dev/null; then
+  step tensorrt-build 240 vd build-engine "$WORK/art" --out "$WORK/eng.plan" --max-batch 400 --opt-batch 400 --max-frames 2
+  step tensorrt-validate 120 vd validate "$WORK/eng.plan" --random-init
 else
   say "== tensorrt: not importable here (no wheel reachable); the TensorRT runtime ran on fakes only"
 fi
-if python -c "import tensorrt_rtx as t, sys; sys.exit('SM' + '$cap'.replace('.', '') not in t.ComputeCapability.__members__)" 2>/dev/null; then
-  step rtx-build 420 vd build-engine /tmp/art --out /tmp/rtx.plan --flavour tensorrt-rtx --compute-capability "$cap"
-  step rtx-validate 300 vd validate /tmp/rtx.plan --random-init
+if "$PY" -c "import tensorrt_rtx as t, sys; sys.exit('SM' + '$cap'.replace('.', '') not in t.ComputeCapability.__members__)" 2>/dev/null; then
+  step rtx-build 240 vd build-engine "$WORK/art" --out "$WORK/rtx.plan" --flavour tensorrt-rtx --compute-capability "$cap"
+  step rtx-validate 120 vd validate "$WORK/rtx.plan" --random-init
 else
   say "== tensorrt-rtx: not installed, or compute capability $cap is not one it targets (Hopper is not): skipped"
 fi
-say "== done: $([ "$failed" -eq 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED')"
-exit "$failed"
+finish

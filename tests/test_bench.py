@@ -62,7 +62,12 @@ def test_bench_option_errors(tmp_path):
                       (["--backend", "tensorrt"], "runs on --device cuda"),
                       (["--cuda-graphs", "on"], "--cuda-graphs needs --device cuda"),
                       (["--cuda-graphs", "sometimes"], "--cuda-graphs must be off, on or both"),
-                      (["--json", str(tmp_path / "no" / "b.json")], "cannot write --json")):
+                      (["--json", str(tmp_path / "no" / "b.json")], "cannot write --json"),
+                      (["--json", str(tmp_path)], "it is a directory"),
+                      (["--samples", "8"], "--samples does not apply without --plan"),
+                      (["--plan", "--batch", "4", "--plot", str(tmp_path / "p.png")], "--batch, --plot do not apply with --plan"),
+                      (["--plan", "--horizon", "9"], "exceeds the model's max_frames"),
+                      (["--plan", "--samples", "x"], "Invalid value for '--samples'")):
         bad = run(*args)
         assert bad.returncode == 2 and msg in bad.stderr, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

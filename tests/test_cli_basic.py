@@ -39,9 +39,41 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
         ["info", "--preset", "nope"],
         ["info", "--checkpoint", str(tmp_path / "missing.pt")],
         ["info", "--config", str(tmp_path / "missing.json")],
+        # usage errors too: one line, not click's boxed message
+        ["info", "--plan-samples", "abc"],
+        ["info", "--budget"],
+        ["export", "--bogus"],
+        ["nosuch"],
     ]
     for args in cases:
         p = subprocess.run([sys.executable, "-m", "vitac_deploy", *args], capture_output=True, text=True)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_malformed_manifests_are_user_errors(tmp_path):
+    """An edited or damaged manifest is a user error (exit 2, one line), not an internal one."""
+    from tests.conftest import SMALL
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+
+    art = tmp_path / "a"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(precisions=["fp32"], validate=False))
+    good = (art / "manifest.json").read_text()
+    import json
+
+    m = json.loads(good)
+    cases = {"a list": "[1, 2]", "not UTF-8": b"\xff\xfe{",
+             "no graphs": json.dumps({k: v for k, v in m.items() if k != "graphs"}),
+             "version true": json.dumps({**m, "format_version": True}),
+             "version 1": json.dumps({**m, "format_version": 1})}
+    for what, text in cases.items():
+        path = art / "manifest.json"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        for cmd in (["inspect", str(art)], ["rollout", str(art), "--inputs", str(tmp_path / "x.npz"),
+                                            "--out", str(tmp_path / "o.npz")]):
+            p = subprocess.run([sys.executable, "-m", "vitac_deploy", *cmd], capture_output=True, text=True)
+            assert p.returncode == 2 and p.stderr.startswith("error: "), (what, cmd, p.stderr)
+            assert len(p.stderr.strip().splitlines()) == 1 and "internal error" not in p.stderr, (what, p.stderr)
+    (art / "manifest.json").write_text(good)

@@ -175,3 +175,24 @@ def test_weak_typing_declares_the_cache_io_float16(tmp_path):
     outs = {t.name: t.dtype for t in net.outputs}
     assert ins["past_key.0"] == ins["rope_cos"] == outs["present_value.1"] == trt.float16
     assert ins["features"] == ins["action"] == outs["next_features"] == trt.float32
+
+
+def test_onnxruntime_graph_keys_do_not_outlive_their_buffers(tmp_path):
+    """A captured ONNX Runtime graph replays the addresses it was captured with: a re-allocation
+    (a larger batch) must drop every frame key's run options and staged inputs, and a graph id is
+    never handed out twice (a reused id would replay a graph of freed memory)."""
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+    from vitac_deploy.runtimes import open_runtime
+
+    art = tmp_path / "a"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(precisions=["fp32"], validate=False,
+                                                                    first_frame_graph=False))
+    rt = open_runtime(art, backend="onnxruntime")
+    rt.reset(1)
+    rt._run_options[(1, 0, 0, 0, False)] = "options of a graph captured at batch 1"
+    rt._staged[("action", (1, SMALL.action_dim))] = "a staged input"
+    ids = [next(rt._graph_ids) for _ in range(3)]
+    rt.reset(3)                        # grows the buffers
+    assert not rt._run_options and not rt._staged
+    assert next(rt._graph_ids) > max(ids)

@@ -70,15 +70,63 @@ def test_chunked_plan_is_the_unchunked_plan(mpc, mpc_artifact):
         assert part.chunk == (chunk or max_batch)
         np.testing.assert_array_equal(part.actions, whole.actions)
         assert np.abs(part.energies - whole.energies).max() < 1e-6
-    # a memory budget picks the chunk with the memory model
+
+def test_a_memory_budget_picks_the_chunk_for_the_runtime_as_it_allocates(mpc, mpc_artifact):
+    """The memory model sizes the chunk for the runtime's own max_frames (a runtime opened for the
+    model's 8 frames holds 4x the cache of one opened for the horizon's 2) and refuses a runtime
+    whose max_batch alone exceeds the budget."""
     from vitac_deploy.planning.memory import plan_memory
 
-    rt = _runtime("onnxruntime", mpc, mpc_artifact)
+    opts, noise = _options(mpc), mpc.arrays["cem_noise"]
+    whole = plan(_runtime("onnxruntime", mpc, mpc_artifact), mpc.current, mpc.goal, mpc.pose, opts, noise=noise)
     budget = plan_memory(mpc.cfg, 9, 2, precision="fp32", backend="onnxruntime").device_total
+    rt = open_runtime(mpc_artifact, backend="onnxruntime", max_frames=2)
     part = plan(rt, mpc.current, mpc.goal, mpc.pose, opts, noise=noise, memory_budget=budget)
     assert part.chunk == 9 and np.array_equal(part.actions, whole.actions)
-    with pytest.raises(VitacError, match="not even one sample"):
+    wide = open_runtime(mpc_artifact, backend="onnxruntime")            # max_frames 8: a smaller chunk
+    assert plan(wide, mpc.current, mpc.goal, mpc.pose, opts, noise=noise, memory_budget=budget).chunk < 9
+    with pytest.raises(VitacError, match="allocates for max_batch 25.*max_frames=2 and max_batch=9"):
+        plan(_runtime("onnxruntime", mpc, mpc_artifact, 25), mpc.current, mpc.goal, mpc.pose, opts,
+             memory_budget=budget)
+    with pytest.raises(VitacError, match="not even one sample fits a budget of 1000 bytes"):
         plan(rt, mpc.current, mpc.goal, mpc.pose, opts, noise=noise, memory_budget=1000)
+    for bad in (-1, float("nan"), "8GiB"):
+        with pytest.raises(VitacError, match="memory_budget"):
+            plan(rt, mpc.current, mpc.goal, mpc.pose, opts, memory_budget=bad)
+
+
+def test_one_runtime_plans_for_several_threads_one_at_a_time(mpc, mpc_artifact):
+    """A runtime's buffers and goal are shared: concurrent plans are serialized, each one exact."""
+    import threading
+
+    rt = _runtime("onnxruntime", mpc, mpc_artifact)
+    opts, noise = _options(mpc), mpc.arrays["cem_noise"]
+    flipped = (mpc.goal[:, ::-1]).copy()
+    want = {g: plan(rt, mpc.current, goal, mpc.pose, opts, noise=noise).actions
+            for g, goal in (("goal", mpc.goal), ("flipped", flipped))}
+    got, errors = [], []
+
+    def worker(name, goal):
+        try:
+            got.append((name, plan(rt, mpc.current, goal, mpc.pose, opts, noise=noise).actions))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(("goal", mpc.goal), ("flipped", flipped))[i % 2])
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 6
+    assert all(np.array_equal(a, want[name]) for name, a in got)
+
+
+def test_non_finite_energies_are_refused(mpc, mpc_artifact, monkeypatch):
+    rt = _runtime("onnxruntime", mpc, mpc_artifact)
+    monkeypatch.setattr(rt, "rollout_energy", lambda *a, **k: np.full(a[1].shape[0], np.nan, np.float32))
+    with pytest.raises(VitacError, match="25 of 25 energies are NaN or inf"):
+        plan(rt, mpc.current, mpc.goal, mpc.pose, _options(mpc))
 
 
 @pytest.mark.parametrize("kind", ["reference", "onnxruntime"])
@@ -154,8 +202,13 @@ def test_raw_equivalent_undoes_the_graph_normalization(variance):
     (CEMOptions(topk=1), "topk"),
     (CEMOptions(samples=4, topk=5), "topk"),
     (CEMOptions(rollout=0), "rollout"),
+    (CEMOptions(rollout=True), "rollout"),
     (CEMOptions(momentum_std=1.5), "momentum_std"),
+    (CEMOptions(momentum_mean="0.1"), "momentum_mean"),
     (CEMOptions(maxnorm=0), "maxnorm"),
+    (CEMOptions(maxnorm=float("inf")), "maxnorm"),
+    (CEMOptions(close_gripper=1.5), "close_gripper"),
+    (CEMOptions(close_gripper=True), "close_gripper"),
 ])
 def test_option_errors(mpc, mpc_artifact, opts, msg):
     rt = _runtime("onnxruntime", mpc, mpc_artifact)
@@ -166,9 +219,22 @@ def test_option_errors(mpc, mpc_artifact, opts, msg):
 def test_input_errors(mpc, mpc_artifact):
     rt = _runtime("onnxruntime", mpc, mpc_artifact)
     opts = CEMOptions(samples=4, topk=2, cem_steps=1)
-    with pytest.raises(VitacError, match="noise must have shape"):
+    with pytest.raises(VitacError, match="noise must be a real array of shape"):
         plan(rt, mpc.current, mpc.goal, mpc.pose, opts, noise=np.zeros((2, 4, 3)))
-    with pytest.raises(VitacError, match="pose must have shape"):
+    with pytest.raises(VitacError, match="noise contains NaN"):
+        plan(rt, mpc.current, mpc.goal, mpc.pose, opts, noise=np.full((2, 4, 4), np.nan))
+    with pytest.raises(VitacError, match="seed"):
+        plan(rt, mpc.current, mpc.goal, mpc.pose, opts, seed=-1)
+    for chunk in (0, True, 2.5):
+        with pytest.raises(VitacError, match="chunk must be a positive integer"):
+            plan(rt, mpc.current, mpc.goal, mpc.pose, opts, chunk=chunk)
+    with pytest.raises(VitacError, match="goal must be normalized"):
+        plan(rt, mpc.current, 3 * mpc.goal + 1, mpc.pose, opts)
+    with pytest.raises(VitacError, match="pose contains NaN"):
+        plan(rt, mpc.current, mpc.goal, np.full_like(mpc.pose, np.nan), opts)
+    with pytest.raises(VitacError, match="gripper_clip"):
+        plan(rt, mpc.current, mpc.goal, mpc.pose, opts, space=ActionSpace(7, (0, 1, 2, 6), 6, gripper_clip=-1))
+    with pytest.raises(VitacError, match="pose must be a real array of shape"):
         plan(rt, mpc.current, mpc.goal, mpc.pose[:, :6], opts)
     with pytest.raises(VitacError, match="current must be float features"):
         plan(rt, mpc.current[:, :3], mpc.goal, mpc.pose, opts)
@@ -176,5 +242,5 @@ def test_input_errors(mpc, mpc_artifact):
         plan(rt, 30 * mpc.current + 5, mpc.goal, mpc.pose, opts)
     with pytest.raises(VitacError, match="NaN"):
         plan(rt, mpc.current, np.full_like(mpc.goal, np.nan), mpc.pose, opts)
-    with pytest.raises(VitacError, match="actions must have shape"):
+    with pytest.raises(VitacError, match="actions must be a real array of shape"):
         energies(rt, mpc.current, mpc.goal, mpc.pose, np.zeros((4, 7)))

@@ -251,3 +251,21 @@ def test_rollout_without_normalize_reps(tmp_path, backend):
     with torch.no_grad():
         ref = model.rollout(*(torch.from_numpy(a) for a in (ctx, acts, states)), 4, use_cache=False).numpy()
     assert np.abs(out - ref).max() < 1e-4
+
+
+def test_energy_graph_missing_or_replaced_is_refused(tmp_path):
+    """A missing energy.onnx would make planning copy every prediction to the host without a word;
+    a graph that is not the energy graph would fail deep inside ONNX Runtime. Both are refused when
+    the runtime opens."""
+    import shutil
+
+    model = random_predictor(SMALL, 0)
+    art = tmp_path / "a"
+    export_artifact(model, art, ExportOptions(precisions=["fp32"], validate=False, first_frame_graph=False))
+    shutil.copy(art / "step.onnx", tmp_path / "step.onnx")
+    (art / "energy.onnx").unlink()
+    with pytest.raises(VitacError, match="energy graph energy.onnx that is missing"):
+        open_runtime(art, backend="onnxruntime")
+    shutil.copy(tmp_path / "step.onnx", art / "energy.onnx")
+    with pytest.raises(VitacError, match="is not an energy graph"):
+        open_runtime(art, backend="onnxruntime")

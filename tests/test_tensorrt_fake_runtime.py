@@ -294,3 +294,14 @@ def test_engine_and_manifest_disagreeing_is_one_line(tmp_path, fakes):
     cur, goal, pose = planning_problem(SMALL, 0)
     with pytest.raises(VitacError, match="refused .*prediction|engine and manifest disagree"):
         energies(rt, cur, goal, pose, np.zeros((1, 1, SMALL.action_dim), np.float32))
+
+
+def test_a_closed_runtime_says_so(tmp_path, fakes):
+    cu, trt = fakes()
+    model = random_predictor(SMALL, 0)
+    rt = open_runtime(fake_engine(tmp_path, model))
+    inputs = ParityInputs.make(SMALL, batch=2, frames=3, seed=1)
+    rt.rollout(inputs.context, inputs.actions, inputs.states, inputs.horizon)
+    rt.close()
+    with pytest.raises(VitacError, match="was closed: open a new one"):
+        rt.rollout(inputs.context, inputs.actions, inputs.states, inputs.horizon)

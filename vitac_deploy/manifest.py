@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import VitacError
+from .errors import VitacError, first_line
 
 ARTIFACT_FORMAT = "vitac-deploy/artifact"
 ARTIFACT_FORMAT_VERSION = 2   # 2: RoPE rows as step-graph inputs, energy graph
@@ -89,17 +89,24 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VitacError(f"{p} is not an export artifact (no {MANIFEST}); create one with `vitac-deploy export`") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise VitacError(f"cannot read manifest {path}: {e}") from None
-    if data.get("format") != ARTIFACT_FORMAT:
+    except (OSError, ValueError) as e:   # ValueError: bad JSON or not UTF-8
+        raise VitacError(f"cannot read manifest {path}: {first_line(e)}") from None
+    if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
         raise VitacError(f"{path} is not a vitac-deploy artifact manifest")
     _check_format_version(path, data, ARTIFACT_FORMAT_VERSION, "re-export it with `vitac-deploy export`")
+    _check_keys(path, data, {"config": dict, "graphs": dict, "files": dict}, "re-export it with `vitac-deploy export`")
     return data
+
+
+def _check_keys(path: Path, data: dict[str, Any], keys: dict[str, type], redo: str) -> None:
+    for key, kind in keys.items():
+        if not isinstance(data.get(key), kind):
+            raise VitacError(f"{path} has no valid '{key}' entry (edited or damaged?): {redo}")
 
 
 def _check_format_version(path: Path, data: dict[str, Any], current: int, redo: str) -> None:
     version = data.get("format_version", 0)
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise VitacError(f"{path} has no valid format_version: {redo}")
     if version > current:
         raise VitacError(f"{path} has format version {version}; this vitac-deploy reads up to {current}: "
@@ -125,12 +132,20 @@ def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise VitacError(f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
                          f"writes beside them (it says where and how the engine was built)") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise VitacError(f"cannot read {meta}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise VitacError(f"cannot read {meta}: {first_line(e)}") from None
+    if not isinstance(data, dict):
+        raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
     engines = data.get("engines") or [{}]
-    if data.get("format") != ENGINE_FORMAT or engines[0].get("file") != p.name:
+    if data.get("format") != ENGINE_FORMAT or not isinstance(engines, list) or not isinstance(engines[0], dict) \
+            or engines[0].get("file") != p.name:
         raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
     _check_format_version(meta, data, ENGINE_FORMAT_VERSION, "rebuild it with `vitac-deploy build-engine`")
+    _check_keys(meta, data, {"config": dict, "tensorrt": dict}, "rebuild it with `vitac-deploy build-engine`")
+    if not all(isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("role"), str)
+               for e in engines):
+        raise VitacError(f"{meta} lists engines without a file or role (edited?): rebuild it with "
+                         f"`vitac-deploy build-engine`")
     return data
 
 

@@ -47,5 +47,30 @@ app.command(name="build-engine")(build_engine)
 app.command()(demo)
 
 
+def _is(e: BaseException, name: str) -> bool:
+    """Whether `e` is a click exception of that class (typer vendors its own copy of click)."""
+    return any(c.__name__ == name for c in type(e).__mro__)
+
+
 def main() -> None:
-    app()
+    """The console script: usage errors (a bad option value, an unknown flag) print one line and
+    exit 2, like every other user error, instead of a boxed usage message."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # noqa: BLE001 - click's exceptions, recognized by class name below
+        if _is(e, "NoArgsIsHelpError"):   # `vitac-deploy` alone: the help
+            typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else str(e))
+            sys.exit(0)
+        if _is(e, "UsageError"):
+            ctx = getattr(e, "ctx", None)
+            where = f"vitac-deploy {ctx.info_name} --help" if ctx is not None and ctx.parent is not None \
+                else "vitac-deploy --help"
+            typer.echo(f"error: {e.format_message()} (see `{where}`)", err=True)
+            sys.exit(2)
+        if _is(e, "Abort"):
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -34,18 +34,18 @@ def bench(
                                       help="onnxruntime, torch, torch-compile, tensorrt (repeatable)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (baseline uses the same)."),
-    batch: str = typer.Option("1", "--batch", help="Comma list of batch sizes."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Comma list of batch sizes (default 1)."),
     horizon: Optional[int] = typer.Option(None, "--horizon",
                                           help="Frames predicted per rollout (default 7; with --plan the planner's rollout, default 2)."),
     context: Optional[int] = typer.Option(None, "--context", help="Context frames (default 1; --plan plans from one)."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed rollouts per entry (median reported)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed rollouts first."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed rollouts per entry, median reported (default 3)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed rollouts first (default 1)."),
     baseline: str = typer.Option("full-recompute", "--baseline",
                                  help="full-recompute (the upstream way), or none to skip it."),
     plan: bool = typer.Option(False, "--plan", help="Time one plan of the upstream CEM planner instead of rollouts."),
-    samples: int = typer.Option(400, "--samples", help="--plan: action sequences per CEM step."),
-    topk: int = typer.Option(10, "--topk", help="--plan: elites per CEM step."),
-    cem_steps: int = typer.Option(10, "--cem-steps", help="--plan: CEM steps."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="--plan: action sequences per CEM step (default 400)."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="--plan: elites per CEM step (default 10)."),
+    cem_steps: Optional[int] = typer.Option(None, "--cem-steps", help="--plan: CEM steps (default 10)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="--plan: samples rolled out at once (default: all)."),
     cuda_graphs: str = typer.Option("off", "--cuda-graphs",
                                     help="off, on, or both (a row each): onnxruntime on cuda and tensorrt."),
@@ -64,6 +64,16 @@ def bench(
 
     if precision not in ("fp32", "fp16"):
         raise VitacError(f"--precision must be fp32 or fp16, got {precision}")
+    # flags of the other mode would be ignored without a word: refuse them
+    other = {"--samples": samples, "--topk": topk, "--cem-steps": cem_steps, "--chunk": chunk} if not plan else \
+        {"--batch": batch, "--repeats": repeats, "--warmup": warmup, "--plot": plot}
+    given = [flag for flag, value in other.items() if value is not None]
+    if given:
+        raise VitacError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply "
+                         f"{'without' if not plan else 'with'} --plan")
+    samples, topk, cem_steps = (400 if samples is None else samples), (10 if topk is None else topk), \
+        (10 if cem_steps is None else cem_steps)
+    repeats, warmup = (3 if repeats is None else repeats), (1 if warmup is None else warmup)
     horizon = horizon if horizon is not None else (2 if plan else 7)
     if plan and context not in (None, 1):
         raise VitacError("--plan plans from one observation, as upstream: --context does not apply")
@@ -73,13 +83,22 @@ def bench(
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
     cem = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps) if plan else None
-    opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch, "--batch"),
+    opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch or "1", "--batch"),
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
                         seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs)
     check_options(opts)
-    for flag, target in (("--json", json_out), ("--plot", plot)):
-        if target is not None and not target.parent.is_dir():   # before minutes of benchmarking
+    for flag, target in (("--json", json_out), ("--plot", plot)):   # before minutes of benchmarking
+        if target is not None and not target.parent.is_dir():
             raise VitacError(f"cannot write {flag} {target}: {target.parent} does not exist")
+        if target is not None and target.is_dir():
+            raise VitacError(f"cannot write {flag} {target}: it is a directory (give a file name)")
+    manifest = read_manifest(artifact) if artifact is not None else None
+    cfg = PredictorConfig.from_dict(manifest["config"]) if manifest else resolve_config(config, preset)
+    if context + horizon - 1 > cfg.max_frames:
+        raise VitacError(f"--context {context} + --horizon {horizon} - 1 exceeds the model's max_frames {cfg.max_frames}")
+    if manifest is not None and "step.fp32" not in manifest["graphs"]:
+        raise VitacError(f"{artifact} has no fp32 graph: the torch backends and the baseline read their weights "
+                         f"from it (re-export with --precision fp32,fp16)")
     err = stderr_console()
     console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,15 +107,12 @@ def bench(
 
             from ..exporters.weights import state_dict_from_graph
 
-            manifest = read_manifest(artifact)
-            cfg = PredictorConfig.from_dict(manifest["config"])
             model = Predictor(cfg)
             model.load_state_dict({k: torch.from_numpy(v) for k, v in
                                    state_dict_from_graph(artifact / manifest["graphs"]["step.fp32"]["file"], cfg).items()})
             model.eval()
             art = artifact
         else:
-            cfg = resolve_config(config, preset)
             model = random_predictor(cfg, seed)
             art = Path(tmp) / "artifact"
             err.print("exporting seeded random weights to a temp artifact")

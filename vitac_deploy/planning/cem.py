@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import VitacError
-from .energy import PoseUpdate, check_features, chunk_size, default_pose_update, graph_context, rollout_energies
+from .energy import (PoseUpdate, check_features, check_pose, chunk_size, default_pose_update, graph_context,
+                     rollout_energies, runtime_lock)
 
 
 @dataclass
@@ -40,20 +41,27 @@ class CEMOptions:
 
     def check(self) -> None:
         for name in ("rollout", "samples", "cem_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise VitacError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.topk, (int, np.integer)) or not 2 <= self.topk <= self.samples:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise VitacError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not _is_int(self.topk) or not 2 <= self.topk <= self.samples:
             raise VitacError(f"topk must be in 2..samples ({self.samples}): the elites' std divides by topk - 1, "
                              f"got {self.topk!r}")
         for name in ("momentum_mean", "momentum_mean_gripper", "momentum_std", "momentum_std_gripper"):
             v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise VitacError(f"{name} must be in [0, 1], got {v!r}")
-        if not self.maxnorm > 0:
-            raise VitacError(f"maxnorm must be > 0, got {self.maxnorm!r}")
-        if self.close_gripper is not None and not 0 <= self.close_gripper:
+            if not _is_real(v) or not 0.0 <= v <= 1.0:
+                raise VitacError(f"{name} must be a number in [0, 1], got {v!r}")
+        if not _is_real(self.maxnorm) or not 0 < self.maxnorm < np.inf:
+            raise VitacError(f"maxnorm must be a finite number > 0, got {self.maxnorm!r}")
+        if self.close_gripper is not None and (not _is_int(self.close_gripper) or self.close_gripper < 0):
             raise VitacError(f"close_gripper must be None or a step index >= 0, got {self.close_gripper!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -87,11 +95,15 @@ class ActionSpace:
     def check(self, action_dim: int) -> None:
         if self.dim != action_dim:
             raise VitacError(f"the action space is {self.dim}-dim but the model takes {action_dim}-dim actions")
-        if not self.sampled or len(set(self.sampled)) != len(self.sampled) or \
-                not all(0 <= i < self.dim for i in self.sampled):
-            raise VitacError(f"sampled entries {self.sampled} must be distinct indices in 0..{self.dim - 1}")
-        if self.gripper is not None and self.gripper not in self.sampled:
-            raise VitacError(f"the gripper entry {self.gripper} must be one of the sampled entries {self.sampled}")
+        sampled = tuple(self.sampled) if isinstance(self.sampled, (tuple, list)) else None
+        if not sampled or not all(_is_int(i) and 0 <= i < self.dim for i in sampled) or len(set(sampled)) != len(sampled):
+            raise VitacError(f"sampled entries {self.sampled!r} must be a tuple of distinct indices in 0..{self.dim - 1}")
+        if self.gripper is not None and self.gripper not in sampled:
+            raise VitacError(f"the gripper entry {self.gripper} must be one of the sampled entries {sampled}")
+        if not _is_real(self.gripper_clip) or self.gripper_clip <= 0:
+            raise VitacError(f"gripper_clip must be a finite number > 0, got {self.gripper_clip!r}")
+        if not _is_real(self.gripper_threshold) or self.gripper_threshold < 0:
+            raise VitacError(f"gripper_threshold must be a finite number >= 0, got {self.gripper_threshold!r}")
 
 
 @dataclass
@@ -133,26 +145,36 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     space = space or ActionSpace.for_dim(cfg.action_dim)
     space.check(cfg.action_dim)
     current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
-    pose = np.asarray(pose, np.float32)
-    if pose.shape != (1, cfg.action_dim):
-        raise VitacError(f"pose must have shape [1, {cfg.action_dim}], got {list(pose.shape)}")
+    pose = check_pose(pose, cfg.action_dim)
     H, S, K, k = opts.rollout, opts.samples, opts.topk, len(space.sampled)
     if noise is not None:
-        noise = np.asarray(noise, np.float64)
-        if noise.shape != (opts.cem_steps * H, S, k):
-            raise VitacError(f"noise must have shape [cem_steps * rollout, samples, {k}] = "
-                             f"{[opts.cem_steps * H, S, k]}, got {list(noise.shape)}")
+        noise = np.asarray(noise)
+        if noise.shape != (opts.cem_steps * H, S, k) or noise.dtype.kind not in "fiu":
+            raise VitacError(f"noise must be a real array of shape [cem_steps * rollout, samples, {k}] = "
+                             f"{[opts.cem_steps * H, S, k]}, got {noise.dtype} {list(noise.shape)}")
+        if not np.isfinite(noise).all():
+            raise VitacError("noise contains NaN or inf")
+        noise = noise.astype(np.float64)
+    if not _is_int(seed) or seed < 0:
+        raise VitacError(f"seed must be an integer >= 0, got {seed!r}")
     if opts.close_gripper is not None and space.gripper is None:
         raise VitacError("close_gripper needs an action space with a gripper entry")
+    rng = np.random.default_rng(seed)
+    n = chunk_size(runtime, S, chunk)
+    if memory_budget is not None:
+        n = min(n, _fitting_chunk(runtime, memory_budget, H, S))
+    with runtime_lock(runtime):
+        return _cem(runtime, opts, space, graph_context(current, cfg), goal, pose, noise, rng, n, on_step)
+
+
+def _cem(runtime, opts: CEMOptions, space: ActionSpace, context: np.ndarray, goal: np.ndarray, pose: np.ndarray,
+         noise: Optional[np.ndarray], rng, n: int, on_step) -> PlanResult:
+    cfg = runtime.cfg
+    H, S, K, k = opts.rollout, opts.samples, opts.topk, len(space.sampled)
     std0, bound, m_mean, m_std = _per_entry(space, opts)
     mean, std = np.zeros((H, k)), np.tile(std0, (H, 1))
-    rng = np.random.default_rng(seed)
     sampled = list(space.sampled)
-    if memory_budget is not None:
-        chunk = min(chunk or S, _fitting_chunk(runtime, memory_budget, H, S))
-    n = chunk_size(runtime, S, chunk)
     runtime.set_goal(goal)
-    context = graph_context(current, cfg)
     result = PlanResult(np.zeros((H, cfg.action_dim), np.float32), np.empty((opts.cem_steps, S), np.float32),
                         mean, std, n)
     t_start = time.perf_counter()
@@ -184,13 +206,31 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     return result
 
 
-def _fitting_chunk(runtime, budget: int, horizon: int, samples: int) -> int:
+def _fitting_chunk(runtime, budget, horizon: int, samples: int) -> int:
+    """The largest chunk the memory model fits in `budget` bytes for this runtime as it allocates:
+    for its max_frames (which may exceed the horizon) and, where set, its max_batch."""
     from .memory import largest_chunk
 
+    if not _is_real(budget) or budget < 0:
+        raise VitacError(f"memory_budget must be a finite number of bytes >= 0, got {budget!r}")
     layout = "tensorrt" if runtime.backend == "tensorrt" else "onnxruntime"
-    fit = largest_chunk(runtime.cfg, int(budget), horizon, samples, precision=runtime.precision, backend=layout,
-                        engines=getattr(runtime, "weight_copies", 1))
+    frames = max(horizon, getattr(runtime, "max_frames", horizon))
+    # TensorRT's pinned host buffers count on a Jetson (unified memory): counted always, a few MiB
+    # of caution on a discrete GPU
+    kw = {"precision": runtime.precision, "backend": layout, "engines": getattr(runtime, "weight_copies", 1),
+          "unified": layout == "tensorrt"}
+    fit = largest_chunk(runtime.cfg, int(budget), frames, samples, **kw)
     if fit == 0:
-        raise VitacError(f"not even one sample of a horizon-{horizon} plan fits {budget / 2**20:.0f} MiB "
-                         f"(see `vitac-deploy info --plan-samples`)")
+        raise VitacError(f"not even one sample fits a budget of {_size(budget)} with this runtime "
+                         f"(max_frames {frames}; see `vitac-deploy info --plan-samples`)")
+    max_batch = getattr(runtime, "max_batch", None)
+    if max_batch is not None and max_batch > fit:
+        best = largest_chunk(runtime.cfg, int(budget), horizon, samples, **kw)   # opened for the horizon alone
+        raise VitacError(f"this runtime allocates for max_batch {max_batch}, more than fits {_size(budget)} "
+                         f"({fit} samples at its max_frames {frames}): open it with max_frames={horizon} and "
+                         f"max_batch={best} (or without max_batch)")
     return fit
+
+
+def _size(nbytes) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{int(nbytes)} bytes"

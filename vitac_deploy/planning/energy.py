@@ -9,6 +9,7 @@ chunk moves its actions in and its energies out, never its predictions.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -16,6 +17,16 @@ import numpy as np
 from ..errors import VitacError
 
 PoseUpdate = Union[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+MEAN_TOL, VAR_TOL = 2e-3, 5e-3    # how far from (0, <= 1) a token of "normalized" features may be
+
+
+def check_normalized(name: str, x: np.ndarray) -> None:
+    """Refuse features that are not LayerNorm outputs (no affine): per token mean 0 and variance
+    v / (v + eps) <= 1 (0 for a constant raw token). Raw encoder features fail by far."""
+    x = np.asarray(x, np.float64)
+    if np.abs(x.mean(-1)).max() > MEAN_TOL or x.var(-1).max() > 1 + VAR_TOL:
+        raise VitacError(f"{name} must be normalized features (LayerNorm without affine over the feature axis: "
+                         f"mean 0 and variance 1 per token), as the encoder path returns them")
 
 
 def raw_equivalent(normalized: np.ndarray, eps: float) -> np.ndarray:
@@ -25,18 +36,16 @@ def raw_equivalent(normalized: np.ndarray, eps: float) -> np.ndarray:
     the planner receives features already normalized. LayerNorm with eps is not idempotent, so
     they are scaled by s = sqrt(eps / (1 - var)) first: LN(s x) = x / sqrt(var + eps / s^2) = x
     exactly for zero-mean x with var < 1 (a normalized token has var = v / (v + eps) < 1)."""
+    check_normalized("current", normalized)
     x = np.asarray(normalized, np.float64)
-    mean = x.mean(-1, keepdims=True)
     var = x.var(-1, keepdims=True)
-    if np.abs(mean).max() > 1e-2 or var.max() > 1.01 or var.min() < 0.9:
-        raise VitacError("current and goal must be normalized features (LayerNorm without affine over the "
-                         "feature axis: mean 0 and variance 1 per token), as the encoder path returns them")
     gap = np.maximum(1.0 - var, 1e-12)   # var rounds to >= 1 only for huge raw variances: s is then ~1e3
     return (x * np.sqrt(eps / gap)).astype(np.float32)
 
 
 def check_features(name: str, x, cfg) -> np.ndarray:
-    """[1, N, D] (or [N, D]) float features of the model's shape, finite."""
+    """[1, N, D] (or [N, D]) float features of the model's shape, finite (and normalized where
+    the model normalizes its features)."""
     a = np.asarray(x)
     N, D = cfg.tokens_per_frame, cfg.embed_dim
     if a.ndim == 2:
@@ -45,7 +54,18 @@ def check_features(name: str, x, cfg) -> np.ndarray:
         raise VitacError(f"{name} must be float features of shape [1, {N}, {D}], got {a.dtype} {list(a.shape)}")
     if not np.isfinite(a).all():
         raise VitacError(f"{name} contains NaN or inf")
+    if cfg.normalize_reps:
+        check_normalized(name, a)
     return np.ascontiguousarray(a, np.float32)
+
+
+def check_pose(pose, action_dim: int) -> np.ndarray:
+    p = np.asarray(pose)
+    if p.shape != (1, action_dim) or p.dtype.kind not in "fiu":
+        raise VitacError(f"pose must be a real array of shape [1, {action_dim}], got {p.dtype} {list(p.shape)}")
+    if not np.isfinite(p).all():
+        raise VitacError("pose contains NaN or inf")
+    return np.ascontiguousarray(p, np.float32)
 
 
 def default_pose_update(action_dim: int) -> PoseUpdate:
@@ -58,12 +78,16 @@ def default_pose_update(action_dim: int) -> PoseUpdate:
 
 
 def chunk_size(runtime, samples: int, chunk: Optional[int] = None) -> int:
-    """The samples rolled out at once: at most `chunk` and the runtime's max_batch."""
+    """The samples rolled out at once: at most `chunk` (default: all) and the runtime's max_batch."""
+    if chunk is not None and (not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1):
+        raise VitacError(f"chunk must be a positive integer, got {chunk!r}")
     limit = getattr(runtime, "max_batch", None) or samples
-    c = min(samples, limit, chunk or samples)
-    if c < 1:
-        raise VitacError(f"chunk must be >= 1, got {chunk}")
-    return c
+    return int(min(samples, limit, chunk or samples))
+
+
+def runtime_lock(runtime):
+    """The runtime's lock, held across a whole plan: its goal and buffers are shared state."""
+    return getattr(runtime, "lock", None) or contextlib.nullcontext()
 
 
 def rollout_energies(runtime, context: np.ndarray, pose: np.ndarray, actions: np.ndarray,
@@ -76,6 +100,11 @@ def rollout_energies(runtime, context: np.ndarray, pose: np.ndarray, actions: np
         hi = min(S, lo + chunk)
         states = np.ascontiguousarray(np.broadcast_to(pose[:, None], (hi - lo, 1, A)), np.float32)
         out[lo:hi] = runtime.rollout_energy(context, actions[lo:hi], states, H, state_update=pose_update)
+    if not np.isfinite(out).all():
+        describe = getattr(runtime, "describe", lambda: type(runtime).__name__)()
+        raise VitacError(f"{int((~np.isfinite(out)).sum())} of {S} energies are NaN or inf on {describe}: the "
+                         f"predictions overflowed (an fp16 engine fed huge actions?); check the artifact with "
+                         f"`vitac-deploy validate`")
     return out
 
 
@@ -88,15 +117,16 @@ def energies(runtime, current, goal, pose, actions, pose_update: Optional[PoseUp
     cfg = runtime.cfg
     current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
     A = cfg.action_dim
-    pose = np.asarray(pose, np.float32)
+    pose = check_pose(pose, A)
     actions = np.asarray(actions)
-    if pose.shape != (1, A):
-        raise VitacError(f"pose must have shape [1, {A}], got {list(pose.shape)}")
-    if actions.ndim != 3 or actions.shape[2] != A or actions.shape[0] < 1 or actions.shape[1] < 1:
-        raise VitacError(f"actions must have shape [S, H, {A}], got {list(actions.shape)}")
-    runtime.set_goal(goal)
-    return rollout_energies(runtime, graph_context(current, cfg), pose, np.ascontiguousarray(actions, np.float32),
-                            pose_update or default_pose_update(A), chunk_size(runtime, actions.shape[0], chunk))
+    if actions.ndim != 3 or actions.shape[2] != A or actions.shape[0] < 1 or actions.shape[1] < 1 \
+            or actions.dtype.kind not in "fiu":
+        raise VitacError(f"actions must be a real array of shape [S, H, {A}], got {actions.dtype} {list(actions.shape)}")
+    n = chunk_size(runtime, actions.shape[0], chunk)
+    with runtime_lock(runtime):
+        runtime.set_goal(goal)
+        return rollout_energies(runtime, graph_context(current, cfg), pose, np.ascontiguousarray(actions, np.float32),
+                                pose_update or default_pose_update(A), n)
 
 
 def graph_context(current: np.ndarray, cfg) -> np.ndarray:

@@ -9,6 +9,8 @@ a prediction to the host (the default `_energy` scores on the host, for backends
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -18,6 +20,18 @@ from ..errors import VitacError
 from .arrays import DeviceArray, DeviceFrames, as_device_array
 
 StateUpdate = Union[None, str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+
+
+def serialized(method):
+    """One call at a time per runtime: its buffers, cache and goal are shared state. A second
+    thread waits (a plan holds `runtime.lock` across its goal and all its rollouts)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class Runtime:
@@ -39,6 +53,7 @@ class Runtime:
             raise VitacError(f"max_batch must be >= 1, got {max_batch}")
         self.max_frames = max_frames or cfg.max_frames
         self.max_batch = max_batch
+        self.lock = threading.RLock()
         self._capacity = 0          # batch the buffers are allocated for
         self.batch = 0
         self.frames = 0             # frames in the cache
@@ -116,6 +131,7 @@ class Runtime:
         return cond
 
     # -- streaming ------------------------------------------------------------------------------------
+    @serialized
     def reset(self, batch: int = 1) -> None:
         """Empty the cache for `batch` trajectories (buffers are reused; grown only past capacity)."""
         if not isinstance(batch, (int, np.integer)) or batch < 1:
@@ -127,6 +143,7 @@ class Runtime:
             self._capacity = self.max_batch or batch
         self.batch, self.frames = int(batch), 0
 
+    @serialized
     def append(self, features, action, state, extrinsics=None) -> np.ndarray:
         """Append one frame (raw or normalized features [B, N, D]); returns the next frame's
         normalized prediction [B, N, D]. The cache grows by one frame."""
@@ -146,6 +163,7 @@ class Runtime:
                              f"{n} more exceeds it (reset, or open the runtime with more max_frames)")
 
     # -- rollout --------------------------------------------------------------------------------------
+    @serialized
     def rollout(self, context, actions, states, horizon: int, extrinsics=None,
                 state_update: StateUpdate = None,
                 on_frame: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
@@ -168,6 +186,7 @@ class Runtime:
         self._roll(context, actions, states, horizon, extrinsics, state_update, on_frame, keep)
         return held["out"]
 
+    @serialized
     def set_goal(self, goal) -> None:
         """The goal of `rollout_energy`: normalized features [N, D] or [1, N, D], staged once (on the
         device for device backends) and kept until the next `set_goal`."""
@@ -178,6 +197,7 @@ class Runtime:
         self._stage_goal(self._check("goal", g, (N, D)))
         self._goal_staged = True
 
+    @serialized
     def rollout_energy(self, context, actions, states, horizon: int, extrinsics=None,
                        state_update: StateUpdate = None,
                        on_frame: Optional[Callable[[int, int], None]] = None) -> np.ndarray:

@@ -128,6 +128,11 @@ class OnnxRuntimeRuntime(Runtime):
             raise VitacError(f"{graph_path} is not a step graph of this vitac-deploy (no past_key.0 / rope_cos "
                              f"inputs): re-export it with `vitac-deploy export`")
         self.energy_session = self._session(energy_graph, cuda_graphs=False) if energy_graph else None
+        if self.energy_session is not None and (
+                {i.name for i in self.energy_session.get_inputs()} != {"prediction", "goal"}
+                or [o.name for o in self.energy_session.get_outputs()] != ["energy"]):
+            raise VitacError(f"{energy_graph} is not an energy graph (inputs prediction, goal; output energy): "
+                             f"re-export the artifact")
         self.cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
         self._outputs = {o.name for o in self.session.get_outputs()}
         self._binding = self.session.io_binding()
@@ -318,5 +323,12 @@ class OnnxRuntimeRuntime(Runtime):
 
 
 def energy_graph_path(artifact: Path, manifest: dict[str, Any]) -> Optional[Path]:
+    """The artifact's energy graph; refused when its manifest lists one that is not there (a
+    runtime would otherwise score on the host without a word: every prediction copied)."""
     g = manifest.get("graphs", {}).get("energy")
-    return artifact / g["file"] if g and os.path.isfile(artifact / g["file"]) else None
+    if not g:
+        return None
+    path = artifact / str(g.get("file", ""))
+    if not os.path.isfile(path):
+        raise VitacError(f"{artifact} lists an energy graph {path.name} that is missing: re-export the artifact")
+    return path

@@ -135,6 +135,8 @@ class TensorRTRuntime(Runtime):
         return out
 
     def _allocate(self, batch: int) -> None:
+        if self._stream is None:
+            raise VitacError("this TensorRT runtime was closed: open a new one")
         self._release()
         cfg, c = self.cfg, self._cudart
         N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
@@ -299,6 +301,10 @@ class TensorRTRuntime(Runtime):
 
     def _energy(self) -> np.ndarray:
         if "energy" not in self._eager:   # an engine built without its energy engine: score on the host
+            if not getattr(self, "_warned_energy", False):
+                log.warning("%s has no energy engine: energies are scored on the host (every prediction copied); "
+                            "rebuild it with `vitac-deploy build-engine`", self.manifest.get("artifact", "this engine"))
+                self._warned_energy = True
             return super()._energy()
         cfg, B = self.cfg, self.batch
         frame = (cfg.tokens_per_frame, cfg.embed_dim)

@@ -181,6 +181,8 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         raise VitacError(f"--precision must be fp16 or fp32, got {opts.precision}")
     if opts.opt_level is not None and not 0 <= opts.opt_level <= 5:
         raise VitacError(f"--opt-level must be in 0..5, got {opts.opt_level}")
+    if opts.workspace_mib is not None and opts.workspace_mib < 1:
+        raise VitacError(f"--workspace must be at least 1 MiB, got {opts.workspace_mib}")
     rtx = opts.flavour == "tensorrt-rtx"
     if opts.compute_capabilities and not rtx:
         raise VitacError("--compute-capability is for --flavour tensorrt-rtx (TensorRT builds for the GPU it runs on)")

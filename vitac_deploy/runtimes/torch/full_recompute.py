@@ -4,6 +4,7 @@ and planner comparison runs against, on the same device and precision."""
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import numpy as np
@@ -29,6 +30,7 @@ class FullRecompute:
         self.cfg = model.cfg
         self.max_batch, self.max_frames = max_batch, model.cfg.max_frames
         self._goal: Optional[np.ndarray] = None
+        self.lock = threading.RLock()   # as Runtime: a plan holds it across its goal and rollouts
 
     def _states(self, states, actions, C: int, state_update: StateUpdate) -> np.ndarray:
         if state_update in (None, "given"):
