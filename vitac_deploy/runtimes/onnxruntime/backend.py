@@ -133,6 +133,7 @@ class OnnxRuntimeRuntime(Runtime):
                 or [o.name for o in self.energy_session.get_outputs()] != ["energy"]):
             raise VitacError(f"{energy_graph} is not an energy graph (inputs prediction, goal; output energy): "
                              f"re-export the artifact")
+        self._energy_binding = self.energy_session.io_binding() if self.energy_session is not None else None
         self.cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
         self._outputs = {o.name for o in self.session.get_outputs()}
         self._binding = self.session.io_binding()
@@ -294,7 +295,9 @@ class OnnxRuntimeRuntime(Runtime):
             return super()._energy()
         cfg, B = self.cfg, self.batch
         self._mem.synchronize()
-        bind = self.energy_session.io_binding()
+        bind = self._energy_binding
+        bind.clear_binding_inputs()
+        bind.clear_binding_outputs()
         self._bind(bind, "prediction", self._last(), (B, cfg.tokens_per_frame, cfg.embed_dim))
         self._bind(bind, "goal", self._goal_buf, (1, cfg.tokens_per_frame, cfg.embed_dim))
         self._bind(bind, "energy", self._energies, (B,), output=True)
