@@ -197,7 +197,7 @@ class Stream:
             self.handle = None
 
 
-def device_to_host(cudart, stream: "Stream", array: DeviceArray) -> np.ndarray:
+def device_to_host(stream: "Stream", array: DeviceArray) -> np.ndarray:
     """A (small) caller's device array on the host, read after its producer's work: conditioning
     arrays of a rollout given as CUDA tensors."""
     out = np.empty(array.shape, array.dtype)

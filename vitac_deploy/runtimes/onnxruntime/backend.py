@@ -243,7 +243,6 @@ class OnnxRuntimeRuntime(Runtime):
         kv_past, kv_present = (B, cfg.num_heads, P, cfg.head_dim), (B, cfg.num_heads, P + cfg.tokens_per_step, cfg.head_dim)
         past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
         raw_in, raw_out = self._raw[self._raw_cur], self._raw[1 - self._raw_cur]
-        self._mem.synchronize()   # our copies (cache broadcast, goal) before ONNX Runtime's stream reads
         bind.clear_binding_inputs()
         bind.clear_binding_outputs()
         if features is None:
@@ -294,7 +293,6 @@ class OnnxRuntimeRuntime(Runtime):
         if self.energy_session is None:   # an artifact without energy.onnx: score on the host
             return super()._energy()
         cfg, B = self.cfg, self.batch
-        self._mem.synchronize()
         bind = self._energy_binding
         bind.clear_binding_inputs()
         bind.clear_binding_outputs()

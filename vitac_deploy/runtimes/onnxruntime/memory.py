@@ -40,10 +40,6 @@ class HostMemory:
         n = int(np.prod(shape))
         return buf.host[:n].reshape(shape).copy()
 
-    def view(self, buf: Buffer, shape) -> np.ndarray:
-        """The first prod(shape) elements, in place (no copy)."""
-        return buf.host[:int(np.prod(shape))].reshape(shape)
-
     def tile(self, buf: Buffer, row_elems: int, have: int, want: int) -> None:
         """Repeat the first `have` rows up to `want` rows (the same doubling copies as on CUDA)."""
         from ..gpu import tile_copies
@@ -61,8 +57,9 @@ class HostMemory:
 
 class CudaMemory:
     """Buffers in device memory (cuda-python): copies touch only the bytes that change, on one
-    non-blocking stream, synchronized before ONNX Runtime runs again (its compute stream is not
-    ordered after ours)."""
+    non-blocking stream. ONNX Runtime computes on a stream of its own, not ordered after ours, so
+    every upload and download waits for itself, and callers of `tile` synchronize before the next
+    run (`_broadcast_cache` does): no frame needs a synchronization of its own."""
 
     device = "cuda"
 

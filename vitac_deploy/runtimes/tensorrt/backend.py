@@ -332,7 +332,7 @@ class TensorRTRuntime(Runtime):
         # stream order puts these copies before the next frame's engine: no host wait needed
 
     def _to_host(self, array: DeviceArray) -> np.ndarray:
-        return device_to_host(self._cudart, self._stream, array)
+        return device_to_host(self._stream, array)
 
     def describe(self) -> str:
         graphs = "CUDA graphs" if self.cuda_graphs or self._rtx_graphs else "no CUDA graphs"
