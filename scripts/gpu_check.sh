@@ -23,7 +23,11 @@ n=0
 say() { echo "$*" | tee -a "$SUMMARY"; }
 
 finish() {
-  tar -czf "$OUT/gpu-results.tar.gz" -C "$WORK" . 2>/dev/null
+  # logs and results only: the exported artifact (hundreds of MB) would push the archive past the
+  # 16 MiB a file the device tool brings back
+  tar -czf "$OUT/gpu-results.tar.gz" --exclude='./art' --exclude='*.onnx' --exclude='*.plan' --exclude='*.data' \
+      -C "$WORK" . 2>/dev/null
+  ls -l "$OUT/gpu-results.tar.gz" | awk '{print "gpu-results.tar.gz:", $5, "bytes"}' 
   say "== done in ${SECONDS} s: $([ "$failed" -eq 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED OR WERE SKIPPED')"
   exit "$failed"
 }
@@ -112,6 +116,8 @@ step probe 60 probe || { say "no usable GPU or ONNX Runtime CUDA provider: nothi
 BATCH=1,400; [ -n "${QUICK:-}" ] && BATCH=1
 step gpu-tests 240 gpu_tests
 step export 120 vd export --preset vitac-l384 --random-init --out "$WORK/art" --force
+TAIL=40 step profile-ort-step 90 "$PY" scripts/profile_ort_step.py "$WORK/art" --device cuda --precision fp16 \
+     --batch 400 --past-frames 1 --json "$WORK/profile_ort_step.json"
 TAIL=20 step bench-plan-default 200 vd bench "$WORK/art" --plan --device cuda --precision fp16 \
      --backend onnxruntime --backend torch --cuda-graphs both --json "$WORK/bench_plan_gpu.json"
 step validate-onnxruntime-cuda 120 vd validate "$WORK/art" --random-init --backend onnxruntime --device cuda \

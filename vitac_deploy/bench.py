@@ -25,7 +25,7 @@ from .errors import VitacError
 from .manifest import now_iso, save_figure, versions
 from .planning import CEMOptions, plan, planning_problem
 from .planning.cem import ActionSpace
-from .planning.memory import plan_flops, upstream_plan_flops
+from .planning.memory import plan_flops, plan_memory, upstream_plan_flops
 from .runtimes.torch.full_recompute import FullRecompute
 from .validation import ParityInputs
 
@@ -103,6 +103,39 @@ def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, work
                         max_batch=max_batch, max_frames=max_frames, **extra)
 
 
+def _free_device_bytes() -> Optional[int]:
+    """Free memory of GPU 0 after torch hands back its cached blocks (the baseline's), or None."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            return int(torch.cuda.mem_get_info()[0])
+    except ImportError:
+        pass
+    try:
+        from .runtimes.gpu import import_cudart
+
+        err, free, _ = import_cudart().cudaMemGetInfo()
+        return int(free) if int(err) == 0 else None
+    except VitacError:
+        return None
+
+
+def _does_not_fit(cfg, backend: str, batch: int, horizon: int, context: int, opts: BenchOptions) -> Optional[str]:
+    """Why a runtime for `batch` would run out of GPU memory (by the memory model), before it is
+    opened: a row that cannot fit is reported as such instead of ending the bench."""
+    if opts.device != "cuda":
+        return None
+    need = plan_memory(cfg, batch, horizon, context, opts.precision,
+                       backend="tensorrt" if backend == "tensorrt" else "onnxruntime").device_total
+    free = _free_device_bytes()
+    if free is None or need <= free:
+        return None
+    return (f"does not fit: needs about {need / 2**30:.1f} GiB by the memory model (KV cache double-buffered), "
+            f"{free / 2**30:.1f} GiB free")
+
+
 def _label(backend: str, graphs: bool, opts: BenchOptions) -> str:
     return f"{backend}+graphs" if graphs else backend
 
@@ -173,7 +206,7 @@ def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], No
         "versions": versions(), "config": cfg.to_dict(),
         "options": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in opts.__dict__.items()
                     if k != "plan"},
-        "entries": [], "baseline": {},
+        "entries": [], "baseline": {}, "skipped": [],
     }
     if opts.plan:
         result["options"]["plan"] = dict(opts.plan.__dict__)
@@ -194,6 +227,15 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
     F = C + H - 1
     elem = 2 if opts.precision == "fp16" else 4
     for B in opts.batches:
+        rows = [(b, g) for b in opts.backends for g in _variants(b, opts)]
+        misfits = {(b, g): _does_not_fit(cfg, b, B, H, C, opts) for b, g in rows}
+        for (b, g), why in misfits.items():
+            if why:
+                say(f"batch {B}: {_label(b, g, opts)} skipped, {why}")
+                result["skipped"].append({"backend": _label(b, g, opts), "batch": B, "reason": why})
+        rows = [r for r in rows if not misfits[r]]
+        if not rows:
+            continue
         inp = ParityInputs.make(cfg, batch=B, frames=F, context=C, seed=opts.seed)
         ref, b_time = None, None
         if baseline is not None:
@@ -202,10 +244,12 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 lambda _cb: baseline.rollout(inp.context, inp.actions, inp.states, H, inp.extrinsics),
                 opts.repeats, opts.warmup, F)
             result["baseline"][str(B)] = {"rollout_s": b_time, "frames_per_s": B * H / b_time}
-        for backend, graphs in ((b, g) for b in opts.backends for g in _variants(b, opts)):
+        for backend, graphs in rows:
             label = _label(backend, graphs, opts)
             say(f"batch {B}: {label}")
-            rt = _open(artifact, backend, opts, B, workdir, say, graphs)
+            if opts.device == "cuda":
+                _free_device_bytes()   # torch's cached blocks (the baseline's) back to the driver first
+            rt = _open(artifact, backend, opts, B, workdir, say, graphs, max_frames=F)
 
             def run(cb, rt=rt):
                 return rt.rollout(inp.context, inp.actions, inp.states, H, inp.extrinsics, on_frame=cb)

@@ -178,6 +178,8 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
     for b, v in result["baseline"].items():
         table.add_row("baseline", b, "-", "-", f"{v['rollout_s'] * 1e3:.1f} ms", f"{v['frames_per_s']:.1f}", "1.00x", "0", "-")
     console.print(table)
+    for s in result.get("skipped", []):
+        console.print(f"{s['backend']} batch {s['batch']}: {s['reason']}")
     for e in result["entries"]:
         if e["per_frame_ms"]:
             console.print(f"{e['backend']} batch {e['batch']} per-frame ms (frame 1..{len(e['per_frame_ms'])}): "
