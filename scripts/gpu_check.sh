@@ -9,7 +9,7 @@
 # every step with the end of its log) and gpu-results.tar.gz (all logs and JSON/PNG results): the
 # device tool returns at most 8 files. Exit 1 when any step failed or was skipped for time.
 #   OUT=$OUT bash scripts/gpu_check.sh
-#   QUICK=1 ...   batch 1 only, no ViT-g-shaped plan;   SETUP=0 ...   the wheel is installed already
+#   QUICK=1 ...   no batch-400 rollouts, no ViT-g-shaped plan;   SETUP=0 ...   the wheel is installed already
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 DEADLINE=${DEADLINE:-540}
@@ -113,7 +113,6 @@ if [ "${SETUP:-1}" != 0 ]; then
 fi
 step probe 60 probe || { say "no usable GPU or ONNX Runtime CUDA provider: nothing else can run"; finish; }
 
-BATCH=1,400; [ -n "${QUICK:-}" ] && BATCH=1
 step gpu-tests 240 gpu_tests
 step export 120 vd export --preset vitac-l384 --random-init --out "$WORK/art" --force
 TAIL=40 step profile-ort-step 90 "$PY" scripts/profile_ort_step.py "$WORK/art" --device cuda --precision fp16 \
@@ -122,14 +121,19 @@ TAIL=20 step bench-plan-default 200 vd bench "$WORK/art" --plan --device cuda --
      --backend onnxruntime --backend torch --cuda-graphs both --json "$WORK/bench_plan_gpu.json"
 step validate-onnxruntime-cuda 120 vd validate "$WORK/art" --random-init --backend onnxruntime --device cuda \
      --precision fp32,fp16 --report "$WORK/validate_onnxruntime_cuda.json"
-TAIL=30 step bench-rollout 200 vd bench "$WORK/art" --device cuda --precision fp16 --batch "$BATCH" --horizon 7 \
+TAIL=30 step bench-rollout-b1 150 vd bench "$WORK/art" --device cuda --precision fp16 --batch 1 --horizon 7 \
      --backend onnxruntime --backend torch --cuda-graphs both --repeats 10 --warmup 3 \
-     --json "$WORK/bench_rollout_gpu.json" --plot "$WORK/per_frame_gpu.png"
+     --json "$WORK/bench_rollout_b1_gpu.json" --plot "$WORK/per_frame_b1_gpu.png"
 step validate-torch-cuda 120 vd validate "$WORK/art" --random-init --backend torch --device cuda \
      --precision fp32,fp16 --report "$WORK/validate_torch_cuda.json"
 if [ -z "${QUICK:-}" ]; then
   TAIL=20 step bench-plan-vitg 300 vd bench --preset vjepa2-ac-vitg --plan --device cuda --precision fp16 \
        --backend onnxruntime --json "$WORK/bench_plan_vitg_gpu.json"
+  # batch 400 x 8 frames: the full-recompute baseline alone is minutes at 10 repeats; the JSON is
+  # written after every row, so a cut-off run keeps the rows it finished
+  TAIL=30 step bench-rollout-b400 240 vd bench "$WORK/art" --device cuda --precision fp16 --batch 400 --horizon 7 \
+       --backend onnxruntime --backend torch --cuda-graphs both --repeats 2 --warmup 1 \
+       --json "$WORK/bench_rollout_b400_gpu.json"
 fi
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)
 if "$PY" -c "import tensorrt" 2>/dev/null; then

@@ -71,3 +71,38 @@ def test_bench_option_errors(tmp_path):
         bad = run(*args)
         assert bad.returncode == 2 and msg in bad.stderr, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_bench_rows_reach_disk_one_by_one_and_misfits_are_named():
+    """A bench cut off midway keeps its finished rows (on_row after each), and a batch the memory
+    model says cannot fit the free GPU memory is skipped with the reason, not attempted."""
+    import numpy as np
+
+    from vitac_deploy.bench import BenchOptions, does_not_fit, run_bench
+    from vitac_deploy.config import PredictorConfig
+    from vitac_deploy.exporters.artifact import ExportOptions, export_artifact
+    from vitac_deploy.planning.memory import plan_memory
+    from vitac_deploy.reference.init import random_predictor
+    import tempfile
+    from pathlib import Path
+
+    model = random_predictor(SMALL, 0)
+    snapshots = []
+    with tempfile.TemporaryDirectory() as tmp:
+        art = Path(tmp) / "a"
+        export_artifact(model, art, ExportOptions(precisions=["fp32"], validate=False))
+        r = run_bench(model, art, BenchOptions(backends=["onnxruntime"], batches=[1, 2], horizon=2, repeats=1,
+                                               warmup=0),
+                      on_row=lambda res: snapshots.append(json.loads(json.dumps(res))))
+    # baseline, runtime, baseline, runtime: each snapshot one row longer, none complete
+    assert [len(s["entries"]) + len(s["baseline"]) for s in snapshots] == [1, 2, 3, 4]
+    assert not any(s["complete"] for s in snapshots) and r["complete"] is True
+    assert snapshots[-1]["entries"] == json.loads(json.dumps(r["entries"]))
+
+    cfg = PredictorConfig.preset("vitac-l384")
+    need = plan_memory(cfg, 400, 7, 1, "fp16", backend="onnxruntime").device_total
+    assert does_not_fit(cfg, "onnxruntime", 400, 7, 1, "fp16", need) is None
+    assert does_not_fit(cfg, "onnxruntime", 400, 7, 1, "fp16", None) is None   # unknown: try it
+    why = does_not_fit(cfg, "onnxruntime", 400, 7, 1, "fp16", need - 1)
+    assert why.startswith("does not fit: needs about") and f"{need / 2**30:.1f} GiB" in why
+    assert np.isclose(need / 2**30, 62.7, atol=0.1)   # what the H200 run allocated successfully in run 2

@@ -122,18 +122,19 @@ def _free_device_bytes() -> Optional[int]:
         return None
 
 
-def _does_not_fit(cfg, backend: str, batch: int, horizon: int, context: int, opts: BenchOptions) -> Optional[str]:
-    """Why a runtime for `batch` would run out of GPU memory (by the memory model), before it is
-    opened: a row that cannot fit is reported as such instead of ending the bench."""
-    if opts.device != "cuda":
+def does_not_fit(cfg, backend: str, batch: int, horizon: int, context: int, precision: str,
+                 free_bytes: Optional[int]) -> Optional[str]:
+    """Why a runtime for `batch` would run out of GPU memory by the memory model, given the free
+    device memory (None: unknown, assume it fits); None when it fits. Checked before a runtime
+    opens, so a row that cannot fit is reported as such instead of ending the bench."""
+    if free_bytes is None:
         return None
-    need = plan_memory(cfg, batch, horizon, context, opts.precision,
+    need = plan_memory(cfg, batch, horizon, context, precision,
                        backend="tensorrt" if backend == "tensorrt" else "onnxruntime").device_total
-    free = _free_device_bytes()
-    if free is None or need <= free:
+    if need <= free_bytes:
         return None
     return (f"does not fit: needs about {need / 2**30:.1f} GiB by the memory model (KV cache double-buffered), "
-            f"{free / 2**30:.1f} GiB free")
+            f"{free_bytes / 2**30:.1f} GiB free")
 
 
 def _label(backend: str, graphs: bool, opts: BenchOptions) -> str:
@@ -191,9 +192,12 @@ def check_options(opts: BenchOptions) -> None:
             raise VitacError(f"--chunk must be >= 1, got {opts.chunk}")
 
 
-def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], None] = lambda m: None,
+              on_row: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Time every backend (and batch, or one CEM plan) against the reference recomputing the whole
-    sequence; returns every figure (JSON-ready)."""
+    sequence; returns every figure (JSON-ready). `on_row(result so far)` follows every row, so a
+    bench stopped midway (a time limit, Ctrl-C) keeps what it measured; `result["complete"]` is
+    False until the last row."""
     check_options(opts)
     cfg = model.cfg
     C = 1 if opts.plan else opts.context
@@ -206,20 +210,21 @@ def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], No
         "versions": versions(), "config": cfg.to_dict(),
         "options": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in opts.__dict__.items()
                     if k != "plan"},
-        "entries": [], "baseline": {}, "skipped": [],
+        "entries": [], "baseline": {}, "skipped": [], "complete": False,
     }
     if opts.plan:
         result["options"]["plan"] = dict(opts.plan.__dict__)
     baseline = FullRecompute(model, opts.device, opts.precision, opts.chunk) if opts.baseline != "none" else None
     with tempfile.TemporaryDirectory() as tmp:
         if opts.plan:
-            _bench_plan(baseline, artifact, opts, result, Path(tmp), say)
+            _bench_plan(baseline, artifact, opts, result, Path(tmp), say, on_row)
         else:
-            _bench_rollouts(baseline, artifact, opts, result, Path(tmp), say)
+            _bench_rollouts(baseline, artifact, opts, result, Path(tmp), say, on_row)
+    result["complete"] = True
     return result
 
 
-def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Path, say) -> None:
+def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Path, say, on_row) -> None:
     from .config import PredictorConfig
 
     cfg = PredictorConfig.from_dict(result["config"])
@@ -228,7 +233,8 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
     elem = 2 if opts.precision == "fp16" else 4
     for B in opts.batches:
         rows = [(b, g) for b in opts.backends for g in _variants(b, opts)]
-        misfits = {(b, g): _does_not_fit(cfg, b, B, H, C, opts) for b, g in rows}
+        free = _free_device_bytes() if opts.device == "cuda" else None
+        misfits = {(b, g): does_not_fit(cfg, b, B, H, C, opts.precision, free) for b, g in rows}
         for (b, g), why in misfits.items():
             if why:
                 say(f"batch {B}: {_label(b, g, opts)} skipped, {why}")
@@ -244,6 +250,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 lambda _cb: baseline.rollout(inp.context, inp.actions, inp.states, H, inp.extrinsics),
                 opts.repeats, opts.warmup, F)
             result["baseline"][str(B)] = {"rollout_s": b_time, "frames_per_s": B * H / b_time}
+            on_row(result)
         for backend, graphs in rows:
             label = _label(backend, graphs, opts)
             say(f"batch {B}: {label}")
@@ -271,9 +278,10 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 "max_abs_vs_baseline": float(np.abs(out - ref).max()) if ref is not None else None,
             })
             _close(rt)
+            on_row(result)
 
 
-def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, say) -> None:
+def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, say, on_row) -> None:
     """One plan of the upstream planner per backend, after an untimed one-step warm-up, and the
     baseline's: the same problem and the same standard-normal draws, so the same plan is expected."""
     from .config import PredictorConfig
@@ -303,6 +311,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
                                       # how far apart the samples' energies are: agreement on the elites
                                       # means something only where this is well above rounding
                                       "energy_spread_step0": float(np.ptp(base.energies[0]))}
+        on_row(result)
     for backend, graphs in ((b, g) for b in opts.backends for g in _variants(backend=b, opts=opts)):
         label = _label(backend, graphs, opts)
         rt = _open(artifact, backend, opts, opts.chunk or p.samples, workdir, say, graphs, max_frames=p.rollout)
@@ -330,6 +339,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
             entry["action_max_abs_vs_baseline"] = float(np.abs(res.actions - base.actions).max())
         result["entries"].append(entry)
         _close(rt)
+        on_row(result)
 
 
 def _close(rt) -> None:

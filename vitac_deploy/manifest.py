@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,6 +37,12 @@ def versions(packages: Iterable[str] = ("numpy", "torch", "onnx", "onnxruntime",
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
+    # the installed metadata can name another copy than the one in use (onnxruntime-gpu installed
+    # elsewhere on PYTHONPATH beside the CPU package): the module actually imported says which ran
+    for module in ("onnxruntime", "tensorrt", "tensorrt_rtx"):
+        mod = sys.modules.get(module)
+        if mod is not None and getattr(mod, "__version__", None):
+            out[f"{module} (imported)"] = str(mod.__version__)
     return out
 
 

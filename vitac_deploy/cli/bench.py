@@ -121,7 +121,9 @@ def bench(
             export_artifact(model, art, ExportOptions(precisions=precisions, validate=False,
                                                       first_frame_graph="tensorrt" in backend))
         with err.status("benchmarking") as status:
-            result = run_bench(model, art, opts, say=lambda m: (status.update(m), err.print(f"  {m}")))
+            result = run_bench(model, art, opts, say=lambda m: (status.update(m), err.print(f"  {m}")),
+                               # every row on disk as it comes: a bench cut off by a time limit keeps them
+                               on_row=lambda r: json_out and write_json_atomic(json_out, r))
     _print(console, result, cfg, opts)
     if json_out:
         write_json_atomic(json_out, result)
