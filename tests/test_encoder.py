@@ -275,3 +275,136 @@ def test_plan_bad_input_is_one_line_and_exit_2(franka, extra, message):
     last = p.stderr.strip().splitlines()[-1]   # after at most a progress line
     assert last.startswith("error: ") and message in last and p.stderr.count("error") == 1, p.stderr
     assert "Traceback" not in p.stderr
+
+
+# -- TensorRT: the encoder engine ------------------------------------------------------------------------
+
+def test_encoder_engine_builds_with_tensorrt_rtx(artifact, tmp_path):
+    """TensorRT for RTX compiles ahead of time without a GPU: the real parser and builder take the
+    encoder graph, with a profile over the batch of frames."""
+    pytest.importorskip("tensorrt_rtx", reason="needs tensorrt-rtx-cu13 (TensorRT for RTX)")
+    p = _cli("build-engine", artifact, "--out", tmp_path / "enc.plan", "--flavour", "tensorrt-rtx",
+             "--min-batch", 1, "--opt-batch", 2, "--max-batch", 4)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "enc.plan.json").read_text())
+    assert m["kind"] == "encoder" and [e["role"] for e in m["engines"]] == ["encoder"]
+    S = m["config"]["img_size"]
+    assert m["engines"][0]["profile"] == {"pixels": [[1, 3, S, S], [2, 3, S, S], [4, 3, S, S]]}
+    assert (tmp_path / "enc.plan").stat().st_size > 100_000
+    # the predictor's runtime refuses it with a pointer to the encoder's
+    from vitac_deploy.runtimes import open_runtime
+
+    with pytest.raises(VitacError, match="encoder engine"):
+        open_runtime(tmp_path / "enc.plan")
+
+
+def test_encoder_engine_runtime_on_fakes(golden, artifact, tmp_path, monkeypatch):
+    """The TensorRT encoder runtime's bindings, pinned staging and batching, on the fakes of CUDA
+    and TensorRT (their engines run the artifact's fp16 graph with ONNX Runtime)."""
+    from tests.fakes import FakeCudart, FakeTensorRT, write_fake_engine
+    from vitac_deploy.manifest import sha256_file, write_json_atomic
+    from vitac_deploy.runtimes import gpu
+    from vitac_deploy.runtimes.tensorrt import encoder as trt_encoder
+    from vitac_deploy.runtimes.tensorrt.build import EngineOptions, encoder_profile, engine_manifest
+    from vitac_deploy.runtimes.tensorrt.profiles import ProfileOptions
+
+    cu = FakeCudart(api="13")
+    trt = FakeTensorRT(cu, version="10.3.0", flavour="tensorrt")
+    monkeypatch.setattr(gpu, "import_cudart", lambda: cu)
+    monkeypatch.setattr(trt_encoder, "import_cudart", lambda: cu)
+    monkeypatch.setattr(trt_encoder, "import_tensorrt", lambda flavour: trt)
+    monkeypatch.setattr(trt_encoder, "gpu_info", lambda required=False: {"name": "Fake H100", "compute_capability": "9.0"})
+    m = json.loads((artifact / "manifest.json").read_text())
+    prof = ProfileOptions(1, 2, 2)
+    shapes = encoder_profile(m["graphs"]["encoder.fp16"], prof)
+    plan = write_fake_engine(tmp_path / "enc.plan", artifact / "encoder.fp16.onnx", shapes, version="10.3.0")
+    data = engine_manifest(artifact, golden.cfg, "tensorrt", "10.3.0", {"name": "Fake H100", "compute_capability": "9.0"},
+                           ["default"], EngineOptions(profile=prof), prof, "fake",
+                           [{"role": "encoder", "file": plan.name, "sha256": sha256_file(plan), "profile": shapes}])
+    data["kind"] = "encoder"
+    write_json_atomic(tmp_path / "enc.plan.json", data)
+    enc = open_encoder(plan, device="cuda")
+    assert enc.max_batch == 2 and enc.describe() == "tensorrt encoder (cuda, fp16)"
+    images = golden.arrays["images"]                    # B*T frames, encoded 2 at a time
+    got = enc.encode(images)
+    assert np.abs(got - golden.arrays["features"]).max() < 0.05
+    assert np.array_equal(enc.encode(images), got)      # second call: bindings reused, same result
+    with pytest.raises(VitacError, match="exceeds the encoder engine's profile"):
+        open_encoder(plan, device="cuda", max_batch=3)
+    enc.close()
+
+
+# -- validate, bench, info, memory --------------------------------------------------------------------
+
+def test_validate_an_encoder_artifact_and_catch_a_tampered_one(golden, artifact, tmp_path):
+    """`validate` on an encoder: passes against the weights it was exported from, fails (exit 1)
+    against other weights, and names a file edited after export."""
+    import shutil
+
+    ck = tmp_path / "enc.pt"
+    torch.save({"encoder": golden.model.state_dict()}, ck)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(golden.cfg.to_dict()))
+    p = _cli("validate", artifact, "--checkpoint", ck, "--config", cfg, "--report", tmp_path / "r.json",
+             "--plot", tmp_path / "r.png")
+    assert p.returncode == 0, p.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["passed"] and r["kind"] == "encoder" and set(r["results"]) == {"fp32", "fp16"}
+    assert (tmp_path / "r.png").stat().st_size > 5000
+    p = _cli("validate", artifact, "--random-init", "--seed", 9, "--precision", "fp32")
+    assert p.returncode == 1 and "does not match the reference" in p.stderr
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    with open(bad / "encoder.weights.fp32.bin", "r+b") as f:
+        f.seek(4096)
+        f.write(b"\x00\x00\x80\x7f")   # one weight set to +inf
+    p = _cli("validate", bad, "--checkpoint", ck, "--config", cfg, "--precision", "fp32")
+    assert p.returncode == 1 and "encoder.weights.fp32.bin" in p.stderr
+
+
+def test_bench_times_the_encoder_against_pytorch(artifact, tmp_path):
+    p = _cli("bench", "--encoder", artifact, "--encoder-only", "--repeats", 1, "--warmup", 0,
+             "--json", tmp_path / "b.json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["mode"] == "encoder" and {(e["backend"], e["batch"]) for e in r["entries"]} == {
+        (b, n) for b in ("onnxruntime", "torch") for n in (1, 2)}
+    for e in r["entries"]:
+        assert e["max_abs_vs_reference"] < 1e-4 and e["frame_ms"] > 0
+        assert abs(e["speedup_vs_reference"] - e["reference_call_ms"] / e["call_ms"]) < 1e-9
+    p = _cli("bench", "--encoder-only")
+    assert p.returncode == 2 and "--encoder-only needs --encoder" in p.stderr
+
+
+def test_encoder_memory_and_info():
+    from vitac_deploy.planning.memory import encoder_memory
+
+    g = EncoderConfig.preset("vit-g")
+    assert abs(g.num_parameters() - 1.012e9) < 1e6 and abs(EncoderConfig.preset("vit-l").num_parameters() - 3.04e8) < 1e6
+    m1, m2, m3 = (encoder_memory(g, b, "fp16") for b in (1, 2, 3))
+    assert m1.weights == g.num_parameters() * 2 == m2.weights
+    assert m3.total - m2.total == m2.total - m1.total > 0               # affine in the batch
+    assert encoder_memory(g, 2, "fp16", fused_attention=True).activations < m2.activations
+    p = _cli("info", "--encoder", "vit-g")
+    assert p.returncode == 0 and "1,012,173,952 parameters" in p.stdout and "532.1 GFLOP per frame" in p.stdout
+
+
+def test_demo_camera_to_action_stage(tmp_path):
+    """The demo's camera stage on a small predictor and a matching encoder: camera frames ->
+    exported encoder -> exported predictor planning -> action, agreeing with PyTorch and the
+    upstream way (the full demo runs the default model: about two minutes)."""
+    from rich.console import Console
+
+    from tests.conftest import SMALL
+    from vitac_deploy.cli.demo import camera_to_action
+    from vitac_deploy.reference import random_predictor
+
+    ecfg = EncoderConfig(img_size=64, patch_size=16, embed_dim=SMALL.embed_dim, depth=1, num_heads=2)
+    console = Console(file=open(tmp_path / "out.txt", "w"), width=200)
+    ok = camera_to_action(console, Console(file=open(tmp_path / "err.txt", "w")), random_predictor(SMALL, 0), ecfg,
+                          samples=8, cem_steps=2, seed=0, out=tmp_path)
+    console.file.close()
+    text = (tmp_path / "out.txt").read_text()
+    assert ok, text
+    assert "encoder, onnxruntime fp32" in text and "plan, onnxruntime fp32 (KV cache)" in text
+    assert (tmp_path / "planner" / "encoder" / "manifest.json").is_file()

@@ -27,7 +27,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 @cli_errors
 def rollout(
-    path: Path = typer.Argument(..., help="Artifact directory, or a TensorRT ENGINE.plan."),
+    path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     inputs: Path = typer.Option(..., "--inputs", help="NPZ with features [B,C,N,D] (raw), actions, states[, extrinsics]."),
     out: Path = typer.Option(..., "--out", help="NPZ to write: predictions [B,H,N,D] and timing."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch, tensorrt."),
@@ -83,7 +83,7 @@ def rollout(
 
 @cli_errors
 def validate(
-    path: Path = typer.Argument(..., help="Artifact directory, or a TensorRT ENGINE.plan."),
+    path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the artifact was exported from."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
@@ -93,7 +93,7 @@ def validate(
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="Comma list of precisions to check (default: fp32,fp16; an engine's own)."),
     steps: int = typer.Option(4, "--steps", help="Frames of the closed-loop rollout (including the context)."),
-    batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs."),
+    batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs (an encoder: camera frames)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of error vs rollout step."),
 ) -> None:
@@ -105,6 +105,11 @@ def validate(
     from ..runtimes import open_runtime
     from ..validation import ParityInputs, check_parity
 
+    from .encoder import is_encoder, validate_encoder
+
+    if is_encoder(path):   # an encoder artifact or engine: its features against the reference encoder
+        return validate_encoder(path, checkpoint, config, random_init, seed, backend, device, precision, batch,
+                                report, plot)
     console = Console()
     engine = path.suffix in (".plan", ".engine")
     if engine:

@@ -110,11 +110,12 @@ def export_encoder(model, out: str | os.PathLike, options: Optional[EncoderExpor
         raise
 
 
-def validation_images(cfg, frames: int, seed: int) -> np.ndarray:
-    """Seeded uint8 frames [1, frames, S + 8, S + 24, 3] with smooth structure (a random image has
-    no spatial correlation, unlike a camera's), non-square so the crop and resize run."""
+def validation_images(cfg, frames: int, seed: int, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Seeded uint8 frames [1, frames, H, W, 3] with smooth structure (a random image has no
+    spatial correlation, unlike a camera's); by default (S + 8) x (S + 24), non-square so the crop
+    and resize run."""
     rng = np.random.default_rng(seed)
-    H, W = cfg.img_size + 8, cfg.img_size + 24
+    H, W = size or (cfg.img_size + 8, cfg.img_size + 24)
     yy, xx = np.mgrid[0:H, 0:W] / max(H, W)
     out = np.empty((1, frames, H, W, 3), np.uint8)
     for t in range(frames):
@@ -126,29 +127,37 @@ def validation_images(cfg, frames: int, seed: int) -> np.ndarray:
     return out
 
 
-def validate_encoder_graphs(model, artifact: Path, manifest: dict[str, Any], opts: EncoderExportOptions,
-                            say: Progress) -> dict[str, Any]:
-    """Every precision's encoder graph through the encoder runtime (ONNX Runtime, CPU) against the
-    reference on the same preprocessed frames."""
+def encoder_parity(encoder, model, images: np.ndarray, precision: str) -> dict[str, Any]:
+    """Features of `images` through an encoder runtime against the reference (the planner's path),
+    per frame: max abs, mean abs, cosine, within the artifact's tolerance of `precision`."""
     import torch
 
     from ..encoder import preprocess
+
+    with torch.no_grad():
+        ref = model.encode_frames(torch.from_numpy(preprocess(images, model.cfg.img_size))).numpy()
+    t0 = time.perf_counter()
+    got = encoder.encode(images)
+    seconds = time.perf_counter() - t0
+    N, D = model.cfg.tokens_per_frame, model.cfg.embed_dim
+    # one "frame" of the metrics per camera frame: [1, frames, N, D]
+    errors = frame_errors(got.reshape(1, -1, N, D), ref.reshape(1, -1, N, D))
+    return {"passed": within(errors, TOLERANCES[precision]), "tolerance": TOLERANCES[precision].to_dict(),
+            "runtime": encoder.describe(), "frames": errors, "max_abs": max(e["max_abs"] for e in errors),
+            "cosine": min(e["cosine"] for e in errors), "encode_s": seconds}
+
+
+def validate_encoder_graphs(model, artifact: Path, manifest: dict[str, Any], opts: EncoderExportOptions,
+                            say: Progress) -> dict[str, Any]:
+    """Every precision's encoder graph through the encoder runtime (ONNX Runtime, CPU) against the
+    reference on the same frames."""
     from ..runtimes.encoder import open_encoder
 
     images = validation_images(model.cfg, opts.validation_frames, opts.validation_seed)
-    with torch.no_grad():
-        ref = model.encode_frames(torch.from_numpy(preprocess(images, model.cfg.img_size))).numpy()
-    N = model.cfg.tokens_per_frame
     results: dict[str, Any] = {"inputs": {"frames": opts.validation_frames, "seed": opts.validation_seed,
                                           "image_shape": list(images.shape)}}
     for precision in opts.precisions:
         say(f"validating the {precision} encoder graph with ONNX Runtime vs PyTorch")
-        t0 = time.perf_counter()
         enc = open_encoder(artifact, backend="onnxruntime", device="cpu", precision=precision, manifest=manifest)
-        got = enc.encode(images)
-        errors = frame_errors(got.reshape(1, -1, N, got.shape[-1]), ref.reshape(1, -1, N, ref.shape[-1]))
-        results[precision] = {
-            "passed": within(errors, TOLERANCES[precision]), "tolerance": TOLERANCES[precision].to_dict(),
-            "frames": errors, "max_abs": max(e["max_abs"] for e in errors),
-            "cosine": min(e["cosine"] for e in errors), "seconds": round(time.perf_counter() - t0, 2)}
+        results[precision] = encoder_parity(enc, model, images, precision)
     return results

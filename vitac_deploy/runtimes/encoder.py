@@ -128,11 +128,23 @@ class TorchEncoder(EncoderRuntime):
 
 
 def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
-                 precision: Optional[str] = None, max_batch: int = 16,
+                 precision: Optional[str] = None, max_batch: Optional[int] = None,
                  manifest: Optional[dict[str, Any]] = None, **options) -> EncoderRuntime:
-    """Open an encoder artifact directory (from `vitac-deploy export-encoder`) with a backend;
-    precision defaults to fp32 on cpu and fp16 on cuda."""
+    """Open an encoder artifact directory (from `vitac-deploy export-encoder`) with a backend, or an
+    encoder engine (ENCODER.plan from `build-engine`, TensorRT on cuda); precision defaults to fp32
+    on cpu and fp16 on cuda; max_batch: frames encoded at once (default 16, an engine's profile)."""
     p = Path(path)
+    if p.suffix in (".plan", ".engine"):
+        from ..manifest import read_engine_manifest
+
+        if backend not in ("auto", "tensorrt") or device != "cuda":
+            raise VitacError(f"{p} is a TensorRT engine: it runs with backend tensorrt on device cuda")
+        from .tensorrt.encoder import TensorRTEncoder
+
+        m = manifest or read_engine_manifest(p)
+        if precision is not None and precision != m.get("precision"):
+            raise VitacError(f"{p} was built {m.get('precision')}, not {precision}: rebuild with --precision {precision}")
+        return TensorRTEncoder(p, m, max_batch, **options)
     manifest = manifest or read_encoder_manifest(p)
     cfg = EncoderConfig.from_dict(manifest["config"])
     if device not in ("cpu", "cuda"):
@@ -150,11 +162,12 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "
         key = f"encoder.{precision}"
         if key not in manifest["graphs"]:
             raise VitacError(f"{p} has no {precision} encoder graph (exported: {', '.join(sorted(manifest['graphs']))})")
-        return OnnxRuntimeEncoder(p / manifest["graphs"][key]["file"], cfg, precision, device, max_batch, **options)
+        return OnnxRuntimeEncoder(p / manifest["graphs"][key]["file"], cfg, precision, device, max_batch or 16,
+                                  **options)
     if "encoder.fp32" not in manifest["graphs"]:
         raise VitacError(f"{p} has no fp32 encoder graph: the torch backend reads its weights from it")
     return TorchEncoder(encoder_from_graph(p / manifest["graphs"]["encoder.fp32"]["file"], cfg), precision, device,
-                        max_batch)
+                        max_batch or 16)
 
 
 def encoder_from_graph(graph: Path, cfg: EncoderConfig):
