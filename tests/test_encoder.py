@@ -52,6 +52,19 @@ def artifact(golden, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one():
+    """One case for the tests of machinery (CLI, engines, bench) rather than of numbers."""
+    return EncoderGolden(CASES[0])
+
+
+@pytest.fixture(scope="module")
+def one_artifact(one, tmp_path_factory):
+    out = tmp_path_factory.mktemp("enc1") / "encoder"
+    export_encoder(one.model, out, EncoderExportOptions())
+    return out
+
+
 def test_preprocessing_matches_upstream(golden):
     px = preprocess(golden.arrays["images"], golden.cfg.img_size)
     assert px.shape == golden.arrays["pixels"].shape and px.dtype == np.float32
@@ -97,7 +110,7 @@ def test_export_records_its_validation_and_contract(golden, artifact):
     assert set(m["files"]) == {p.name for p in artifact.iterdir()} - {"manifest.json"}
 
 
-def test_a_broken_graph_is_refused_at_export(golden, tmp_path, monkeypatch):
+def test_a_broken_graph_is_refused_at_export(one, tmp_path, monkeypatch):
     """Validation compares with the reference: a graph built from other weights fails and nothing
     is left at --out."""
     import vitac_deploy.exporters.encoder_artifact as ea
@@ -113,7 +126,7 @@ def test_a_broken_graph_is_refused_at_export(golden, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ea, "build_encoder_graph", off_by_one_bias)
     with pytest.raises(VitacError, match="does not match the reference"):
-        export_encoder(golden.model, tmp_path / "bad", EncoderExportOptions(precisions=["fp32"]))
+        export_encoder(one.model, tmp_path / "bad", EncoderExportOptions(precisions=["fp32"]))
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
 
 
@@ -172,7 +185,7 @@ def test_published_checkpoint_loads_each_part(tmp_path):
         load_encoder(tmp_path / "p.pt", cfg)
 
 
-def test_encoder_runtime_runs_without_torch(artifact, golden):
+def test_encoder_runtime_runs_without_torch(one_artifact, one):
     code = f"""
 import sys
 class Block:
@@ -182,9 +195,9 @@ class Block:
 sys.meta_path.insert(0, Block())
 import numpy as np
 from vitac_deploy.runtimes.encoder import open_encoder
-enc = open_encoder({str(artifact)!r}, backend='onnxruntime')
+enc = open_encoder({str(one_artifact)!r}, backend='onnxruntime')
 f = enc.encode(np.zeros((1, 2, 70, 90, 3), np.uint8))
-assert f.shape == (1, 2 * {golden.cfg.tokens_per_frame}, {golden.cfg.embed_dim}), f.shape
+assert f.shape == (1, 2 * {one.cfg.tokens_per_frame}, {one.cfg.embed_dim}), f.shape
 assert not any(m.split('.')[0] in ('torch', 'onnx') for m in sys.modules)
 print('ok')
 """
@@ -279,11 +292,11 @@ def test_plan_bad_input_is_one_line_and_exit_2(franka, extra, message):
 
 # -- TensorRT: the encoder engine ------------------------------------------------------------------------
 
-def test_encoder_engine_builds_with_tensorrt_rtx(artifact, tmp_path):
+def test_encoder_engine_builds_with_tensorrt_rtx(one_artifact, tmp_path):
     """TensorRT for RTX compiles ahead of time without a GPU: the real parser and builder take the
     encoder graph, with a profile over the batch of frames."""
     pytest.importorskip("tensorrt_rtx", reason="needs tensorrt-rtx-cu13 (TensorRT for RTX)")
-    p = _cli("build-engine", artifact, "--out", tmp_path / "enc.plan", "--flavour", "tensorrt-rtx",
+    p = _cli("build-engine", one_artifact, "--out", tmp_path / "enc.plan", "--flavour", "tensorrt-rtx",
              "--min-batch", 1, "--opt-batch", 2, "--max-batch", 4)
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "enc.plan.json").read_text())
@@ -298,9 +311,9 @@ def test_encoder_engine_builds_with_tensorrt_rtx(artifact, tmp_path):
         open_runtime(tmp_path / "enc.plan")
 
 
-def test_encoder_engine_runtime_on_fakes(golden, artifact, tmp_path, monkeypatch):
+def test_encoder_engine_runtime_on_fakes(one, one_artifact, tmp_path, monkeypatch):
     """The TensorRT encoder runtime's bindings, pinned staging and batching, on the fakes of CUDA
-    and TensorRT (their engines run the artifact's fp16 graph with ONNX Runtime)."""
+    and TensorRT (their engines run the one_artifact's fp16 graph with ONNX Runtime)."""
     from tests.fakes import FakeCudart, FakeTensorRT, write_fake_engine
     from vitac_deploy.manifest import sha256_file, write_json_atomic
     from vitac_deploy.runtimes import gpu
@@ -314,20 +327,20 @@ def test_encoder_engine_runtime_on_fakes(golden, artifact, tmp_path, monkeypatch
     monkeypatch.setattr(trt_encoder, "import_cudart", lambda: cu)
     monkeypatch.setattr(trt_encoder, "import_tensorrt", lambda flavour: trt)
     monkeypatch.setattr(trt_encoder, "gpu_info", lambda required=False: {"name": "Fake H100", "compute_capability": "9.0"})
-    m = json.loads((artifact / "manifest.json").read_text())
+    m = json.loads((one_artifact / "manifest.json").read_text())
     prof = ProfileOptions(1, 2, 2)
     shapes = encoder_profile(m["graphs"]["encoder.fp16"], prof)
-    plan = write_fake_engine(tmp_path / "enc.plan", artifact / "encoder.fp16.onnx", shapes, version="10.3.0")
-    data = engine_manifest(artifact, golden.cfg, "tensorrt", "10.3.0", {"name": "Fake H100", "compute_capability": "9.0"},
+    plan = write_fake_engine(tmp_path / "enc.plan", one_artifact / "encoder.fp16.onnx", shapes, version="10.3.0")
+    data = engine_manifest(one_artifact, one.cfg, "tensorrt", "10.3.0", {"name": "Fake H100", "compute_capability": "9.0"},
                            ["default"], EngineOptions(profile=prof), prof, "fake",
                            [{"role": "encoder", "file": plan.name, "sha256": sha256_file(plan), "profile": shapes}])
     data["kind"] = "encoder"
     write_json_atomic(tmp_path / "enc.plan.json", data)
     enc = open_encoder(plan, device="cuda")
     assert enc.max_batch == 2 and enc.describe() == "tensorrt encoder (cuda, fp16)"
-    images = golden.arrays["images"]                    # B*T frames, encoded 2 at a time
+    images = one.arrays["images"]                    # B*T frames, encoded 2 at a time
     got = enc.encode(images)
-    assert np.abs(got - golden.arrays["features"]).max() < 0.05
+    assert np.abs(got - one.arrays["features"]).max() < 0.05
     assert np.array_equal(enc.encode(images), got)      # second call: bindings reused, same result
     with pytest.raises(VitacError, match="exceeds the encoder engine's profile"):
         open_encoder(plan, device="cuda", max_batch=3)
@@ -336,25 +349,25 @@ def test_encoder_engine_runtime_on_fakes(golden, artifact, tmp_path, monkeypatch
 
 # -- validate, bench, info, memory --------------------------------------------------------------------
 
-def test_validate_an_encoder_artifact_and_catch_a_tampered_one(golden, artifact, tmp_path):
+def test_validate_an_encoder_artifact_and_catch_a_tampered_one(one, one_artifact, tmp_path):
     """`validate` on an encoder: passes against the weights it was exported from, fails (exit 1)
     against other weights, and names a file edited after export."""
     import shutil
 
     ck = tmp_path / "enc.pt"
-    torch.save({"encoder": golden.model.state_dict()}, ck)
+    torch.save({"encoder": one.model.state_dict()}, ck)
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(golden.cfg.to_dict()))
-    p = _cli("validate", artifact, "--checkpoint", ck, "--config", cfg, "--report", tmp_path / "r.json",
+    cfg.write_text(json.dumps(one.cfg.to_dict()))
+    p = _cli("validate", one_artifact, "--checkpoint", ck, "--config", cfg, "--report", tmp_path / "r.json",
              "--plot", tmp_path / "r.png")
     assert p.returncode == 0, p.stderr
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["passed"] and r["kind"] == "encoder" and set(r["results"]) == {"fp32", "fp16"}
     assert (tmp_path / "r.png").stat().st_size > 5000
-    p = _cli("validate", artifact, "--random-init", "--seed", 9, "--precision", "fp32")
+    p = _cli("validate", one_artifact, "--random-init", "--seed", 9, "--precision", "fp32")
     assert p.returncode == 1 and "does not match the reference" in p.stderr
     bad = tmp_path / "bad"
-    shutil.copytree(artifact, bad)
+    shutil.copytree(one_artifact, bad)
     with open(bad / "encoder.weights.fp32.bin", "r+b") as f:
         f.seek(4096)
         f.write(b"\x00\x00\x80\x7f")   # one weight set to +inf
@@ -362,8 +375,8 @@ def test_validate_an_encoder_artifact_and_catch_a_tampered_one(golden, artifact,
     assert p.returncode == 1 and "encoder.weights.fp32.bin" in p.stderr
 
 
-def test_bench_times_the_encoder_against_pytorch(artifact, tmp_path):
-    p = _cli("bench", "--encoder", artifact, "--encoder-only", "--repeats", 1, "--warmup", 0,
+def test_bench_times_the_encoder_against_pytorch(one_artifact, tmp_path):
+    p = _cli("bench", "--encoder", one_artifact, "--encoder-only", "--repeats", 1, "--warmup", 0,
              "--json", tmp_path / "b.json")
     assert p.returncode == 0, p.stderr
     r = json.loads((tmp_path / "b.json").read_text())
