@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from .bench import bench
+from .debug import debug_precision
 from .demo import demo
 from .engine import build_engine
 from .export import export, inspect
@@ -45,6 +46,7 @@ app.command()(validate)
 app.command()(bench)
 app.command(name="build-engine")(build_engine)
 app.command()(demo)
+app.command(name="debug-precision")(debug_precision)
 
 
 def _is(e: BaseException, name: str) -> bool:
