@@ -193,8 +193,12 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
 
         rms = {name: _rms([it[name] for it in ref_iters]) for name in ref_iters[0]}
         tolerances = {name: atol * max(1.0, r) for name, r in rms.items()}
+        try:   # Polygraphy >= 0.53 (CompareFunc.simple is deprecated there)
+            from polygraphy.comparator import SimpleCompareFunc as simple
+        except ImportError:
+            simple = CompareFunc.simple
         accuracy = Comparator.compare_accuracy(
-            results, compare_func=CompareFunc.simple(atol=tolerances, rtol=0.0, find_output_func=exact))
+            results, compare_func=simple(atol=tolerances, rtol=0.0, find_output_func=exact))
     if not hasattr(accuracy, "values"):   # Polygraphy >= 0.53: one AccuracyResult per compare func
         accuracy = accuracy[0]
     per_iter = list(accuracy.values())[0]   # [{tensor: OutputCompareResult}] per step
