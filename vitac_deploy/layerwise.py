@@ -37,8 +37,8 @@ class TensorError:
     name: str
     module: str              # the upstream module the tensor belongs to ("" outside any)
     max_abs: float
-    rel: float               # max_abs / RMS of the fp32 tensor: the error at the tensor's own scale
-    rms: float               # RMS of the fp32 tensor
+    rel: float               # max abs / RMS of the fp32 tensor (per step, worst): the error at its own scale
+    rms: float               # RMS of the fp32 tensor (the largest over the steps)
     nan: int                 # in the graph under test
     inf: int
     max_magnitude: float     # largest finite |x| of the graph under test
@@ -129,7 +129,7 @@ def _cast(feed: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str,
     return {k: np.ascontiguousarray(v.astype(dtypes[k])) for k, v in feed.items()}
 
 
-def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: int = 3, batch: int = 2,
+def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: int = 3, batch: int = 1,
                    seed: int = 0, atol: Optional[float] = None) -> LayerwiseReport:
     """Every named tensor of `artifact`'s `precision` step graph against the fp32 step graph, over a
     `steps`-frame rollout of seeded inputs.
@@ -140,7 +140,7 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     error without anything being wrong. No relative term: elements near zero would dominate it.
     """
     pg = import_polygraphy()
-    from polygraphy.comparator import Comparator, CompareFunc, IterationResult, RunResults
+    from polygraphy.comparator import CompareFunc
     from polygraphy.logger import G_LOGGER
 
     art = Path(artifact)
@@ -164,44 +164,38 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     ref_runner = _runner(art / graphs["step.fp32"]["file"], ref_name)
     test_runner = _runner(art / graphs[f"step.{precision}"]["file"], test_name)
     dtypes = {s["name"]: np.dtype(s["dtype"]) for s in graphs[f"step.{precision}"]["inputs"]}
-    ref_iters, test_iters = [], []
-    ref_out: dict[str, np.ndarray] = {}
+    try:   # Polygraphy >= 0.53 (CompareFunc.simple is deprecated there)
+        from polygraphy.comparator import SimpleCompareFunc as simple
+    except ImportError:
+        simple = CompareFunc.simple
+
+    def exact(name, index, iter_result, base_iter_result=None):
+        # exact names only: Polygraphy's default falls back to substrings and positions, which
+        # would pair an fp16-only Cast with some fp32 tensor
+        return [name] if name in iter_result else None
+
+    # one step at a time, statistics accumulated: every intermediate tensor of a large model,
+    # kept for all steps and both graphs, would not fit in memory
+    acc: dict[str, dict[str, Any]] = {}
+    carry: dict[str, np.ndarray] = {}
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
         try:
             with ref_runner, test_runner:
                 for t, feed in enumerate(_rollout_feeds(cfg, inputs)):
                     if t > 0:   # the fp32 graph's own outputs feed the next step
-                        feed["features"] = ref_out["next_features_raw" if cfg.normalize_reps else "next_features"]
+                        feed["features"] = carry["next_features_raw" if cfg.normalize_reps else "next_features"]
                         for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
-                            feed[p_name] = ref_out[q_name]
-                    ref_out = {k: np.array(v) for k, v in ref_runner.infer(feed).items()}
-                    test_out = {k: np.array(v) for k, v in test_runner.infer(_cast(feed, dtypes)).items()}
-                    ref_iters.append(IterationResult(ref_out, runner_name=ref_name))
-                    test_iters.append(IterationResult(test_out, runner_name=test_name))
+                            feed[p_name] = carry[q_name]
+                    ref_out = dict(ref_runner.infer(feed))
+                    test_out = dict(test_runner.infer(_cast(feed, dtypes)))
+                    fed_back = present_names(cfg) + ["next_features", "next_features_raw"]
+                    carry = {k: np.array(ref_out[k]) for k in fed_back if k in ref_out}
+                    _compare_step(ref_out, test_out, ref_name, test_name, atol, simple, exact, acc)
+                    del ref_out, test_out
         except VitacError:
             raise
         except Exception as e:  # noqa: BLE001 - Polygraphy/ORT raise plain exceptions
-            raise VitacError(f"cannot run the step graphs of {art}: {first_line(e)}") from None
-        results = RunResults()
-        results.append((ref_name, ref_iters))
-        results.append((test_name, test_iters))
-
-        def exact(name, index, iter_result, base_iter_result=None):
-            # exact names only: Polygraphy's default falls back to substrings and positions, which
-            # would pair an fp16-only Cast with some fp32 tensor
-            return [name] if name in iter_result else None
-
-        rms = {name: _rms([it[name] for it in ref_iters]) for name in ref_iters[0]}
-        tolerances = {name: atol * max(1.0, r) for name, r in rms.items()}
-        try:   # Polygraphy >= 0.53 (CompareFunc.simple is deprecated there)
-            from polygraphy.comparator import SimpleCompareFunc as simple
-        except ImportError:
-            simple = CompareFunc.simple
-        accuracy = Comparator.compare_accuracy(
-            results, compare_func=simple(atol=tolerances, rtol=0.0, find_output_func=exact))
-    if not hasattr(accuracy, "values"):   # Polygraphy >= 0.53: one AccuracyResult per compare func
-        accuracy = accuracy[0]
-    per_iter = list(accuracy.values())[0]   # [{tensor: OutputCompareResult}] per step
+            raise VitacError(f"cannot run or compare the step graphs of {art}: {first_line(e)}") from None
 
     import onnx
 
@@ -211,19 +205,40 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     report = LayerwiseReport(str(art), f"fp32 (onnxruntime cpu, polygraphy {pg.__version__})",
                              f"{precision} (onnxruntime cpu)", atol, steps, batch)
     for name in order:
-        per_step = [it[name] for it in per_iter if name in it]
-        if not per_step:
-            continue
-        arrays = [_array(it[name]) for it in test_iters]
-        finite = [a[np.isfinite(a)] for a in arrays]
-        max_abs = max(float(r.max_absdiff) for r in per_step)
-        report.tensors.append(TensorError(
-            name=name, module=module_of(name, modules), max_abs=max_abs,
-            rel=max_abs / rms[name] if rms[name] > 0 else (0.0 if max_abs == 0 else math.inf), rms=rms[name],
-            nan=int(sum(np.isnan(a).sum() for a in arrays)), inf=int(sum(np.isinf(a).sum() for a in arrays)),
-            max_magnitude=max((float(np.abs(f).max()) for f in finite if f.size), default=0.0),
-            flagged=not all(bool(r) for r in per_step)))
+        if name in acc:
+            report.tensors.append(TensorError(name=name, module=module_of(name, modules), **acc[name]))
     return report
+
+
+def _compare_step(ref_out: dict, test_out: dict, ref_name: str, test_name: str, atol: float, simple, exact,
+                  acc: dict[str, dict[str, Any]]) -> None:
+    """Compare one step's tensors with Polygraphy's comparator (per-tensor atol scaled by the fp32
+    tensor's RMS) and fold the step into `acc` (worst over steps)."""
+    from polygraphy.comparator import Comparator, IterationResult, RunResults
+
+    rms = {name: _rms(v) for name, v in ref_out.items()}
+    results = RunResults()
+    results.append((ref_name, [IterationResult(ref_out, runner_name=ref_name)]))
+    results.append((test_name, [IterationResult(test_out, runner_name=test_name)]))
+    accuracy = Comparator.compare_accuracy(
+        results, compare_func=simple(atol={n: atol * max(1.0, r) for n, r in rms.items()}, rtol=0.0,
+                                     find_output_func=exact))
+    if not hasattr(accuracy, "values"):   # Polygraphy >= 0.53: one AccuracyResult per compare func
+        accuracy = accuracy[0]
+    compared = list(accuracy.values())[0][0]   # {tensor: OutputCompareResult} of the one iteration
+    for name, result in compared.items():
+        a = _array(test_out[name])
+        finite = a[np.isfinite(a)]
+        max_abs = float(result.max_absdiff)
+        rel = max_abs / rms[name] if rms[name] > 0 else (0.0 if max_abs == 0 else math.inf)
+        step = {"max_abs": max_abs, "rel": rel, "rms": rms[name], "nan": int(np.isnan(a).sum()),
+                "inf": int(np.isinf(a).sum()), "max_magnitude": float(np.abs(finite).max()) if finite.size else 0.0,
+                "flagged": not bool(result)}
+        old = acc.setdefault(name, step)
+        if old is not step:   # counts add up over the steps; everything else is the worst step's
+            for key, value in step.items():
+                old[key] = old[key] + value if key in ("nan", "inf") else (
+                    old[key] or value if key == "flagged" else max(old[key], value))
 
 
 def _array(value) -> np.ndarray:
@@ -231,9 +246,9 @@ def _array(value) -> np.ndarray:
     return np.asarray(value.load() if hasattr(value, "load") else value, np.float64)
 
 
-def _rms(values: list) -> float:
-    """RMS over every step's values of one tensor (finite entries)."""
-    a = np.concatenate([_array(v).ravel() for v in values])
+def _rms(value) -> float:
+    """RMS of one tensor's finite entries."""
+    a = _array(value)
     a = a[np.isfinite(a)]
     return float(np.sqrt(np.mean(a * a))) if a.size else 0.0
 

@@ -18,7 +18,7 @@ def debug_precision(
     path: Path = typer.Argument(..., help="Artifact directory (with step.onnx and step.fp16.onnx)."),
     precision: str = typer.Option("fp16", "--precision", help="The graph compared with the fp32 one."),
     steps: int = typer.Option(3, "--steps", help="Frames of the rollout the graphs run (driven by the fp32 graph)."),
-    batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs."),
+    batch: int = typer.Option(1, "--batch", help="Batch of the seeded inputs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the inputs."),
     atol: Optional[float] = typer.Option(
         None, "--atol", help="Per-element tolerance at unit scale (a tensor of RMS r > 1 gets atol x r); "
