@@ -69,6 +69,32 @@ def test_export_saves_feeds_reference_and_command(exported):
     assert runner == "pytorch-reference" and len(iters) == 4 and list(iters[0].keys()) == ["next_features"]
 
 
+def test_tensorrt_command_covers_the_steps_after_the_first(exported, tmp_path):
+    """Where TensorRT is importable a --trt line is added; its profile is checked here (no TensorRT
+    runs in CI): the first step (past_len 0, the first-frame engine's job) is left out."""
+    from polygraphy.json import load_json
+
+    from vitac_deploy.manifest import read_manifest
+    from vitac_deploy.reference import random_predictor
+    from vitac_deploy.reproduce import save_polygraphy
+    from vitac_deploy.validation import ParityInputs
+
+    d, cfg, art, pg = exported
+    out = tmp_path / "pg"
+    inputs = ParityInputs.make(SMALL_SWIGLU_EXTR, batch=1, frames=3, seed=1)
+    commands = save_polygraphy(out, art, random_predictor(SMALL_SWIGLU_EXTR, 5), inputs, ["fp16"],
+                               read_manifest(art), tensorrt=True)
+    assert len(commands) == 2 and "--onnxrt" in commands[0]
+    trt = shlex.split(commands[1])
+    assert "--trt" in trt and "--strongly-typed" in trt and "--onnxrt" not in trt
+    L, H, hd = SMALL_SWIGLU_EXTR.tokens_per_step, SMALL_SWIGLU_EXTR.num_heads, SMALL_SWIGLU_EXTR.head_dim
+    for flag, frames in (("--trt-min-shapes", 1), ("--trt-max-shapes", 2)):
+        i = trt.index(flag)
+        assert f"past_value.1:[1,{H},{frames * L},{hd}]" in trt[i + 1:i + 40]
+    assert len(load_json(str(out / "fp16" / "inputs.trt.json"))) == 2
+    assert len(load_json(str(out / "fp16" / "inputs.json"))) == 3
+
+
 def test_polygraphy_cli_passes_on_the_artifact_and_fails_once_its_graph_is_changed(exported, tmp_path):
     d, cfg, art, pg = exported
     for precision in ("fp32", "fp16"):

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .contract import past_names, rope_rows
-from .errors import VitacError
+from .errors import VitacError, first_line
 from .manifest import umask
 from .metrics import TOLERANCES
 from .validation import ParityInputs
@@ -205,6 +205,9 @@ def save_polygraphy(out_dir: str | os.PathLike, artifact: str | os.PathLike, mod
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+    except OSError as e:   # disk full, permissions: one line, and nothing half written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise VitacError(f"cannot write {out}: {e.strerror or first_line(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
