@@ -27,9 +27,10 @@ def debug_precision(
                                                                  "first tensor past the tolerance)."),
     flagged_only: bool = typer.Option(False, "--flagged-only", help="Print only the tensors past the tolerance."),
 ) -> None:
-    """Run the fp32 and fp16 step graphs on the same feeds with every intermediate tensor marked as
-    an output (Polygraphy) and print each tensor's error in graph order, the first one past the
-    tolerance on top: exit 0 none, 1 some, 2 bad input."""
+    """The fp16 step graph against the fp32 one, tensor by tensor (Polygraphy): exit 0 none flagged, 1 some, 2 bad input.
+
+    Both graphs run on the same feeds with every intermediate tensor marked as an output; each
+    tensor's error is printed in graph order, the first one past the tolerance on top."""
     from ..layerwise import compare_layers, write_report
 
     report = compare_layers(path, precision=precision, steps=steps, batch=batch, seed=seed, atol=atol)
