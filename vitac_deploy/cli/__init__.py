@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from .bench import bench
+from .debug import debug_precision
 from .demo import demo
 from .encoder import export_encoder
 from .engine import build_engine
@@ -50,6 +51,7 @@ app.command()(plan)
 app.command(name="energy-landscape")(energy_landscape)
 app.command(name="build-engine")(build_engine)
 app.command()(demo)
+app.command(name="debug-precision")(debug_precision)
 
 
 def _is(e: BaseException, name: str) -> bool:

@@ -96,6 +96,9 @@ def validate(
     batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs (an encoder: camera frames)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of error vs rollout step."),
+    save_polygraphy: Optional[Path] = typer.Option(
+        None, "--save-polygraphy", help="Write the validated steps' feeds, the reference's outputs and the "
+                                        "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
     from ..config import PredictorConfig
@@ -122,6 +125,13 @@ def validate(
         precision = precision or "fp32,fp16"
         graphs = set(manifest["graphs"])
         listed = manifest.get("files", {})
+    if save_polygraphy is not None:
+        if engine:
+            raise VitacError("--save-polygraphy takes an artifact directory (the engine's ONNX graphs are in the "
+                             "artifact it was built from)")
+        from ..reproduce import check_save_target
+
+        check_save_target(save_polygraphy)
     folder = path.parent if engine else path
     cfg = resolve_config(config, None) if config else PredictorConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
@@ -158,6 +168,14 @@ def validate(
             "checkpoint": str(checkpoint) if checkpoint else None, "files_match_manifest": files_ok,
             "tolerances": {p: TOLERANCES[p].to_dict() for p in results},
             "results": {p: r.to_dict() for p, r in results.items()}}
+    if save_polygraphy is not None:   # also, and above all, when the check failed
+        from ..reproduce import save_polygraphy as save
+
+        commands = save(save_polygraphy, path, model, inputs, list(results), manifest)
+        data["polygraphy_commands"] = commands
+        console.print(f"reproduce with Polygraphy ({save_polygraphy}/command.txt):")
+        for c in commands:
+            console.print(c, soft_wrap=True, highlight=False, markup=False)
     if report:
         write_json_atomic(report, data)
     if plot:
