@@ -111,6 +111,9 @@ def validate(
     from .encoder import is_encoder, validate_encoder
 
     if is_encoder(path):   # an encoder artifact or engine: its features against the reference encoder
+        if save_polygraphy is not None:
+            raise VitacError("--save-polygraphy reproduces the predictor's step graphs; for an encoder, run "
+                             "`polygraphy run ENCODER/encoder.onnx --onnxrt` on your own frames")
         return validate_encoder(path, checkpoint, config, random_init, seed, backend, device, precision, batch,
                                 report, plot)
     console = Console()
