@@ -326,12 +326,13 @@ def test_encoder_engine_runtime_on_fakes(one, one_artifact, tmp_path, monkeypatc
     monkeypatch.setattr(gpu, "import_cudart", lambda: cu)
     monkeypatch.setattr(trt_encoder, "import_cudart", lambda: cu)
     monkeypatch.setattr(trt_encoder, "import_tensorrt", lambda flavour: trt)
-    monkeypatch.setattr(trt_encoder, "gpu_info", lambda required=False: {"name": "Fake H100", "compute_capability": "9.0"})
+    fake_gpu = {"name": "Fake H100", "compute_capability": "9.0"}
+    monkeypatch.setattr(trt_encoder, "gpu_info", lambda required=False: fake_gpu)
     m = json.loads((one_artifact / "manifest.json").read_text())
     prof = ProfileOptions(1, 2, 2)
     shapes = encoder_profile(m["graphs"]["encoder.fp16"], prof)
     plan = write_fake_engine(tmp_path / "enc.plan", one_artifact / "encoder.fp16.onnx", shapes, version="10.3.0")
-    data = engine_manifest(one_artifact, one.cfg, "tensorrt", "10.3.0", {"name": "Fake H100", "compute_capability": "9.0"},
+    data = engine_manifest(one_artifact, one.cfg, "tensorrt", "10.3.0", fake_gpu,
                            ["default"], EngineOptions(profile=prof), prof, "fake",
                            [{"role": "encoder", "file": plan.name, "sha256": sha256_file(plan), "profile": shapes}])
     data["kind"] = "encoder"
@@ -393,7 +394,8 @@ def test_encoder_memory_and_info():
     from vitac_deploy.planning.memory import encoder_memory
 
     g = EncoderConfig.preset("vit-g")
-    assert abs(g.num_parameters() - 1.012e9) < 1e6 and abs(EncoderConfig.preset("vit-l").num_parameters() - 3.04e8) < 1e6
+    assert abs(g.num_parameters() - 1.012e9) < 1e6
+    assert abs(EncoderConfig.preset("vit-l").num_parameters() - 3.04e8) < 1e6
     m1, m2, m3 = (encoder_memory(g, b, "fp16") for b in (1, 2, 3))
     assert m1.weights == g.num_parameters() * 2 == m2.weights
     assert m3.total - m2.total == m2.total - m1.total > 0               # affine in the batch

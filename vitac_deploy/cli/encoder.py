@@ -40,11 +40,13 @@ def load_encoder_model(checkpoint: Optional[Path], config: Optional[Path], prese
 
 @cli_errors
 def export_encoder(
-    out: Path = typer.Option(..., "--out", help="Encoder artifact directory to create (plan looks in ARTIFACT/encoder)."),
+    out: Path = typer.Option(..., "--out",
+                             help="Encoder artifact directory to create (plan looks in ARTIFACT/encoder)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
                                               help="A published V-JEPA 2-AC checkpoint or an encoder state_dict."),
     encoder_key: str = typer.Option("encoder", "--encoder-key", help="Checkpoint entry: encoder or target_encoder."),
-    config: Optional[Path] = typer.Option(None, "--config", help="EncoderConfig JSON, upstream kwargs or a golden file."),
+    config: Optional[Path] = typer.Option(None, "--config",
+                                          help="EncoderConfig JSON, upstream kwargs or a golden file."),
     preset: Optional[str] = typer.Option(None, "--preset", help="vit-l (default), vit-g or vit-l-demo."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),

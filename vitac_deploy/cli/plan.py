@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 from ._common import cli_errors, stderr_console
 
 
@@ -90,7 +90,7 @@ def read_noise(path: Path) -> np.ndarray:
     except VitacError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise VitacError(f"cannot read --noise {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VitacError(f"cannot read --noise {path}: {first_line(e)}") from None
 
 
 _OBS = typer.Option(..., "--observation", help="Current camera frame: PNG/JPEG, or .npz/.npy of uint8 [T, H, W, 3] "
