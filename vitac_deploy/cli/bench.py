@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, resolve_config, stderr_console
+from ._common import cli_errors, resolve_config, stderr_console, stdout_console
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -100,7 +99,7 @@ def bench(
         raise VitacError(f"{artifact} has no fp32 graph: the torch backends and the baseline read their weights "
                          f"from it (re-export with --precision fp32,fp16)")
     err = stderr_console()
-    console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
+    console = stdout_console()
     with tempfile.TemporaryDirectory() as tmp:
         if artifact is not None:
             import torch
