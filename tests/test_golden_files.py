@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import GOLDEN_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +38,7 @@ def _pytest(tmp_path: Path, *args: str, golden_dir: Path | None = None) -> subpr
     if golden_dir is not None:
         env["VITAC_GOLDEN_DIR"] = str(golden_dir)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_a_missing_golden_file_fails_and_names_the_path(tmp_path):
