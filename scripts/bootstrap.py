@@ -142,8 +142,11 @@ def setup(mode: str, venv: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     if not argv or argv[0] not in EXTRAS:
-        print(f"error: usage: {Path(sys.argv[0]).name} demo|test [ARGS...] (see its docstring)", file=sys.stderr)
+        print(f"error: usage: {Path(sys.argv[0]).name} demo|test [ARGS...] (see --help)", file=sys.stderr)
         return 2
     if sys.version_info < (3, 9):
         print(f"error: vitac-deploy needs Python 3.9 or newer (this is {platform.python_version()})", file=sys.stderr)
