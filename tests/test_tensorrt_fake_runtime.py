@@ -162,6 +162,7 @@ def test_graph_capture_failure_falls_back_to_eager(tmp_path, fakes, caplog, wher
     assert "no CUDA graphs" in rt.describe() and cu.sticky_error is None
 
 
+@pytest.mark.golden
 def test_mpc_golden_plan_through_the_tensorrt_runtime(tmp_path, fakes):
     """The upstream planner through the TensorRT runtime (fp32 engines, energy engine): the golden
     energies and plan, and per rollout only the energies cross to the host."""
@@ -184,6 +185,7 @@ def test_mpc_golden_plan_through_the_tensorrt_runtime(tmp_path, fakes):
     assert np.abs(grid - g.arrays["grid_energy"][:25]).max() < 1e-5
 
 
+@pytest.mark.golden
 def test_engine_without_energy_engine_scores_on_the_host(tmp_path, fakes):
     from vitac_deploy.planning import energies
 

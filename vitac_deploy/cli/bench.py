@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, resolve_config, stderr_console
+from ._common import cli_errors, resolve_config, stderr_console, stdout_console
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -114,7 +113,7 @@ def bench(
         raise VitacError(f"{artifact} has no fp32 graph: the torch backends and the baseline read their weights "
                          f"from it (re-export with --precision fp32,fp16)")
     err = stderr_console()
-    console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
+    console = stdout_console()
     with tempfile.TemporaryDirectory() as tmp:
         if artifact is not None:
             import torch
@@ -164,7 +163,7 @@ def _encoder_rows(encoder: str, opts, console) -> dict:
 def _bench_encoder_only(encoder: str, opts, json_out: Optional[Path]) -> None:
     from ..manifest import now_iso, versions, write_json_atomic
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = stdout_console()
     res = {"date": now_iso(), "mode": "encoder", "versions": versions(), **_encoder_rows(encoder, opts, console)}
     if json_out:
         write_json_atomic(json_out, res)

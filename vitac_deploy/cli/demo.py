@@ -9,11 +9,10 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console
+from ._common import cli_errors, stderr_console, stdout_console
 
 
 @cli_errors
@@ -39,7 +38,7 @@ def demo(
     from ..validation import ParityInputs
     from .export import summary_table
 
-    console, err = Console(), stderr_console()
+    console, err = stdout_console(), stderr_console()
     cfg = PredictorConfig.preset(preset)
     console.print(f"[bold]{preset}[/]: {cfg.num_parameters():,} parameters, seeded random weights (seed {seed})")
     model = random_predictor(cfg, seed)

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console
+from ._common import cli_errors, stderr_console, stdout_console
 
 
 def resolve_encoder_config(config: Optional[Path], preset: Optional[str]):
@@ -71,7 +70,7 @@ def export_encoder(
                                 validate=validate, force=force, source=source)
     with err.status("exporting the encoder") as status:
         manifest = export(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
-    Console(width=max(Console().width, 120)).print(encoder_table(out, manifest))
+    stdout_console().print(encoder_table(out, manifest))
 
 
 def encoder_table(out: Path, manifest: dict) -> Table:
@@ -141,7 +140,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
     images = validation_images(cfg, frames, seed + 1)
     results = {}
-    console = Console()
+    console = stdout_console()
     for p in [x.strip() for x in precision.split(",") if x.strip()]:
         if p not in have:
             raise VitacError(f"{path} has no {p} {'engine' if engine else 'encoder graph'}")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import VitacError, first_line
-from ._common import cli_errors, load_model, stderr_console
+from ._common import cli_errors, load_model, stderr_console, stdout_console
 
 
 @cli_errors
@@ -50,9 +50,10 @@ def export(
                          save_polygraphy=save_polygraphy)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
-    Console().print(summary_table(out, manifest))
+    stdout_console().print(summary_table(out, manifest))
     if save_polygraphy is not None:
-        Console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt", highlight=False)
+        stdout_console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt",
+                               highlight=False)
 
 
 def summary_table(out: Path, manifest: dict) -> Table:
@@ -84,7 +85,7 @@ def summary_table(out: Path, manifest: dict) -> Table:
 def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx file or ENGINE.plan.")) -> None:
     """Manifest summary and IO table (name, dtype, shape with symbolic dims); for an engine, how and
     where it was built and its optimization profiles."""
-    console = Console()
+    console = stdout_console()
     if not path.exists():
         raise VitacError(f"not found: {path}")
     if path.suffix in (".plan", ".engine"):
