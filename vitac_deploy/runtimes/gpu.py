@@ -87,6 +87,8 @@ class DeviceBuffer:
         self.ptr = int(check(cudart.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes >> 20} MiB)"))
         if zero:   # a static cache is read whole (masked): never-written memory must not hold NaN bit patterns
             check(cudart.cudaMemset(self.ptr, 0, self.nbytes), "cudaMemset")
+            # cudaMemset runs on the legacy stream, which non-blocking streams do not wait for
+            check(cudart.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
 
     def free(self) -> None:
         if self.ptr:
