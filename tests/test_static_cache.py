@@ -225,3 +225,26 @@ def test_older_and_odd_manifests(small_pair, tmp_path):
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(VitacError, match="does not have the static cache contract"):
         open_runtime(old, backend="onnxruntime")
+
+
+def test_golden_plan_through_static_contract(tmp_path):
+    """The upstream planner's golden plan (mpc_franka) through a static artifact sized to the planning
+    horizon, whole and chunked; a memory budget fits more samples per chunk than with concat."""
+    from tests.conftest import load_mpc_golden
+    from vitac_deploy.planning import CEMOptions, plan
+    from vitac_deploy.planning.memory import plan_memory
+
+    mpc = load_mpc_golden()
+    opts = CEMOptions(**{k: v for k, v in mpc.meta["mpc_args"].items() if k != "verbose"})
+    art = tmp_path / "static"
+    export_artifact(mpc.model, art, ExportOptions(precisions=["fp32"], cache="static", cache_frames=opts.rollout))
+    noise = mpc.arrays["cem_noise"]
+    res = plan(open_runtime(art, backend="onnxruntime"), mpc.current, mpc.goal, mpc.pose, opts, noise=noise)
+    assert np.abs(res.energies - mpc.arrays["cem_energies"]).max() < 1e-5
+    assert np.abs(res.actions - mpc.arrays["cem_action"]).max() < 1e-5
+    part = plan(open_runtime(art, backend="onnxruntime"), mpc.current, mpc.goal, mpc.pose, opts, noise=noise, chunk=7)
+    np.testing.assert_array_equal(part.actions, res.actions)
+    budget = plan_memory(mpc.cfg, 9, opts.rollout, precision="fp32", backend="onnxruntime").device_total
+    fitted = plan(open_runtime(art, backend="onnxruntime"), mpc.current, mpc.goal, mpc.pose, opts, noise=noise,
+                  memory_budget=budget)
+    assert fitted.chunk > 9 and np.array_equal(fitted.actions, res.actions)
