@@ -329,6 +329,11 @@ def test_static_contract_in_place(tmp_path, fakes, graphs, flavour, version):
     want = ref.rollout(inputs.context[:1], inputs.actions, inputs.states, inputs.horizon, inputs.extrinsics)
     assert np.abs(got - want).max() <= TOLERANCES["fp16"].max_abs
     assert len(rt._arenas) == 1 and rt.cache_bytes * 2 == ref.cache_bytes
+    # fixed shapes and fixed row slots: bindings (and graphs) per (batch, parity), not per frame index
+    assert len(rt._bindings) <= 4 < SMALL_SWIGLU_EXTR.max_frames + 1
+    if graphs and flavour == "tensorrt":   # (RTX captures whole graphs itself)
+        assert 0 < len(rt._graphs) <= 4
+        assert any(e[0] == "executed" and e[2] for e in trt.log)
     bind = next(iter(rt._bindings.values()))
     assert bind.addresses["present_key.0"] == bind.addresses["past_key.0"]
     assert not _stale(trt) and cu.sticky_error is None

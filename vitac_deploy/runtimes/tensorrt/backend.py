@@ -5,7 +5,10 @@
   allocated once; past_* is bound to one, present_* to the other, and they swap after every frame
   (the graph's Concat is the only copy of the cache). Static contract (TensorRT >= 10.15, or for
   RTX with IKVCacheUpdateLayer): one zeroed arena per block of (max batch x the fixed max_len),
-  present_* bound to past_*'s address, so the KV-cache update layer writes only the new frame. The RoPE rows of every frame live on the device; frame t
+  present_* bound to past_*'s address, so the KV-cache update layer writes only the new frame.
+  Its shapes are fixed and the frame's rows (RoPE, write index, mask) are copied on the stream to
+  fixed slots, so one binding and one captured CUDA graph serve every frame of a batch (per
+  raw-prediction parity), instead of one per frame index. The RoPE rows of every frame live on the device; frame t
   binds row t. Host inputs go through pinned buffers; predictions stay on the device until asked
   for (`_prediction`), and the planner's energy runs as an engine of its own on them.
 - All contexts (step, first frame, energy) share one activation buffer (see contexts.py).
@@ -168,6 +171,8 @@ class TensorRTRuntime(Runtime):
         self._rope_row_bytes = cfg.tokens_per_step * cfg.head_dim * self.rope_dtype.itemsize
         self._d_static: dict = {}
         self._static_tables: dict = {}   # kept until the copies below are done
+        self._row_slots: dict = {}
+        self._d_static_slots: list = []
         if static:
             write, bias = static_rows(cfg, self.cache_frames, self.cache_dtype.name, batch)
             for n, t in (("write_index", write), ("attn_bias", bias)):
@@ -175,11 +180,19 @@ class TensorRTRuntime(Runtime):
                 self._stream.copy(self._d_static[n].ptr, t.ctypes.data, t.nbytes, "h2d")
                 self._static_tables[n] = t
             self._static_row_bytes = {"write_index": write[0].nbytes, "attn_bias": bias[0].nbytes}
+            # the frame's rows are copied (on the stream, before the engine) to fixed slots: every
+            # address is then the same for all frames, so one binding and one captured graph serve
+            # every frame of a batch, not one per frame index
+            rows = {**{n: (self._d_rope[n].ptr, self._rope_row_bytes) for n in ROPE_INPUTS},
+                    **{n: (self._d_static[n].ptr, self._static_row_bytes[n]) for n in self._d_static}}
+            self._row_slots = {n: (DeviceBuffer(c, size), src, size) for n, (src, size) in rows.items()}
+            self._d_static_slots = [slot for slot, _, _ in self._row_slots.values()]
         self._d_goal = DeviceBuffer(c, N * D * 4)
         self._d_energy = DeviceBuffer(c, batch * 4)
         self._buffers = ([b for a in self._arenas for b in a.values()] + [self._d_feat, self._d_pred, *self._d_raw,
                          self._h_feat, *self._d_cond.values(), *self._h_cond.values(), *self._d_rope.values(),
-                         self._d_goal, self._d_energy, *self._d_static.values()])
+                         self._d_goal, self._d_energy, *self._d_static.values(),
+                         *getattr(self, "_d_static_slots", [])])
         self._cur, self._raw_cur = 0, 0
         if getattr(self, "_goal", None) is not None:
             self._stream.copy(self._d_goal.ptr, self._goal.ctypes.data, self._goal.nbytes, "h2d")
@@ -253,19 +266,25 @@ class TensorRTRuntime(Runtime):
         for name, value in cond.items():
             self._h_cond[name].array[:value.size] = value.ravel()
             s.copy(self._d_cond[name].ptr, self._h_cond[name].ptr, value.nbytes, "h2d")
-        # shapes and every address are fixed by this key: one binding (and one captured graph) serves it
-        key = (B, self.frames, self._cur, self._raw_cur, features is None)
+        static = self.cache == "static"
+        # shapes and every address are fixed by this key: one binding (and one captured graph) serves
+        # it. Static: the frame's rows go to fixed slots, so the frame index is not part of the key
+        key = (B, "static" if static else self.frames, self._cur, self._raw_cur, features is None)
+        if static:
+            for slot, src, size in self._row_slots.values():
+                s.copy(slot.ptr, src + self.frames * size, size, "d2d")
         bind = self._bindings.get(key)
         if bind is None:
-            static = self.cache == "static"
             past, present = self._arenas[self._cur], self._arenas[0 if static else 1 - self._cur]
-            bind = self._bindings[key] = bind_frame(cfg, B, self.frames, "first" in self._engines, FrameBuffers(
+            slots = {n: slot.ptr for n, (slot, _, _) in self._row_slots.items()}
+            bind = self._bindings[key] = bind_frame(cfg, B, 0 if static else self.frames, "first" in self._engines,
+                                                    FrameBuffers(
                 features=feat_ptr, cond={n: self._d_cond[n].ptr for n in cond},
                 past={n: b.ptr for n, b in past.items()}, present={n: b.ptr for n, b in present.items()},
                 prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr,
-                rope={n: b.ptr for n, b in self._d_rope.items()}, rope_row_bytes=self._rope_row_bytes,
-                static={n: b.ptr for n, b in self._d_static.items()},
-                static_row_bytes=getattr(self, "_static_row_bytes", {}) if static else {},
+                rope={n: slots[n] for n in ROPE_INPUTS} if static else {n: b.ptr for n, b in self._d_rope.items()},
+                rope_row_bytes=self._rope_row_bytes,
+                static={n: slots[n] for n in self._d_static}, static_row_bytes={n: 0 for n in self._d_static},
                 cache_len=static_max_len(cfg, self.cache_frames) if static else 0))
         if self.cuda_graphs:
             self._run_graph(key, bind)
