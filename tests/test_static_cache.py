@@ -248,3 +248,52 @@ def test_golden_plan_through_static_contract(tmp_path):
     fitted = plan(open_runtime(art, backend="onnxruntime"), mpc.current, mpc.goal, mpc.pose, opts, noise=noise,
                   memory_budget=budget)
     assert fitted.chunk > 9 and np.array_equal(fitted.actions, res.actions)
+
+
+def test_cli_export_static_and_inspect(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(SMALL.to_json())
+    art = tmp_path / "a"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "vitac_deploy", *map(str, args)], capture_output=True, text=True)
+
+    p = cli("export", "--random-init", "--config", cfg, "--out", art, "--precision", "fp32", "--cache", "static",
+            "--cache-frames", "2")
+    assert p.returncode == 0, p.stderr
+    assert "first" not in p.stdout and "ok" in p.stdout
+    p = cli("inspect", art)
+    assert p.returncode == 0 and f"static cache (2 frames, max_len {2 * SMALL.tokens_per_step})" in p.stdout
+    assert "write_index" in p.stdout and "attn_bias" in p.stdout
+    bad = cli("export", "--random-init", "--config", cfg, "--out", tmp_path / "b", "--cache", "static", "--opset", "17")
+    assert bad.returncode == 2 and "opset 24" in bad.stderr
+
+
+def test_static_runtime_imports_without_torch_or_onnx(small_pair):
+    """The runtime side of the static contract needs numpy and onnxruntime only."""
+    import subprocess
+    import sys
+
+    _, arts = small_pair
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'onnx', 'safetensors'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import numpy as np
+from vitac_deploy.runtimes import open_runtime
+rt = open_runtime({str(arts["static"])!r}, backend='onnxruntime')
+cfg = rt.cfg
+out = rt.rollout(np.ones((2, 1, cfg.tokens_per_frame, cfg.embed_dim), np.float32),
+                 np.zeros((2, 3, cfg.action_dim), np.float32), np.zeros((2, 3, cfg.action_dim), np.float32), 3,
+                 np.zeros((2, 3, cfg.action_dim - 1), np.float32))
+assert rt.cache == 'static' and out.shape[1] == 3 and np.isfinite(out).all()
+print('ok')
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr

@@ -10,6 +10,7 @@ same plan is expected).
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
@@ -322,6 +323,9 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 "max_abs_vs_baseline": float(np.abs(out - ref).max()) if ref is not None else None,
             })
             _close(rt)
+            # the next row's peak RSS must not hold this runtime's session (weights, arena): drop it first
+            del rt, run, out
+            gc.collect()
             on_row(result)
 
 
@@ -385,6 +389,8 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
             entry["action_max_abs_vs_baseline"] = float(np.abs(res.actions - base.actions).max())
         result["entries"].append(entry)
         _close(rt)
+        del rt, res   # as in _bench_rollouts: nothing of this row stays for the next row's peak RSS
+        gc.collect()
         on_row(result)
 
 
