@@ -57,7 +57,15 @@ class BenchOptions:
 
 def _reset_peak_rss() -> bool:
     """Restart the process's peak-RSS count (Linux: VmHWM, via /proc/self/clear_refs), so that each
-    row reports its own peak, not the largest of every row before it. False where not possible."""
+    row reports its own peak, not the largest of every row before it. False where not possible.
+    Free heap goes back to the OS first (glibc malloc_trim): buffers below malloc's mmap threshold
+    would otherwise reuse pages an earlier row (or the export) left resident, and not show."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
