@@ -53,3 +53,17 @@ def pair_rotation_matrix(head_dim: int) -> np.ndarray:
         R[2 * i + 1, 2 * i] = -1.0
         R[2 * i, 2 * i + 1] = 1.0
     return R
+
+
+def encoder_tables(cfg, latent_frames: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of shape [latent_frames * N, head_dim] (float64) for the encoder's tokens, ordered
+    (latent frame, row, col), at their integer positions: the same rotation convention as the
+    predictor (`frame_tables`), no conditioning tokens, unrotated dims last. `cfg`: EncoderConfig."""
+    d, G = cfg.rope_dim, cfg.grid
+    idx = np.arange(latent_frames * G * G)
+    t, rows, cols = idx // (G * G), (idx % (G * G)) // G, idx % G
+    cos = np.ones((idx.size, cfg.head_dim))
+    sin = np.zeros((idx.size, cfg.head_dim))
+    for axis, pos in enumerate((t, rows, cols)):
+        cos[:, axis * d:(axis + 1) * d], sin[:, axis * d:(axis + 1) * d] = _segment(pos, d)
+    return cos, sin

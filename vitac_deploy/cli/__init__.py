@@ -8,10 +8,13 @@ import typer
 
 from .. import __version__
 from .bench import bench
+from .debug import debug_precision
 from .demo import demo
+from .encoder import export_encoder
 from .engine import build_engine
 from .export import export, inspect
 from .info import info
+from .plan import energy_landscape, plan
 from .run import rollout, validate
 
 app = typer.Typer(
@@ -43,8 +46,12 @@ app.command()(inspect)
 app.command()(rollout)
 app.command()(validate)
 app.command()(bench)
+app.command(name="export-encoder")(export_encoder)
+app.command()(plan)
+app.command(name="energy-landscape")(energy_landscape)
 app.command(name="build-engine")(build_engine)
 app.command()(demo)
+app.command(name="debug-precision")(debug_precision)
 
 
 def _is(e: BaseException, name: str) -> bool:

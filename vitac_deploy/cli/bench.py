@@ -57,6 +57,10 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of weights and inputs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of per-frame latency vs frame index."),
+    encoder: Optional[str] = typer.Option(
+        None, "--encoder", help="Also time an encoder (an encoder artifact or a preset: vit-l, vit-g, vit-l-demo) "
+                                "at 1 and 2 frames per call against PyTorch."),
+    encoder_only: bool = typer.Option(False, "--encoder-only", help="Time the --encoder alone."),
 ) -> None:
     """Per-frame and rollout latency (or one CEM plan), throughput, memory and agreement of each
     backend against the upstream way, measured in the same run."""
@@ -102,6 +106,16 @@ def bench(
             raise VitacError(f"cannot write {flag} {target}: {target.parent} does not exist")
         if target is not None and target.is_dir():
             raise VitacError(f"cannot write {flag} {target}: it is a directory (give a file name)")
+    if encoder_only and encoder is None:
+        raise VitacError("--encoder-only needs --encoder")
+    if encoder is not None:
+        from ..encoder import ENCODER_PRESETS
+
+        if encoder not in ENCODER_PRESETS and not Path(encoder).is_dir():
+            raise VitacError(f"--encoder {encoder}: neither an encoder preset ({', '.join(ENCODER_PRESETS)}) "
+                             f"nor an encoder artifact directory")
+    if encoder_only:
+        return _bench_encoder_only(encoder, opts, json_out)
     cfg = PredictorConfig.from_dict(manifest["config"]) if manifest else resolve_config(config, preset)
     if context + horizon - 1 > cfg.max_frames:
         raise VitacError(f"--context {context} + --horizon {horizon} - 1 exceeds the model's max_frames {cfg.max_frames}")
@@ -139,10 +153,35 @@ def bench(
                                # every row on disk as it comes: a bench cut off by a time limit keeps them
                                on_row=lambda r: json_out and write_json_atomic(json_out, r))
     _print(console, result, cfg, opts)
+    if encoder is not None:
+        result["encoder"] = _encoder_rows(encoder, opts, console)
     if json_out:
         write_json_atomic(json_out, result)
     if plot:
         plot_per_frame(result, plot)
+
+
+def _encoder_rows(encoder: str, opts, console) -> dict:
+    from ..bench import _machine
+    from ..bench_encoder import bench_encoder, encoder_rows_table
+
+    err = stderr_console()
+    with err.status("benchmarking the encoder") as status:
+        res = bench_encoder(encoder, opts.backends, opts.device, opts.precision, (1, 2), opts.repeats, opts.warmup,
+                            opts.seed, say=lambda m: (status.update(m), err.print(f"  {m}")))
+    machine = _machine(opts.device)
+    res["machine"] = machine
+    console.print(encoder_rows_table(res, machine.get("gpu") or f"cpu ({machine['cpu_count']} cores)"))
+    return res
+
+
+def _bench_encoder_only(encoder: str, opts, json_out: Optional[Path]) -> None:
+    from ..manifest import now_iso, versions, write_json_atomic
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    res = {"date": now_iso(), "mode": "encoder", "versions": versions(), **_encoder_rows(encoder, opts, console)}
+    if json_out:
+        write_json_atomic(json_out, res)
 
 
 def _fmt(x, spec: str, none: str = "-") -> str:

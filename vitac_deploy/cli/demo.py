@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import VitacError
 from ._common import cli_errors, stderr_console
 
 
@@ -22,8 +23,12 @@ def demo(
     horizon: int = typer.Option(7, "--horizon", help="Frames to predict from 1 context frame."),
     batch: int = typer.Option(1, "--batch", help="Trajectories rolled out at once."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and inputs."),
+    encoder: str = typer.Option("vit-l-demo", "--encoder", help="Encoder preset of the camera stage (random weights)."),
+    plan_samples: int = typer.Option(8, "--plan-samples", help="CEM samples of the planning stage (0: skip it)."),
+    plan_steps: int = typer.Option(2, "--plan-steps", help="CEM steps of the planning stage."),
 ) -> None:
-    """export -> rollout with ONNX Runtime -> parity and speed against the PyTorch reference."""
+    """export -> rollout with ONNX Runtime -> parity and speed against the PyTorch reference; then
+    camera frames -> encoder -> the upstream CEM planner -> action, against PyTorch and the upstream way."""
     import torch
 
     from ..config import PredictorConfig
@@ -82,5 +87,99 @@ def demo(
     console.print(table)
     console.print("speedup: against the full recompute measured in this run; max abs err: against it too "
                   "(normalized features)")
+    if plan_samples > 0:
+        ok &= camera_to_action(console, err, model, encoder, plan_samples, plan_steps, seed, out)
     if not ok:
         raise typer.Exit(1)
+
+
+def camera_to_action(console, err, model, encoder_preset, samples: int, cem_steps: int, seed: int,
+                     out: Optional[Path]) -> bool:
+    """Camera frames -> encoder -> the upstream CEM planner -> action, on exported graphs (ONNX
+    Runtime), next to the PyTorch reference encoding and planning the upstream way."""
+    import torch
+
+    from ..encoder import ENCODER_PRESETS, EncoderConfig, preprocess
+    from ..exporters import ExportOptions, export_artifact
+    from ..exporters.encoder_artifact import EncoderExportOptions, encoder_parity, export_encoder, validation_images
+    from ..planning import ActionSpace, CEMOptions, plan
+    from ..reference import random_encoder
+    from ..runtimes import open_runtime
+    from ..runtimes.encoder import open_encoder
+    from ..runtimes.torch.full_recompute import FullRecompute
+    from .encoder import encoder_table
+
+    if isinstance(encoder_preset, EncoderConfig):
+        ecfg, encoder_preset = encoder_preset, "(given config)"
+    elif encoder_preset not in ENCODER_PRESETS:
+        raise VitacError(f"unknown encoder preset {encoder_preset!r} (known: {', '.join(ENCODER_PRESETS)})")
+    else:
+        ecfg = EncoderConfig.preset(encoder_preset)
+    cfg = model.cfg
+    if (ecfg.embed_dim, ecfg.tokens_per_frame) != (cfg.embed_dim, cfg.tokens_per_frame):
+        raise VitacError(f"encoder {encoder_preset} gives {ecfg.tokens_per_frame} x {ecfg.embed_dim} features; the "
+                         f"predictor takes {cfg.tokens_per_frame} x {cfg.embed_dim}")
+    console.print(f"[bold]camera -> encoder -> planner -> action[/]: encoder {encoder_preset} "
+                  f"({ecfg.num_parameters():,} parameters, {ecfg.depth} blocks, seeded random weights)")
+    enc_model = random_encoder(ecfg, seed)
+    frames = validation_images(ecfg, 2, seed + 7, size=(480, 640))[0]      # two 480x640 camera frames
+    with tempfile.TemporaryDirectory() as tmp:
+        art = (out or Path(tmp)) / "planner"
+        with err.status("exporting") as status:
+            say = lambda m: (status.update(m), err.print(f"  {m}"))  # noqa: E731
+            export_artifact(model, art, ExportOptions(precisions=["fp32"], first_frame_graph=False, force=True),
+                            progress=say)
+            manifest = export_encoder(enc_model, art / "encoder", EncoderExportOptions(force=True), progress=say)
+        console.print(encoder_table(art / "encoder", manifest))
+
+        # encoder: the reference vs the exported graphs on the camera frames (current, goal)
+        rows, ok = [], True
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref = enc_model.encode_frames(torch.from_numpy(preprocess(frames[None], ecfg.img_size))).numpy()
+        t_ref = time.perf_counter() - t0
+        for precision in ("fp32", "fp16"):
+            enc = open_encoder(art / "encoder", backend="onnxruntime", precision=precision)
+            enc.encode(frames[:1][None])   # warm-up
+            r = encoder_parity(enc, enc_model, frames[None], precision)
+            ok &= r["passed"]
+            rows.append((f"encoder, onnxruntime {precision}", r["encode_s"], t_ref, r["max_abs"], r["passed"]))
+        N = cfg.tokens_per_frame
+        current, goal = ref[:, :N], ref[:, N:]
+
+        # the upstream planner: the exported predictor (KV cache, energy graph) vs the upstream way
+        opts = CEMOptions(samples=samples, topk=max(2, samples // 4), cem_steps=cem_steps)
+        space = ActionSpace.for_dim(cfg.action_dim)
+        noise = np.random.default_rng(seed).standard_normal((cem_steps * opts.rollout, samples, len(space.sampled)))
+        pose = np.zeros((1, cfg.action_dim), np.float32)
+        err.print(f"  planning: {samples} samples x top {opts.topk} x {cem_steps} CEM steps, horizon {opts.rollout}")
+        upstream = plan(FullRecompute(model), current, goal, pose, opts, noise=noise)
+        rt = open_runtime(art, backend="onnxruntime", precision="fp32", max_batch=samples)
+        plan(rt, current, goal, pose, CEMOptions(**{**opts.__dict__, "cem_steps": 1}),
+             noise=noise[:opts.rollout])   # warm-up
+        ours = plan(rt, current, goal, pose, opts, noise=noise)
+        # same draws: step 0 scores the same samples, so its energies compare one to one (the final
+        # actions agree only while no two samples score within rounding: random weights barely
+        # react to actions, so they often do; the golden planner case checks the plan itself)
+        diff = float(np.abs(ours.energies[0] - upstream.energies[0]).max())
+        good = diff < 1e-4
+        ok &= good
+        rows.append(("plan, onnxruntime fp32 (KV cache)", ours.seconds, upstream.seconds, diff, good))
+        same_plan = bool(np.abs(ours.actions - upstream.actions).max() < 1e-5)
+        spread = float(np.ptp(upstream.energies[0]))
+
+    table = Table(title="camera frames (2 x 480x640) -> features -> plan (this machine, CPU)", header_style="bold")
+    for col, just in (("stage", "left"), ("time", "right"), ("reference", "right"), ("speedup", "right"),
+                      ("max abs err", "right"), ("ok", "right")):
+        table.add_column(col, justify=just)
+    for name, secs, ref_s, e, good in rows:
+        table.add_row(name, f"{secs * 1e3:.0f} ms", f"{ref_s * 1e3:.0f} ms", f"{ref_s / secs:.2f}x", f"{e:.2e}",
+                      "yes" if good else "NO")
+    console.print(table)
+    console.print(f"reference: PyTorch encoding the same frames; the upstream way planning with the same draws "
+                  f"(errors: features, then the energies of the first CEM step's samples). Plan "
+                  f"{'identical to' if same_plan else 'differs from'} the upstream way's"
+                  + ("" if same_plan else f" (the {samples} samples' energies span only {spread:.1e}: random weights, "
+                                          f"samples within rounding swap places)")
+                  + f". Action to execute: {np.array2string(ours.actions[0], precision=5, separator=', ')}")
+    return ok

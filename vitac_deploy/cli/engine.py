@@ -14,7 +14,7 @@ from ._common import cli_errors, stderr_console
 
 @cli_errors
 def build_engine(
-    artifact: Path = typer.Argument(..., help="Export artifact directory."),
+    artifact: Path = typer.Argument(..., help="Export artifact directory (predictor, or an encoder from export-encoder)."),
     out: Path = typer.Option(..., "--out", help="ENGINE.plan to write (+ ENGINE.plan.json)."),
     precision: str = typer.Option("fp16", "--precision", help="fp16 or fp32."),
     min_batch: int = typer.Option(1, "--min-batch"),
@@ -35,12 +35,12 @@ def build_engine(
     tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 in float32 layers (off: fp32 means fp32)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT's own log."),
 ) -> None:
-    """Build FP16 (or FP32) TensorRT engines from an artifact, with profiles for batch and past_len."""
-    from ..manifest import read_manifest
-    from ..runtimes.tensorrt.build import EngineOptions, build_engine as build
+    """Build FP16 (or FP32) TensorRT engines from an artifact, with profiles for batch and past_len
+    (an encoder artifact: one engine, its profile over the batch of frames)."""
+    from ..runtimes.tensorrt.build import EngineOptions, build_engine as build, read_artifact_manifest
     from ..runtimes.tensorrt.profiles import ProfileOptions
 
-    read_manifest(artifact)  # a bad artifact is reported before TensorRT is looked for
+    read_artifact_manifest(artifact)  # a bad artifact is reported before TensorRT is looked for
     if first_frame not in ("engine", "zero-past"):
         raise VitacError(f"--first-frame must be engine or zero-past, got {first_frame}")
     if out.suffix not in (".plan", ".engine"):

@@ -36,6 +36,9 @@ def export(
     first_frame_graph: bool = typer.Option(True, "--first-frame-graph/--no-first-frame-graph",
                                            help="Also write first*.onnx (no past inputs) for TensorRT."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    save_polygraphy: Optional[Path] = typer.Option(
+        None, "--save-polygraphy", help="Write the validated steps' feeds, the reference's outputs and the "
+                                        "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Export the per-step ONNX graphs (fp32 + strongly typed fp16) with a KV-cache interface."""
     from ..exporters import ExportOptions, export_artifact
@@ -51,10 +54,12 @@ def export(
     model = load_model(checkpoint, config, preset, random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
-                         cache=cache, cache_frames=cache_frames)
+                         cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
     Console().print(summary_table(out, manifest))
+    if save_polygraphy is not None:
+        Console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt", highlight=False)
 
 
 def summary_table(out: Path, manifest: dict) -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Optional
@@ -175,6 +176,9 @@ def info(
     fused_attention: Optional[bool] = typer.Option(
         None, "--fused-attention/--unfused-attention",
         help="Fused attention keeps no score matrix (default unfused: the upper bound)."),
+    encoder: Optional[str] = typer.Option(
+        None, "--encoder", help="Also print an encoder's size, FLOPs and memory: a preset (vit-l, vit-g) or an "
+                                "encoder artifact directory."),
 ) -> None:
     """Config table, parameter count, tokens per frame and KV-cache bytes of a preset or checkpoint;
     with --plan-samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows."""
@@ -191,7 +195,36 @@ def info(
         check_state_dict(sd, cfg, source=str(checkpoint))
         n_params = sum(int(v.numel()) for v in sd.values())
         title = f"{checkpoint} ({title})"
-    console = Console()
+    enc_table = encoder_table(encoder, precision or "fp16", bool(fused_attention)) if encoder else None
+    console = Console() if sys.stdout.isatty() else Console(width=160)   # whole tables in logs and pipes
     console.print(config_table(cfg, title, n_params))
     if plan_table_ is not None:
         console.print(plan_table_)
+    if enc_table is not None:
+        console.print(enc_table)
+
+
+def encoder_table(encoder: str, precision: str, fused: bool):
+    """Parameters, FLOPs per frame and memory (batch 1, and 2: current + goal) of an encoder, with
+    what is left of each named device budget."""
+    from ..encoder import ENCODER_PRESETS, EncoderConfig
+    from ..planning.memory import encoder_memory
+
+    if encoder in ENCODER_PRESETS:
+        ecfg, name = EncoderConfig.preset(encoder), encoder
+    else:
+        from ..encoder.manifest import read_encoder_manifest
+
+        ecfg, name = EncoderConfig.from_dict(read_encoder_manifest(encoder)["config"]), encoder
+    from rich.console import Group
+    from rich.text import Text
+
+    line = Text(f"encoder {name}: {ecfg.num_parameters():,} parameters, {ecfg.img_size} px, {ecfg.tokens_per_frame} "
+                f"tokens x {ecfg.embed_dim}, {ecfg.frame_flops() / 1e9:.1f} GFLOP per frame")
+    table = Table(title=f"encoder memory, {precision}{', fused attention' if fused else ''}", header_style="bold")
+    for col in ("frames at once", "weights", "I/O", "activations (estimate)", "total"):
+        table.add_column(col, justify="right")
+    for b in (1, 2):
+        m = encoder_memory(ecfg, b, precision, fused)
+        table.add_row(str(b), *(f"{x / 2**20:,.0f} MiB" for x in (m.weights, m.io, m.activations, m.total)))
+    return Group(line, table)

@@ -27,7 +27,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 @cli_errors
 def rollout(
-    path: Path = typer.Argument(..., help="Artifact directory, or a TensorRT ENGINE.plan."),
+    path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     inputs: Path = typer.Option(..., "--inputs", help="NPZ with features [B,C,N,D] (raw), actions, states[, extrinsics]."),
     out: Path = typer.Option(..., "--out", help="NPZ to write: predictions [B,H,N,D] and timing."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch, tensorrt."),
@@ -83,7 +83,7 @@ def rollout(
 
 @cli_errors
 def validate(
-    path: Path = typer.Argument(..., help="Artifact directory, or a TensorRT ENGINE.plan."),
+    path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the artifact was exported from."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
@@ -93,9 +93,12 @@ def validate(
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="Comma list of precisions to check (default: fp32,fp16; an engine's own)."),
     steps: int = typer.Option(4, "--steps", help="Frames of the closed-loop rollout (including the context)."),
-    batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs."),
+    batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs (an encoder: camera frames)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of error vs rollout step."),
+    save_polygraphy: Optional[Path] = typer.Option(
+        None, "--save-polygraphy", help="Write the validated steps' feeds, the reference's outputs and the "
+                                        "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
     from ..config import PredictorConfig
@@ -105,6 +108,14 @@ def validate(
     from ..runtimes import open_runtime
     from ..validation import ParityInputs, check_parity
 
+    from .encoder import is_encoder, validate_encoder
+
+    if is_encoder(path):   # an encoder artifact or engine: its features against the reference encoder
+        if save_polygraphy is not None:
+            raise VitacError("--save-polygraphy reproduces the predictor's step graphs; for an encoder, run "
+                             "`polygraphy run ENCODER/encoder.onnx --onnxrt` on your own frames")
+        return validate_encoder(path, checkpoint, config, random_init, seed, backend, device, precision, batch,
+                                report, plot)
     console = Console()
     engine = path.suffix in (".plan", ".engine")
     if engine:
@@ -117,6 +128,13 @@ def validate(
         precision = precision or "fp32,fp16"
         graphs = set(manifest["graphs"])
         listed = manifest.get("files", {})
+    if save_polygraphy is not None:
+        if engine:
+            raise VitacError("--save-polygraphy takes an artifact directory (the engine's ONNX graphs are in the "
+                             "artifact it was built from)")
+        from ..reproduce import check_save_target
+
+        check_save_target(save_polygraphy)
     folder = path.parent if engine else path
     cfg = resolve_config(config, None) if config else PredictorConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
@@ -153,6 +171,14 @@ def validate(
             "checkpoint": str(checkpoint) if checkpoint else None, "files_match_manifest": files_ok,
             "tolerances": {p: TOLERANCES[p].to_dict() for p in results},
             "results": {p: r.to_dict() for p, r in results.items()}}
+    if save_polygraphy is not None:   # also, and above all, when the check failed
+        from ..reproduce import save_polygraphy as save
+
+        commands = save(save_polygraphy, path, model, inputs, list(results), manifest)
+        data["polygraphy_commands"] = commands
+        console.print(f"reproduce with Polygraphy ({save_polygraphy}/command.txt):")
+        for c in commands:
+            console.print(c, soft_wrap=True, highlight=False, markup=False)
     if report:
         write_json_atomic(report, data)
     if plot:

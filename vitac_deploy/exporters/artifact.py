@@ -45,6 +45,7 @@ class ExportOptions:
     validation_batch: int = 2
     validation_seed: int = 0
     force: bool = False
+    save_polygraphy: Optional[Path] = None   # write the validated steps for `polygraphy run` here
     source: dict[str, Any] = field(default_factory=dict)   # checkpoint path/sha256 or random-init seed
     cache: str = "concat"                   # KV cache contract: concat (any runtime) or static (in place, opset 24)
     cache_frames: Optional[int] = None      # static: frames the fixed-length cache holds (default max_frames)
@@ -65,7 +66,8 @@ def _check_options(opts: ExportOptions) -> None:
         raise VitacError(f"--cache must be one of {', '.join(CACHE_CONTRACTS)}, got {opts.cache}")
     if opts.cache == "static":
         if opts.graph_opset != STATIC_OPSET:
-            raise VitacError(f"--cache static writes opset {STATIC_OPSET} (TensorScatter), got --opset {opts.graph_opset}")
+            raise VitacError(f"--cache static writes opset {STATIC_OPSET} (TensorScatter), "
+                             f"got --opset {opts.graph_opset}")
     elif not MIN_OPSET <= opts.graph_opset <= MAX_OPSET:
         raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.graph_opset}")
     if opts.cache_frames is not None and opts.cache != "static":
@@ -112,6 +114,12 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
             static_max_len(cfg, opts.cache_frames)
         except ValueError as e:
             raise VitacError(f"--cache-frames: {e}") from None
+    if opts.save_polygraphy is not None:
+        if not opts.validate:
+            raise VitacError("--save-polygraphy saves what validation checks: drop --no-validate")
+        from ..reproduce import check_save_target
+
+        check_save_target(opts.save_polygraphy)
     tmp = _prepare_out(out, opts.force)
     try:
         weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
@@ -188,22 +196,36 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-        return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if opts.save_polygraphy is not None:
+        # after the rename: the commands name the artifact where it now is
+        from ..reproduce import save_polygraphy
+
+        say(f"writing the validated steps for `polygraphy run` to {opts.save_polygraphy}")
+        save_polygraphy(opts.save_polygraphy, out, model, _validation_inputs(model.cfg, opts), opts.precisions,
+                        manifest)
+    return manifest
+
+
+def _validation_inputs(cfg, opts: ExportOptions):
+    """The seeded rollout inputs the export validates with."""
+    from ..validation import ParityInputs
+
+    frames = opts.validation_frames
+    if opts.cache == "static":   # a rollout fits the fixed cache
+        frames = min(frames, opts.cache_frames or cfg.max_frames)
+    return ParityInputs.make(cfg, opts.validation_batch, frames, seed=opts.validation_seed)
 
 
 def validate_artifact(model, artifact: Path, opts: ExportOptions, say: Progress) -> dict[str, Any]:
     """Each precision's step graph through the ONNX Runtime runtime (CPU) and each first-frame
     graph directly, against the reference recomputing the whole sequence."""
     from ..runtimes import open_runtime
-    from ..validation import ParityInputs, check_parity
+    from ..validation import check_parity
 
-    frames = opts.validation_frames
-    if opts.cache == "static":   # a rollout fits the fixed cache
-        frames = min(frames, opts.cache_frames or model.cfg.max_frames)
-    inputs = ParityInputs.make(model.cfg, opts.validation_batch, frames, seed=opts.validation_seed)
+    inputs = _validation_inputs(model.cfg, opts)
     results: dict[str, Any] = {"inputs": {"batch": opts.validation_batch, "context_frames": 1,
                                           "horizon": inputs.horizon, "seed": opts.validation_seed,
                                           "raw_max_abs": float(np.abs(inputs.context).max())}}

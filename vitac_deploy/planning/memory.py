@@ -379,3 +379,33 @@ def parse_bytes(text: str) -> int:
     if value <= 0:
         raise VitacError(f"size {text!r} must be more than 0 bytes")
     return value
+
+
+# -- the encoder -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncoderMemory:
+    """Bytes an encoder runtime holds for `batch` frames at once."""
+
+    weights: int       # num_parameters x element size                                     -- exact
+    io: int            # float32 pixels [B, 3, S, S] + features and raw features [B, N, D]   -- exact
+    activations: int   # transient tensors of one block: an ESTIMATE (upper bound, unfused attention)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.io + self.activations
+
+
+def encoder_memory(ecfg, batch: int, precision: str = "fp16", fused_attention: bool = False) -> EncoderMemory:
+    """Memory of the encoder (EncoderConfig `ecfg`) encoding `batch` frames at once, the planner's
+    way (one latent frame of N tokens each). Activations as for the predictor (`activation_terms`):
+    live residual stream (float32) + max(attention phase: qkv + scores [B, heads, N, N] x 2 unless
+    fused + attention output, MLP phase: hidden x 2)."""
+    _check_positive("batch", batch)
+    e = _element_size(precision)
+    B, N, D, h, S = batch, ecfg.tokens_per_frame, ecfg.embed_dim, ecfg.mlp_hidden, ecfg.img_size
+    scores = 0 if fused_attention else 2 * B * ecfg.num_heads * N * N * e
+    attention = B * N * 3 * D * e + scores + B * N * D * e
+    mlp = 2 * B * N * h * e
+    live = RESIDUAL_TENSORS * B * N * D * FLOAT32
+    return EncoderMemory(weights=ecfg.num_parameters() * e, io=B * 3 * S * S * FLOAT32 + 2 * B * N * D * FLOAT32,
+                         activations=live + max(attention, mlp))

@@ -1,8 +1,9 @@
 """The PyTorch reference: the model every artifact and runtime is measured against (needs torch)."""
 
-from .checkpoint import load_predictor, read_state_dict, save_checkpoint
+from .checkpoint import load_encoder, load_predictor, read_state_dict, save_checkpoint
+from .encoder import Encoder, encoder_param_shapes, random_encoder
 from .init import random_predictor, recipe_state_dict
 from .model import KVCache, Predictor, normalize_features
 
-__all__ = ["Predictor", "KVCache", "load_predictor", "read_state_dict", "save_checkpoint",
+__all__ = ["Encoder", "encoder_param_shapes", "random_encoder", "load_encoder", "Predictor", "KVCache", "load_predictor", "read_state_dict", "save_checkpoint",
            "random_predictor", "recipe_state_dict", "normalize_features"]

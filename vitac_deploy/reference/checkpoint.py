@@ -12,10 +12,14 @@ from ..errors import VitacError, first_line
 
 _PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NESTS = ("predictor", "state_dict", "model")
+CHECKPOINT_PARTS = ("predictor", "encoder", "target_encoder")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Tensors of a `.pt`/`.pth` (weights_only) or `.safetensors` file, unnested, prefixes stripped."""
+def read_state_dict(path: str | os.PathLike, part: str = "predictor") -> dict[str, Any]:
+    """Tensors of a `.pt`/`.pth` (weights_only) or `.safetensors` file, unnested, prefixes stripped.
+
+    `part` picks the entry of a published V-JEPA 2-AC checkpoint, which holds `"encoder"`,
+    `"target_encoder"` and `"predictor"` in one file."""
     import torch
 
     p = Path(path)
@@ -38,23 +42,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                          f"run code on load (weights_only=True): {first_line(e)}") from None
     except Exception as e:  # corrupt zip, truncated file, bad header, ...
         raise VitacError(f"cannot read checkpoint {p}: {first_line(e)}") from None
-    return normalize_state_dict(raw, source=str(p))
+    return normalize_state_dict(raw, source=str(p), part=part)
 
 
-def normalize_state_dict(raw: Any, source: str = "checkpoint") -> dict[str, Any]:
-    """Unnest `{"predictor": ...}`/`{"state_dict": ...}` and strip `module.`/`backbone.` prefixes."""
+def normalize_state_dict(raw: Any, source: str = "checkpoint", part: str = "predictor") -> dict[str, Any]:
+    """Unnest `{part: ...}`/`{"state_dict": ...}` and strip `module.`/`backbone.` prefixes."""
     import torch
 
+    if part not in CHECKPOINT_PARTS:
+        raise VitacError(f"unknown checkpoint part {part!r} (choose from {', '.join(CHECKPOINT_PARTS)})")
+    nests = (part,) + tuple(n for n in _NESTS if n != "predictor")
     sd = raw
     while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
-        nest = next((k for k in _NESTS if isinstance(sd.get(k), Mapping)), None)
+        nest = next((k for k in nests if isinstance(sd.get(k), Mapping)), None)
         if nest is None:
+            others = [k for k in CHECKPOINT_PARTS if isinstance(sd.get(k), Mapping)]
+            if others:   # e.g. an encoder asked of a predictor-only file
+                raise VitacError(f"{source} has no {part!r} entry (it holds {', '.join(others)})")
             break
         sd = sd[nest]
     if not isinstance(sd, Mapping):
         raise VitacError(f"{source}: expected a state_dict (a mapping of names to tensors), got {type(sd).__name__}")
-    if isinstance(sd.get("predictor"), Mapping):  # a training checkpoint with an encoder beside it
-        sd = sd["predictor"]
+    if isinstance(sd.get(part), Mapping):  # a training checkpoint with other parts beside it
+        sd = sd[part]
     out: dict[str, Any] = {}
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor):
@@ -91,11 +101,13 @@ def infer_config_fields(sd: Mapping[str, Any]) -> dict[str, Any]:
     return fit
 
 
-def check_state_dict(sd: Mapping[str, Any], cfg: PredictorConfig, source: str = "checkpoint") -> None:
-    """Refuse a state_dict that does not fit `cfg`, listing missing, unexpected and misshaped keys."""
+def check_state_dict(sd: Mapping[str, Any], cfg: PredictorConfig, source: str = "checkpoint",
+                     expected: Optional[Mapping[str, tuple[int, ...]]] = None) -> None:
+    """Refuse a state_dict that does not fit `cfg` (or the `expected` shapes), listing missing,
+    unexpected and misshaped keys."""
     from .init import param_shapes
 
-    expected = param_shapes(cfg)
+    expected = param_shapes(cfg) if expected is None else expected
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     misshaped = sorted(k for k in set(expected) & set(sd) if tuple(sd[k].shape) != expected[k])
@@ -113,7 +125,7 @@ def check_state_dict(sd: Mapping[str, Any], cfg: PredictorConfig, source: str = 
     if misshaped:
         parts.append("wrong shape: " + few(
             [f"{k} {list(sd[k].shape)} (config wants {list(expected[k])})" for k in misshaped]))
-    fit = {k: v for k, v in infer_config_fields(sd).items() if getattr(cfg, k) != v}
+    fit = {k: v for k, v in infer_config_fields(sd).items() if getattr(cfg, k, v) != v}
     hint = ""
     if fit:
         hint = "; the checkpoint looks like " + ", ".join(f"{k}={v}" for k, v in fit.items())
@@ -132,6 +144,25 @@ def load_predictor(path: str | os.PathLike, config: Optional[PredictorConfig] = 
     sd = read_state_dict(path)
     check_state_dict(sd, cfg, source=str(path))
     model = Predictor(cfg)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+    return model.eval()
+
+
+def load_encoder(path: str | os.PathLike, config=None, key: str = "encoder"):
+    """The reference `Encoder` (eval, float32) from `path`: a published V-JEPA 2-AC checkpoint
+    (its `key` entry: "encoder" or "target_encoder") or an encoder state_dict. `config` defaults to
+    the `vit-l` preset. Nothing in the file is executed."""
+    import torch
+
+    from ..encoder.config import EncoderConfig
+    from .encoder import Encoder, encoder_param_shapes
+
+    if key not in ("encoder", "target_encoder"):
+        raise VitacError(f"--encoder-key must be encoder or target_encoder, got {key!r}")
+    cfg = config or EncoderConfig.preset("vit-l")
+    sd = read_state_dict(path, part=key)
+    check_state_dict(sd, cfg, source=f"{path} ({key})", expected=encoder_param_shapes(cfg))
+    model = Encoder(cfg)
     model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
     return model.eval()
 

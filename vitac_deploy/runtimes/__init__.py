@@ -93,6 +93,9 @@ def _open_engine(p: Path, backend: str, device: str, precision: Optional[str], m
     if device != "cuda":
         raise VitacError(f"{p} is a TensorRT engine: it runs on device cuda, not {device}")
     manifest = read_engine_manifest(p)
+    if manifest.get("kind") == "encoder":
+        raise VitacError(f"{p} is an encoder engine: open it with vitac_deploy.runtimes.encoder.open_encoder "
+                         f"(or pass it to `plan --encoder`)")
     if precision is not None and precision != manifest.get("precision"):
         raise VitacError(f"{p} was built {manifest.get('precision')}, not {precision}: rebuild with --precision {precision}")
     from .tensorrt.backend import TensorRTRuntime

@@ -191,7 +191,8 @@ class OnnxRuntimeRuntime(Runtime):
             n = batch * cfg.num_heads * static_max_len(cfg, self.cache_frames) * cfg.head_dim
             self._arenas = [{name: mem.alloc(n, self.cache_dtype) for name in past_names(cfg)}]
             write, bias = static_rows(cfg, self.cache_frames, self.cache_dtype.name, batch)
-            self._static = {"write_index": mem.alloc(write.size, np.int64), "attn_bias": mem.alloc(bias.size, self.cache_dtype)}
+            self._static = {"write_index": mem.alloc(write.size, np.int64),
+                            "attn_bias": mem.alloc(bias.size, self.cache_dtype)}
             for name, table in (("write_index", write), ("attn_bias", bias)):
                 mem.upload(self._static[name], table)
             self._static_row = {"write_index": write[0].nbytes, "attn_bias": bias[0].nbytes}
@@ -278,7 +279,8 @@ class OnnxRuntimeRuntime(Runtime):
             kv_past = kv_present = (B, cfg.num_heads, M, cfg.head_dim)
             past = present = self._arenas[0]
         else:
-            kv_past, kv_present = (B, cfg.num_heads, P, cfg.head_dim), (B, cfg.num_heads, P + cfg.tokens_per_step, cfg.head_dim)
+            kv_past = (B, cfg.num_heads, P, cfg.head_dim)
+            kv_present = (B, cfg.num_heads, P + cfg.tokens_per_step, cfg.head_dim)
             past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
         raw_in, raw_out = self._raw[self._raw_cur], self._raw[1 - self._raw_cur]
         bind.clear_binding_inputs()

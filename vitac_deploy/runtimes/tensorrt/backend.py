@@ -63,9 +63,10 @@ class TensorRTRuntime(Runtime):
                              f"rebuild with `build-engine --max-batch {max_batch}`")
         if max_frames is not None and max_frames > engine_frames:
             fix = (f"re-export with `export --cache static --cache-frames {max_frames}` and rebuild"
-                   if cache_contract(manifest) == "static" else f"rebuild with `build-engine --max-frames {max_frames}`")
-            raise VitacError(f"max_frames {max_frames} exceeds the engine's {'static cache' if 'static' in fix else 'profile'} "
-                             f"({engine_frames} frames): {fix}")
+                   if cache_contract(manifest) == "static"
+                   else f"rebuild with `build-engine --max-frames {max_frames}`")
+            what = "static cache" if "static" in fix else "profile"
+            raise VitacError(f"max_frames {max_frames} exceeds the engine's {what} ({engine_frames} frames): {fix}")
         super().__init__(cfg, manifest.get("precision", "fp16"), "cuda", max_batch or engine_batch,
                          max_frames or engine_frames)
         gpu = gpu_info(required=False)
@@ -154,7 +155,8 @@ class TensorRTRuntime(Runtime):
         tokens = static_max_len(cfg, self.cache_frames) if static else self.max_frames * cfg.tokens_per_step
         kv = batch * cfg.num_heads * tokens * cfg.head_dim * self.cache_dtype.itemsize
         # static: one arena, read whole behind the mask, so zeroed (no NaN bit patterns in unwritten slots)
-        self._arenas = [{n: DeviceBuffer(c, kv, zero=static) for n in past_names(cfg)} for _ in range(1 if static else 2)]
+        self._arenas = [{n: DeviceBuffer(c, kv, zero=static) for n in past_names(cfg)}
+                        for _ in range(1 if static else 2)]
         frame = batch * N * D * 4
         self._d_feat = DeviceBuffer(c, frame)
         self._d_pred = DeviceBuffer(c, frame)

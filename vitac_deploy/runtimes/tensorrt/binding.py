@@ -5,7 +5,7 @@ optimization profiles)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, past_names, present_names

@@ -11,6 +11,7 @@ assumed:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
 from ...errors import VitacError
-from ...manifest import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, cache_contract, now_iso,
-                         read_manifest, sha256_file, write_json_atomic)
+from ...manifest import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
+                         now_iso, read_manifest, sha256_file, write_json_atomic)
 from ..gpu import gpu_info
 from .compat import check_kv_cache_support
 from .module import import_tensorrt
@@ -176,14 +177,48 @@ def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_vers
     }
 
 
+def read_artifact_manifest(artifact: Path) -> tuple[dict[str, Any], str]:
+    """The manifest of a predictor or an encoder artifact, and which it is ("predictor", "encoder")."""
+    from ...encoder.manifest import ENCODER_FORMAT, read_encoder_manifest
+
+    try:
+        fmt = json.loads((Path(artifact) / MANIFEST).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None   # read_manifest says what is wrong
+    if fmt == ENCODER_FORMAT:
+        return read_encoder_manifest(artifact), "encoder"
+    return read_manifest(artifact), "predictor"
+
+
+def check_batch_options(o: ProfileOptions) -> ProfileOptions:
+    """An encoder engine's profile spans batch only (frames encoded at once)."""
+    if not 1 <= o.min_batch <= o.opt_batch <= o.max_batch:
+        raise VitacError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+                         f"{o.min_batch}, {o.opt_batch}, {o.max_batch}")
+    return o
+
+
+def encoder_profile(graph: dict[str, Any], o: ProfileOptions) -> dict[str, tuple]:
+    """(min, opt, max) shapes of the encoder graph's pixels: a batch of frames."""
+    (spec,) = graph["inputs"]
+    return {spec["name"]: tuple(tuple(b if d == "batch" else int(d) for d in spec["shape"])
+                                for b in (o.min_batch, o.opt_batch, o.max_batch))}
+
+
 def build_engine(artifact: Path, out: Path, opts: EngineOptions,
                  say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Build `out` (step engine), where the first frame needs it `out` with `.first.plan`, and the
     planner's energy engine (`.energy.plan`); write `out.json`. Atomic: nothing is left behind on failure."""
     trt = import_tensorrt(opts.flavour)
-    manifest = read_manifest(artifact)
-    cfg = PredictorConfig.from_dict(manifest["config"])
-    prof = check_profile_options(opts.profile, cfg)
+    manifest, kind = read_artifact_manifest(artifact)
+    if kind == "encoder":
+        from ...encoder.config import EncoderConfig
+
+        cfg = EncoderConfig.from_dict(manifest["config"])
+        prof = check_batch_options(opts.profile)
+    else:
+        cfg = PredictorConfig.from_dict(manifest["config"])
+        prof = check_profile_options(opts.profile, cfg)
     if opts.precision not in ("fp16", "fp32"):
         raise VitacError(f"--precision must be fp16 or fp32, got {opts.precision}")
     if opts.opt_level is not None and not 0 <= opts.opt_level <= 5:
@@ -283,14 +318,17 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
                                                                 prof.max_frames, min_past))
 
     half = opts.precision == "fp16"
-    # static: every shape but the batch is fixed, frame 0 included: one profile per batch, no first engine
-    jobs = [("step", graph_of("step"), profile_of("step", prof.min_past_frames), out, half)]
-    if prof.min_past_frames > 0 and not static:
-        jobs.append(("first", graph_of("first"), profile_of("first", 0),
-                     out.with_name(out.stem + ".first" + out.suffix), half))
-    if "energy" in manifest["graphs"]:
-        jobs.append(("energy", manifest["graphs"]["energy"], energy_profile(cfg, prof),
-                     out.with_name(out.stem + ".energy" + out.suffix), False))
+    if kind == "encoder":
+        jobs = [("encoder", graph_of("encoder"), encoder_profile(graph_of("encoder"), prof), out, half)]
+    else:
+        jobs = [("step", graph_of("step"), profile_of("step", prof.min_past_frames), out, half)]
+        # static: every shape but the batch is fixed, frame 0 included: no first-frame engine
+        if prof.min_past_frames > 0 and not static:
+            jobs.append(("first", graph_of("first"), profile_of("first", 0),
+                         out.with_name(out.stem + ".first" + out.suffix), half))
+        if "energy" in manifest["graphs"]:
+            jobs.append(("energy", manifest["graphs"]["energy"], energy_profile(cfg, prof),
+                         out.with_name(out.stem + ".energy" + out.suffix), False))
     built: list[dict[str, Any]] = []
     try:
         for job in jobs:
@@ -306,6 +344,9 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         raise
     data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines,
                            manifest.get("cache"))
+    data["kind"] = kind
+    if kind == "encoder":
+        data["first_frame"] = "-"
     write_json_atomic(out.with_name(out.name + ".json"), data)
     return data
 

@@ -22,8 +22,9 @@ def check_kv_cache_support(trt, flavour: str, contract: str) -> None:
         return
     need = (f"TensorRT >= {KV_CACHE_TENSORRT}" if flavour == "tensorrt"
             else "a TensorRT for RTX with IKVCacheUpdateLayer (1.7 has it)")
-    raise VitacError(f"{trt.__name__} {trt.__version__} cannot run the static (in-place) KV cache contract: it needs "
-                     f"{need} (TensorScatter -> IKVCacheUpdateLayer); re-export with `vitac-deploy export --cache concat`")
+    raise VitacError(f"{trt.__name__} {trt.__version__} cannot run the static (in-place) KV cache contract: it "
+                     f"needs {need} (TensorScatter -> IKVCacheUpdateLayer); re-export with "
+                     f"`vitac-deploy export --cache concat`")
 
 
 def check_engine_compat(manifest: dict[str, Any], trt_version: str, trt_flavour: str,

@@ -1,0 +1,199 @@
+"""`vitac-deploy export-encoder`: the V-JEPA 2 encoder as a validated ONNX artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import VitacError
+from ._common import cli_errors, stderr_console
+
+
+def resolve_encoder_config(config: Optional[Path], preset: Optional[str]):
+    """--config JSON (ours, upstream kwargs, or a golden file's `encoder_kwargs`) wins over --preset
+    (default vit-l)."""
+    from ..encoder import EncoderConfig
+
+    if config is not None:
+        return EncoderConfig.from_json(config)
+    return EncoderConfig.preset(preset or "vit-l")
+
+
+def load_encoder_model(checkpoint: Optional[Path], config: Optional[Path], preset: Optional[str],
+                       random_init: bool, seed: int, key: str = "encoder"):
+    """The reference encoder from a checkpoint (its `key` part), or seeded random weights."""
+    from ..reference import load_encoder, random_encoder
+
+    if checkpoint is not None and random_init:
+        raise VitacError("give either --checkpoint or --random-init, not both")
+    cfg = resolve_encoder_config(config, preset)
+    if checkpoint is not None:
+        return load_encoder(checkpoint, cfg, key)
+    if not random_init:
+        raise VitacError("no weights: give --checkpoint PATH, or --random-init for seeded random weights")
+    return random_encoder(cfg, seed)
+
+
+@cli_errors
+def export_encoder(
+    out: Path = typer.Option(..., "--out",
+                             help="Encoder artifact directory to create (plan looks in ARTIFACT/encoder)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
+                                              help="A published V-JEPA 2-AC checkpoint or an encoder state_dict."),
+    encoder_key: str = typer.Option("encoder", "--encoder-key", help="Checkpoint entry: encoder or target_encoder."),
+    config: Optional[Path] = typer.Option(None, "--config",
+                                          help="EncoderConfig JSON, upstream kwargs or a golden file."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="vit-l (default), vit-g or vit-l-demo."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of fp32, fp16."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (13..21)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every graph against PyTorch."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+) -> None:
+    """Export the V-JEPA 2 encoder (per frame, the planner's way) to ONNX fp32 + strongly typed fp16."""
+    from ..exporters.encoder_artifact import EncoderExportOptions, export_encoder as export
+    from ..manifest import sha256_file
+
+    err = stderr_console()
+    source: dict = {"checkpoint": str(checkpoint) if checkpoint else None, "encoder_key": encoder_key}
+    if checkpoint is not None and checkpoint.is_file():
+        source["checkpoint_sha256"] = sha256_file(checkpoint)
+    if random_init:
+        source["random_init_seed"] = seed
+    err.print("loading the reference encoder")
+    model = load_encoder_model(checkpoint, config, preset, random_init, seed, encoder_key)
+    opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
+                                validate=validate, force=force, source=source)
+    with err.status("exporting the encoder") as status:
+        manifest = export(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
+    Console(width=max(Console().width, 120)).print(encoder_table(out, manifest))
+
+
+def encoder_table(out: Path, manifest: dict) -> Table:
+    cfg = manifest["config"]
+    table = Table(title=f"{out}: encoder, {manifest['parameters']:,} parameters, {cfg['img_size']} px, "
+                        f"{manifest['tokens_per_frame']} tokens x {cfg['embed_dim']} per frame", header_style="bold")
+    for col in ("graph", "file", "tolerance (max abs)", "measured max abs", "cosine", "status"):
+        table.add_column(col)
+    val = manifest.get("validation", {})
+    for key, g in manifest["graphs"].items():
+        v = val.get(g["precision"]) if isinstance(val.get(g["precision"]), dict) else None
+        tol = manifest["tolerances"][g["precision"]]["max_abs"]
+        if v is None:
+            table.add_row(key, g["file"], f"{tol:g}", "-", "-", "not validated")
+        else:
+            table.add_row(key, g["file"], f"{tol:g}", f"{v['max_abs']:.2e}", f"{v['cosine']:.7f}",
+                          "ok" if v["passed"] else "FAILED")
+    return table
+
+
+def is_encoder(path: Path) -> bool:
+    """Whether `path` is an encoder artifact directory or an encoder engine (by its manifest)."""
+    import json
+
+    from ..encoder.manifest import ENCODER_FORMAT
+    from ..manifest import MANIFEST
+
+    meta = path.with_name(path.name + ".json") if path.suffix in (".plan", ".engine") else path / MANIFEST
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("format") == ENCODER_FORMAT or data.get("kind") == "encoder")
+
+
+def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Path], random_init: bool, seed: int,
+                     backend: str, device: Optional[str], precision: Optional[str], frames: int,
+                     report: Optional[Path], plot: Optional[Path], encoder_key: str = "encoder") -> None:
+    """`validate` for an encoder artifact or engine: its features of seeded camera-like frames
+    against the reference encoder, per precision; exit 1 on a mismatch."""
+    from ..encoder import EncoderConfig
+    from ..encoder.manifest import read_encoder_manifest
+    from ..errors import ValidationError
+    from ..exporters.encoder_artifact import encoder_parity, validation_images
+    from ..manifest import read_engine_manifest, sha256_file, write_json_atomic
+    from ..reference import load_encoder, random_encoder
+    from ..runtimes.encoder import open_encoder
+
+    engine = path.suffix in (".plan", ".engine")
+    manifest = read_engine_manifest(path) if engine else read_encoder_manifest(path)
+    if engine:
+        backend, device = "tensorrt", device or "cuda"
+        precision = precision or manifest["precision"]
+        have = {manifest["precision"]}
+        listed = {e["file"]: e.get("sha256") for e in manifest["engines"]}
+    else:
+        device, precision = device or "cpu", precision or "fp32,fp16"
+        have = {g["precision"] for g in manifest["graphs"].values()}
+        listed = manifest["files"]
+    cfg = resolve_encoder_config(config, None) if config else EncoderConfig.from_dict(manifest["config"])
+    if checkpoint is None and not random_init:
+        raise VitacError("give --checkpoint (or --random-init --seed N for an encoder exported that way)")
+    if frames < 1:
+        raise VitacError("--batch (frames) must be >= 1")
+    model = load_encoder(checkpoint, cfg, encoder_key) if checkpoint is not None else random_encoder(cfg, seed)
+    folder = path.parent if engine else path
+    files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
+    images = validation_images(cfg, frames, seed + 1)
+    results = {}
+    console = Console()
+    for p in [x.strip() for x in precision.split(",") if x.strip()]:
+        if p not in have:
+            raise VitacError(f"{path} has no {p} {'engine' if engine else 'encoder graph'}")
+        enc = open_encoder(path, backend=backend, device=device, precision=p)
+        r = results[p] = encoder_parity(enc, model, images, p)
+        tol = r["tolerance"]
+        table = Table(title=f"encoder {p} via {enc.describe()}: tolerance max abs {tol['max_abs']:g}, "
+                            f"mean abs {tol['mean_abs']:g}, cosine >= {tol['cosine_min']}", header_style="bold")
+        for col in ("frame", "max abs", "mean abs", "cosine", "rel L1"):
+            table.add_column(col, justify="right")
+        for e in r["frames"]:
+            table.add_row(str(e["frame"] + 1), f"{e['max_abs']:.2e}", f"{e['mean_abs']:.2e}", f"{e['cosine']:.7f}",
+                          f"{e['rel_l1']:.2e}")
+        console.print(table)
+        enc.close()
+    bad = [n for n, ok in files_ok.items() if not ok]
+    passed = all(r["passed"] for r in results.values()) and not bad
+    if bad:
+        console.print(f"[red]files differ from the manifest's sha256: {', '.join(bad)}[/]")
+    console.print(f"[bold]{'PASSED' if passed else 'FAILED'}[/]")
+    if report:
+        write_json_atomic(report, {"passed": passed, "artifact": str(path), "kind": "encoder", "backend": backend,
+                                   "device": device, "checkpoint": str(checkpoint) if checkpoint else None,
+                                   "files_match_manifest": files_ok, "results": results})
+    if plot:
+        _plot_encoder(plot, results)
+    if not passed:
+        raise ValidationError("the encoder does not match the reference" +
+                              (f" (modified files: {', '.join(bad)})" if bad else ""))
+
+
+def _plot_encoder(path: Path, results: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
+    from ..manifest import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p, r in results.items():
+        frames = [e["frame"] + 1 for e in r["frames"]]
+        ax.semilogy(frames, [e["max_abs"] for e in r["frames"]], "o-", label=f"{p} max abs")
+        ax.semilogy(frames, [e["mean_abs"] for e in r["frames"]], "s--", label=f"{p} mean abs")
+        ax.axhline(r["tolerance"]["max_abs"], color="gray", lw=0.8, ls=":")
+        ax.set_xticks(frames)
+    ax.set_xlabel("camera frame")
+    ax.set_ylabel("feature error vs PyTorch reference")
+    ax.set_title("encoder parity")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)

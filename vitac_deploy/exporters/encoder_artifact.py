@@ -1,0 +1,163 @@
+"""`export-encoder`: reference encoder -> validated encoder artifact (graphs, weights, manifest),
+atomically, like the predictor's `export` (artifact.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..encoder.manifest import ENCODER_FORMAT, ENCODER_FORMAT_VERSION
+from ..errors import ValidationError, VitacError
+from ..manifest import MANIFEST, now_iso, sha256_file, versions, write_json_atomic
+from ..metrics import TOLERANCES, frame_errors, within
+from .artifact import PRECISIONS, Progress, _prepare_out
+from .encoder_graph import build_encoder_graph, encoder_io
+from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .weights import save_with_shared_data
+
+
+def encoder_files(precision: str) -> dict[str, str]:
+    suffix = "" if precision == "fp32" else f".{precision}"
+    return {"graph": f"encoder{suffix}.onnx", "weights": f"encoder.weights.{precision}.bin"}
+
+
+@dataclass
+class EncoderExportOptions:
+    """Every `vitac-deploy export-encoder` flag, as a Python argument."""
+
+    precisions: Sequence[str] = PRECISIONS
+    opset: int = DEFAULT_OPSET
+    validate: bool = True
+    validation_frames: int = 2
+    validation_seed: int = 0
+    force: bool = False
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def export_encoder(model, out: str | os.PathLike, options: Optional[EncoderExportOptions] = None,
+                   progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Write the reference `model`'s per-frame encoder graphs to `out` and return the manifest.
+
+    Each graph is validated with ONNX Runtime (CPU) against the reference's planner path
+    (`Encoder.encode_frames`) unless `options.validate` is False; outside its tolerance it raises
+    ValidationError and nothing is left at `out`."""
+    import onnx
+
+    opts = options or EncoderExportOptions()
+    bad = [p for p in opts.precisions if p not in PRECISIONS]
+    if bad or not opts.precisions:
+        raise VitacError(f"--precision takes a comma list of {', '.join(PRECISIONS)}, got {','.join(opts.precisions)}")
+    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
+        raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.opset}")
+    say = progress or (lambda msg: None)
+    out, cfg = Path(out), model.cfg
+    tmp = _prepare_out(out, opts.force)
+    try:
+        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        graphs: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        ins, outs = encoder_io(cfg)
+        for precision in opts.precisions:
+            names = encoder_files(precision)
+            t0 = time.perf_counter()
+            say(f"building the {precision} encoder graph")
+            graph = build_encoder_graph(cfg, weights, precision, opts.opset)
+            save_with_shared_data([(graph, tmp / names["graph"])], tmp / names["weights"])
+            onnx.checker.check_model(str(tmp / names["graph"]), full_check=False)
+            graphs[f"encoder.{precision}"] = {
+                "file": names["graph"], "role": "encoder", "precision": precision, "external_data": names["weights"],
+                "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in ins],
+                "outputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in outs],
+            }
+            timings[f"convert_{precision}_s"] = round(time.perf_counter() - t0, 3)
+        manifest: dict[str, Any] = {
+            "format": ENCODER_FORMAT, "format_version": ENCODER_FORMAT_VERSION, "created": now_iso(),
+            "kind": "encoder", "config": cfg.to_dict(), "parameters": cfg.num_parameters(),
+            "tokens_per_frame": cfg.tokens_per_frame, "source": opts.source, "opset": opts.opset,
+            "exporter": {"name": "vitac_deploy.exporters.encoder_graph", "vitac_deploy": __version__, **versions()},
+            "graphs": graphs,
+            "contract": "pixels [batch, 3, S, S] float32: single frames preprocessed by vitac_deploy.encoder."
+                        "preprocess; each is encoded as a tubelet of itself repeated (the planner's way). "
+                        "features [batch, N, D]: layer-normed without affine (what the predictor takes); "
+                        "features_raw: before that norm",
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
+            "tolerances": {p: TOLERANCES[p].to_dict() for p in opts.precisions},
+            "validation": {"skipped": not opts.validate},
+            "timings": timings,
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if opts.validate:
+            manifest["validation"] = validate_encoder_graphs(model, tmp, manifest, opts, say)
+            write_json_atomic(tmp / MANIFEST, manifest)
+            failed = [p for p in opts.precisions if not manifest["validation"][p]["passed"]]
+            if failed:
+                raise ValidationError("exported encoder graph does not match the reference: " + ", ".join(
+                    f"{p} max abs {manifest['validation'][p]['max_abs']:.3g} > tolerance {TOLERANCES[p].max_abs:g}"
+                    for p in failed) + " (nothing was written)")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def validation_images(cfg, frames: int, seed: int, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Seeded uint8 frames [1, frames, H, W, 3] with smooth structure (a random image has no
+    spatial correlation, unlike a camera's); by default (S + 8) x (S + 24), non-square so the crop
+    and resize run."""
+    rng = np.random.default_rng(seed)
+    H, W = size or (cfg.img_size + 8, cfg.img_size + 24)
+    yy, xx = np.mgrid[0:H, 0:W] / max(H, W)
+    out = np.empty((1, frames, H, W, 3), np.uint8)
+    for t in range(frames):
+        f = rng.uniform(1, 6, size=(3, 2))
+        ph = rng.uniform(0, 2 * np.pi, size=3)
+        img = np.stack([np.sin(f[c, 0] * 2 * np.pi * yy + ph[c]) * np.cos(f[c, 1] * 2 * np.pi * xx) for c in range(3)], -1)
+        img = 127.5 + 100 * img + rng.normal(0, 10, size=img.shape)
+        out[0, t] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def encoder_parity(encoder, model, images: np.ndarray, precision: str) -> dict[str, Any]:
+    """Features of `images` through an encoder runtime against the reference (the planner's path),
+    per frame: max abs, mean abs, cosine, within the artifact's tolerance of `precision`."""
+    import torch
+
+    from ..encoder import preprocess
+
+    with torch.no_grad():
+        ref = model.encode_frames(torch.from_numpy(preprocess(images, model.cfg.img_size))).numpy()
+    t0 = time.perf_counter()
+    got = encoder.encode(images)
+    seconds = time.perf_counter() - t0
+    N, D = model.cfg.tokens_per_frame, model.cfg.embed_dim
+    # one "frame" of the metrics per camera frame: [1, frames, N, D]
+    errors = frame_errors(got.reshape(1, -1, N, D), ref.reshape(1, -1, N, D))
+    return {"passed": within(errors, TOLERANCES[precision]), "tolerance": TOLERANCES[precision].to_dict(),
+            "runtime": encoder.describe(), "frames": errors, "max_abs": max(e["max_abs"] for e in errors),
+            "cosine": min(e["cosine"] for e in errors), "encode_s": seconds}
+
+
+def validate_encoder_graphs(model, artifact: Path, manifest: dict[str, Any], opts: EncoderExportOptions,
+                            say: Progress) -> dict[str, Any]:
+    """Every precision's encoder graph through the encoder runtime (ONNX Runtime, CPU) against the
+    reference on the same frames."""
+    from ..runtimes.encoder import open_encoder
+
+    images = validation_images(model.cfg, opts.validation_frames, opts.validation_seed)
+    results: dict[str, Any] = {"inputs": {"frames": opts.validation_frames, "seed": opts.validation_seed,
+                                          "image_shape": list(images.shape)}}
+    for precision in opts.precisions:
+        say(f"validating the {precision} encoder graph with ONNX Runtime vs PyTorch")
+        enc = open_encoder(artifact, backend="onnxruntime", device="cpu", precision=precision, manifest=manifest)
+        results[precision] = encoder_parity(enc, model, images, precision)
+    return results
