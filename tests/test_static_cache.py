@@ -297,3 +297,20 @@ print('ok')
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_reference_steps_feed_the_static_graph(small_pair):
+    """The Polygraphy feeds (`export --save-polygraphy`) follow the artifact's contract: the static
+    step graph run on them step by step gives the reference's predictions."""
+    import onnxruntime as ort
+
+    from vitac_deploy.reproduce import COMPARED_OUTPUT, reference_steps
+    from vitac_deploy.validation import ParityInputs
+
+    model, arts = small_pair
+    inputs = ParityInputs.make(model.cfg, 2, 4, seed=1)
+    feeds, outputs = reference_steps(model, inputs, "float32", "static", model.cfg.max_frames)
+    sess = ort.InferenceSession(str(arts["static"] / "step.onnx"), providers=["CPUExecutionProvider"])
+    for feed, want in zip(feeds, outputs):
+        got = sess.run([COMPARED_OUTPUT], feed)[0]
+        assert np.abs(got - want[COMPARED_OUTPUT]).max() < 1e-4
