@@ -24,7 +24,14 @@ def export(
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of fp32, fp16."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (13..21; LayerNormalization from 17)."),
+    opset: Optional[int] = typer.Option(None, "--opset",
+                                        help="ONNX opset (concat: 13..21, default 17; static: 24, TensorScatter)."),
+    cache: str = typer.Option("concat", "--cache",
+                              help="KV cache contract: concat (grows, double-buffered; every runtime) or static "
+                                   "(fixed length, written in place: half the cache memory; opset 24)."),
+    cache_frames: Optional[int] = typer.Option(None, "--cache-frames",
+                                               help="--cache static: frames the cache holds (default the model's "
+                                                    "max_frames; context + horizon - 1 is enough for planning)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every graph against PyTorch."),
     first_frame_graph: bool = typer.Option(True, "--first-frame-graph/--no-first-frame-graph",
                                            help="Also write first*.onnx (no past inputs) for TensorRT."),
@@ -47,7 +54,7 @@ def export(
     model = load_model(checkpoint, config, preset, random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
-                         save_polygraphy=save_polygraphy)
+                         cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
     stdout_console().print(summary_table(out, manifest))
@@ -95,7 +102,10 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         from ..manifest import read_manifest
 
         m = read_manifest(path)
-        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, "
+        cache = m.get("cache", {"contract": "concat"})
+        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, {cache['contract']} cache"
+                      + (f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache["contract"] == "static" else "")
+                      + ", "
                       f"vitac-deploy {m['exporter'].get('vitac_deploy')}, torch {m['exporter'].get('torch')}, "
                       f"onnx {m['exporter'].get('onnx')}")
         cfg = m["config"]
