@@ -36,6 +36,7 @@ def _inputs(cfg, B, F, C=1, seed=0):
     return ctx, acts, states, ext
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("cache", ["concat", "static"])
 def test_golden_rollout_through_both_contracts(tmp_path, cache):
     """fp32 within 1e-4 of upstream's z_ar through either contract, on both golden models; the
@@ -227,6 +228,7 @@ def test_older_and_odd_manifests(small_pair, tmp_path):
         open_runtime(old, backend="onnxruntime")
 
 
+@pytest.mark.golden
 def test_golden_plan_through_static_contract(tmp_path):
     """The upstream planner's golden plan (mpc_franka) through a static artifact sized to the planning
     horizon, whole and chunked; a memory budget fits more samples per chunk than with concat."""
