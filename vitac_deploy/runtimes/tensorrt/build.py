@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
 from ...errors import VitacError
-from ...manifest import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, now_iso, read_manifest, sha256_file, write_json_atomic
+from ...manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, now_iso, read_manifest, seal, sha256_file,
+                         verify_files, write_json_atomic)
 from ..gpu import gpu_info
 from .module import import_tensorrt
 from .profiles import ProfileOptions, check_profile_options, step_profile
@@ -153,8 +154,8 @@ def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_vers
                     targets: list, opts: EngineOptions, prof: ProfileOptions, how: str,
                     engines: list[dict[str, Any]]) -> dict[str, Any]:
     """ENGINE.plan.json: how, where and from what the engines were built (the runtime checks it
-    before deserializing anything)."""
-    return {
+    before deserializing anything), sealed with its own sha256."""
+    return seal({
         "format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "created": now_iso(),
         "tensorrt": {"flavour": flavour, "version": trt_version},
         "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
@@ -166,7 +167,7 @@ def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_vers
                         "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
                         "batch": [prof.min_batch, prof.opt_batch, prof.max_batch], "max_frames": prof.max_frames},
         "engines": engines,
-    }
+    })
 
 
 def build_engine(artifact: Path, out: Path, opts: EngineOptions,
@@ -175,6 +176,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     planner's energy engine (`.energy.plan`); write `out.json`. Atomic: nothing is left behind on failure."""
     trt = import_tensorrt(opts.flavour)
     manifest = read_manifest(artifact)
+    verify_files(artifact, manifest)   # TensorRT parses what the hashes vouch for, nothing else
     cfg = PredictorConfig.from_dict(manifest["config"])
     prof = check_profile_options(opts.profile, cfg)
     if opts.precision not in ("fp16", "fp32"):
