@@ -66,10 +66,23 @@ def load_model(checkpoint: Optional[Path], config: Optional[Path], preset: Optio
     return random_predictor(cfg, seed)
 
 
-def stderr_console():
+def stdout_console(**kwargs):
+    """A console that prints text as it is: paths, tensor names and manifest strings come from
+    users and files, and Rich markup in them (`[/]`, `[bold]`) must neither crash nor style."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(markup=False, highlight=False, **kwargs)
+
+
+def stderr_console():
+    return stdout_console(stderr=True)
+
+
+def plain(message: str):
+    """`message` as a Rich Text: spinners and progress bars parse plain strings as markup."""
+    from rich.text import Text
+
+    return Text(message)
 
 
 def progress_enabled() -> bool:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, resolve_config, stderr_console
+from ._common import cli_errors, plain, resolve_config, stderr_console, stdout_console
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -100,7 +100,7 @@ def bench(
         raise VitacError(f"{artifact} has no fp32 graph: the torch backends and the baseline read their weights "
                          f"from it (re-export with --precision fp32,fp16)")
     err = stderr_console()
-    console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
+    console = stdout_console() if sys.stdout.isatty() else stdout_console(width=160)   # tables whole in logs and pipes
     with tempfile.TemporaryDirectory() as tmp:
         if artifact is not None:
             import torch
@@ -121,7 +121,7 @@ def bench(
             export_artifact(model, art, ExportOptions(precisions=precisions, validate=False,
                                                       first_frame_graph="tensorrt" in backend))
         with err.status("benchmarking") as status:
-            result = run_bench(model, art, opts, say=lambda m: (status.update(m), err.print(f"  {m}")),
+            result = run_bench(model, art, opts, say=lambda m: (status.update(plain(m)), err.print(f"  {m}")),
                                # every row on disk as it comes: a bench cut off by a time limit keeps them
                                on_row=lambda r: json_out and write_json_atomic(json_out, r))
     _print(console, result, cfg, opts)

@@ -9,10 +9,10 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
-from ._common import cli_errors, stderr_console
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -34,15 +34,16 @@ def demo(
     from ..validation import ParityInputs
     from .export import summary_table
 
-    console, err = Console(), stderr_console()
+    console, err = stdout_console(), stderr_console()
     cfg = PredictorConfig.preset(preset)
-    console.print(f"[bold]{preset}[/]: {cfg.num_parameters():,} parameters, seeded random weights (seed {seed})")
+    console.print(Text.assemble((str(preset), "bold"), f": {cfg.num_parameters():,} parameters, seeded random weights "
+                                                        f"(seed {seed})"))
     model = random_predictor(cfg, seed)
     with tempfile.TemporaryDirectory() as tmp:
         art = out or Path(tmp) / "artifact"
         with err.status("exporting") as status:
             manifest = export_artifact(model, art, ExportOptions(force=out is not None),
-                                       progress=lambda m: (status.update(m), err.print(f"  {m}")))
+                                       progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
         console.print(summary_table(art, manifest))
 
         inputs = ParityInputs.make(cfg, batch=batch, frames=horizon, seed=seed + 1)

@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import VitacError, first_line
-from ._common import cli_errors, load_model, stderr_console
+from ._common import cli_errors, load_model, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -31,6 +31,16 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
 ) -> None:
     """Export the per-step ONNX graphs (fp32 + strongly typed fp16) with a KV-cache interface."""
+    from ..exporters import check_out, export_lock
+
+    check_out(out, force)   # before the model is loaded: a refused --out costs nothing
+    with export_lock(out):  # held from here: two commands started together cannot both write --out
+        _export(out, checkpoint, config, preset, random_init, seed, precision, opset, validate, first_frame_graph,
+                force)
+
+
+def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], preset: Optional[str], random_init: bool,
+            seed: int, precision: str, opset: int, validate: bool, first_frame_graph: bool, force: bool) -> None:
     from ..exporters import ExportOptions, export_artifact
     from ..manifest import sha256_file
 
@@ -45,8 +55,9 @@ def export(
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source)
     with err.status("exporting") as status:
-        manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
-    Console().print(summary_table(out, manifest))
+        manifest = export_artifact(model, out, opts,
+                                   progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
+    stdout_console().print(summary_table(out, manifest))
 
 
 def summary_table(out: Path, manifest: dict) -> Table:
@@ -78,7 +89,7 @@ def summary_table(out: Path, manifest: dict) -> Table:
 def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx file or ENGINE.plan.")) -> None:
     """Manifest summary and IO table (name, dtype, shape with symbolic dims); for an engine, how and
     where it was built and its optimization profiles."""
-    console = Console()
+    console = stdout_console()
     if not path.exists():
         raise VitacError(f"not found: {path}")
     if path.suffix in (".plan", ".engine"):
@@ -88,19 +99,20 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         from ..manifest import read_manifest
 
         m = read_manifest(path)
-        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, "
-                      f"vitac-deploy {m['exporter'].get('vitac_deploy')}, torch {m['exporter'].get('torch')}, "
-                      f"onnx {m['exporter'].get('onnx')}")
+        exporter = m.get("exporter", {})
+        console.print(Text.assemble((str(path), "bold"), f"  created {m.get('created')}, opset {m.get('opset')}, "
+                                    f"vitac-deploy {exporter.get('vitac_deploy')}, torch {exporter.get('torch')}, "
+                                    f"onnx {exporter.get('onnx')}"))
         cfg = m["config"]
         console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
         src = m.get("source", {})
         console.print("source: " + json.dumps(src))
         val = m.get("validation", {})
-        for p, tol in m["tolerances"].items():
+        for p, tol in m.get("tolerances", {}).items():
             v = val.get(p)
             got = "not validated" if not isinstance(v, dict) else (
-                f"max abs {v['worst_max_abs']:.2e}, cosine {v['worst_cosine']:.7f}, "
-                f"{'passed' if v['passed'] else 'FAILED'}")
+                f"max abs {_num(v.get('worst_max_abs'), '.2e')}, cosine {_num(v.get('worst_cosine'), '.7f')}, "
+                f"{'passed' if v.get('passed') is True else 'FAILED'}")
             console.print(f"{p}: tolerance {tol} -> {got}")
         for key, g in m["graphs"].items():
             console.print(_io_table(f"{key} ({g['file']})", g["inputs"], g["outputs"]))
@@ -115,15 +127,22 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise VitacError(f"cannot read {path}: {first_line(e)}") from None
+    if model.ir_version == 0 or not model.opset_import or not model.graph.node:
+        # protobuf parses an empty (or zeroed) file as an empty message: not a model
+        raise VitacError(f"{path} is not an ONNX model (empty or damaged: no IR version, opset or nodes)")
 
     def spec(v):
         t = v.type.tensor_type
         dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        except (KeyError, ValueError, TypeError):   # undefined or exotic element type
+            dtype = f"elem_type {t.elem_type}"
+        return {"name": v.name, "dtype": dtype, "shape": dims}
 
     inits = {i.name for i in model.graph.initializer}
-    console.print(f"[bold]{path}[/]  opset {[o.version for o in model.opset_import]}, "
-                  f"{len(model.graph.node)} nodes, {len(inits)} initializers")
+    console.print(Text.assemble((str(path), "bold"), f"  opset {[o.version for o in model.opset_import]}, "
+                                f"{len(model.graph.node)} nodes, {len(inits)} initializers"))
     console.print(_io_table(path.name, [spec(v) for v in model.graph.input if v.name not in inits],
                             [spec(v) for v in model.graph.output]))
 
@@ -132,23 +151,32 @@ def _inspect_engine(console: Console, path: Path) -> None:
     from ..manifest import read_engine_manifest
 
     m = read_engine_manifest(path)
-    gpu = m.get("gpu")
-    where = (f"{gpu['name']} (compute capability {gpu['compute_capability']}, CUDA {gpu.get('cuda_runtime')})" if gpu
-             else f"no GPU, ahead of time for compute capability {', '.join(m.get('compute_capabilities', []))}")
-    console.print(f"[bold]{path}[/]  {m['tensorrt']['flavour']} {m['tensorrt']['version']}, built {m['created']} on {where}")
-    console.print(f"precision {m['precision']}: {m['precision_how']}")
-    console.print(f"first frame: {m['first_frame']}; build flags: {json.dumps(m['build_flags'])}")
+    # a sealed manifest is still only as well-formed as whoever wrote it: display what is there
+    gpu = m.get("gpu") if isinstance(m.get("gpu"), dict) else None
+    targets = m.get("compute_capabilities") if isinstance(m.get("compute_capabilities"), list) else []
+    where = (f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')}, CUDA {gpu.get('cuda_runtime')})"
+             if gpu else f"no GPU, ahead of time for compute capability {', '.join(map(str, targets))}")
+    console.print(Text.assemble((str(path), "bold"), f"  {m['tensorrt'].get('flavour')} {m['tensorrt'].get('version')}, "
+                                                     f"built {m.get('created')} on {where}"))
+    console.print(f"precision {m['precision']}: {m.get('precision_how')}")
+    console.print(f"first frame: {m.get('first_frame')}; build flags: {json.dumps(m['build_flags'])}")
     for e in m["engines"]:
-        table = Table(title=f"{e['role']} engine {e['file']} (from {e['source_onnx']}, built in {e['build_s']} s)",
+        table = Table(title=f"{e['role']} engine {e['file']} (from {e.get('source_onnx')}, built in {e.get('build_s')} s)",
                       header_style="bold")
         for col in ("input", "min", "opt", "max"):
             table.add_column(col)
-        for name, shapes in e["profile"].items():
+        profile = e.get("profile") if isinstance(e.get("profile"), dict) else {}
+        for name, shapes in profile.items():
             if name.split(".")[-1].isdigit() and not name.endswith(".0"):
                 continue
             shown = name[:-2] + ".{i}" if name.endswith(".0") else name
-            table.add_row(shown, *(escape(str(list(s))) for s in shapes))
+            table.add_row(shown, *(str(list(s)) if isinstance(s, (list, tuple)) else str(s)
+                                   for s in (shapes if isinstance(shapes, list) else [shapes])))
         console.print(table)
+
+
+def _num(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _io_table(title: str, inputs: list, outputs: list) -> Table:
@@ -159,5 +187,5 @@ def _io_table(title: str, inputs: list, outputs: list) -> Table:
         shown = [s for s in specs if not s["name"].split(".")[-1].isdigit() or s["name"].endswith(".0")]
         for s in shown:
             name = s["name"] if not s["name"].endswith(".0") else s["name"][:-2] + ".{i}"
-            table.add_row(kind, name, s["dtype"], escape("[" + ", ".join(map(str, s["shape"])) + "]"))
+            table.add_row(kind, name, s["dtype"], "[" + ", ".join(map(str, s["shape"])) + "]")
     return table

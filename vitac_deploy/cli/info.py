@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..config import PredictorConfig
@@ -25,7 +24,7 @@ from ..planning.memory import (
     plan_memory,
     upstream_plan_flops,
 )
-from ._common import cli_errors, resolve_config
+from ._common import cli_errors, resolve_config, stdout_console
 
 
 def _mib(n: int) -> str:
@@ -191,7 +190,7 @@ def info(
         check_state_dict(sd, cfg, source=str(checkpoint))
         n_params = sum(int(v.numel()) for v in sd.values())
         title = f"{checkpoint} ({title})"
-    console = Console()
+    console = stdout_console()
     console.print(config_table(cfg, title, n_params))
     if plan_table_ is not None:
         console.print(plan_table_)
