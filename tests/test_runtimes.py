@@ -265,8 +265,12 @@ def test_energy_graph_missing_or_replaced_is_refused(tmp_path):
     export_artifact(model, art, ExportOptions(precisions=["fp32"], validate=False, first_frame_graph=False))
     shutil.copy(art / "step.onnx", tmp_path / "step.onnx")
     (art / "energy.onnx").unlink()
+    with pytest.raises(VitacError, match="missing energy.onnx"):   # the hashes are checked first
+        open_runtime(art, backend="onnxruntime")
     with pytest.raises(VitacError, match="energy graph energy.onnx that is missing"):
-        open_runtime(art, backend="onnxruntime")
+        open_runtime(art, backend="onnxruntime", verify=False)
     shutil.copy(tmp_path / "step.onnx", art / "energy.onnx")
-    with pytest.raises(VitacError, match="is not an energy graph"):
+    with pytest.raises(VitacError, match="energy.onnx does not match the sha256"):
         open_runtime(art, backend="onnxruntime")
+    with pytest.raises(VitacError, match="is not an energy graph"):
+        open_runtime(art, backend="onnxruntime", verify=False)

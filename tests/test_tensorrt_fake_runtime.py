@@ -17,7 +17,7 @@ from tests.fakes import FakeCudart, FakeTensorRT, cudaError_t, write_fake_engine
 from vitac_deploy import VitacError
 from vitac_deploy.config import PredictorConfig
 from vitac_deploy.exporters import ExportOptions, export_artifact
-from vitac_deploy.manifest import read_manifest, sha256_file, write_json_atomic
+from vitac_deploy.manifest import read_manifest, seal, sha256_file, write_json_atomic
 from vitac_deploy.metrics import TOLERANCES
 from vitac_deploy.reference import random_predictor
 from vitac_deploy.runtimes import gpu, open_runtime
@@ -289,7 +289,7 @@ def test_engine_and_manifest_disagreeing_is_one_line(tmp_path, fakes):
     meta = json.loads(meta_path.read_text())
     energy = next(e for e in meta["engines"] if e["role"] == "energy")
     energy["file"], energy["sha256"] = "e.plan", meta["engines"][0]["sha256"]
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(seal(meta)))   # resealed: the disagreement itself is what is tested
     rt = open_runtime(plan)
     from vitac_deploy.planning import energies
     from vitac_deploy.planning.problem import planning_problem

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import SMALL, SMALL_SWIGLU_EXTR
 from vitac_deploy import VitacError
-from vitac_deploy.manifest import sha256_file
+from vitac_deploy.manifest import seal, sha256_file, write_json_atomic
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)")
@@ -104,6 +104,12 @@ def test_failed_build_leaves_nothing(artifact, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     p = _cli("build-engine", broken, "--out", out / "e.plan", "--flavour", "tensorrt-rtx")
+    assert p.returncode == 2 and "does not match the sha256" in p.stderr, p.stderr   # refused before TensorRT
+    # the same damage with its hash (and the seal) recomputed reaches the builder, which fails
+    m = json.loads((broken / "manifest.json").read_text())
+    m["files"]["first.fp16.onnx"] = sha256_file(broken / "first.fp16.onnx")
+    write_json_atomic(broken / "manifest.json", seal(m))
+    p = _cli("build-engine", broken, "--out", out / "e.plan", "--flavour", "tensorrt-rtx")
     assert p.returncode == 2 and "cannot parse" in p.stderr, p.stderr
     assert list(out.iterdir()) == []
 
@@ -119,7 +125,7 @@ def test_runtime_checks_the_manifest_before_tensorrt(artifact, tmp_path):
         open_runtime(out, precision="fp32")
     meta = tmp_path / "e.plan.json"
     data = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**data, "tensorrt": {"flavour": "tensorrt-rtx", "version": "0.9.0"}}))
+    meta.write_text(json.dumps(seal({**data, "tensorrt": {"flavour": "tensorrt-rtx", "version": "0.9.0"}})))
     with pytest.raises(VitacError, match=r"built with tensorrt-rtx 0\.9\.0 .*rebuild"):
         open_runtime(out)
     meta.unlink()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -49,8 +50,10 @@ class PredictorConfig:
                 raise VitacError(f"config field '{name}' must be a positive integer, got {value!r}")
         for name in ("mlp_ratio", "layer_norm_eps", "feature_norm_eps"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise VitacError(f"config field '{name}' must be a positive number, got {value!r}")
+            # finite too: 1e400 parses as inf, and a manifest cannot hold it as JSON
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value <= 0:
+                raise VitacError(f"config field '{name}' must be a positive finite number, got {value!r}")
         for name in ("qkv_bias", "use_extrinsics", "use_silu", "wide_silu", "normalize_reps"):
             if not isinstance(getattr(self, name), bool):
                 raise VitacError(f"config field '{name}' must be true or false, got {getattr(self, name)!r}")
@@ -131,18 +134,32 @@ class PredictorConfig:
             raise VitacError("upstream argument 'is_frame_causal' = false is not supported (no KV cache without it)")
         if kw.get("qk_scale") is not None:
             raise VitacError("upstream argument 'qk_scale' is not supported (the scale is head_dim ** -0.5)")
+        def positive_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
         img = kw.get("img_size", 224)
-        img_h, img_w = (img, img) if isinstance(img, int) else tuple(img)
+        img_hw = (img, img) if positive_int(img) else tuple(img) if isinstance(img, (list, tuple)) else ()
+        if len(img_hw) != 2 or not all(positive_int(v) for v in img_hw):
+            raise VitacError(f"upstream 'img_size' must be a positive integer or [height, width], got {img!r}")
+        img_h, img_w = img_hw
         patch = kw.get("patch_size", 16)
-        if not isinstance(patch, int) or patch <= 0 or img_h % patch or img_w % patch:
+        if not positive_int(patch) or img_h % patch or img_w % patch:
             raise VitacError(f"upstream 'img_size' {img!r} is not a multiple of 'patch_size' {patch!r}")
         num_frames, tubelet = kw.get("num_frames", 1), kw.get("tubelet_size", 2)
+        for name, value in (("num_frames", num_frames), ("tubelet_size", tubelet)):
+            if not positive_int(value):
+                raise VitacError(f"upstream '{name}' must be a positive integer, got {value!r}")
+        if num_frames < tubelet:
+            raise VitacError(f"upstream 'num_frames' {num_frames} is less than one tubelet ({tubelet})")
+        mlp_ratio = kw.get("mlp_ratio", 4.0)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
+            raise VitacError(f"upstream 'mlp_ratio' must be a number, got {mlp_ratio!r}")
         return cls(
             embed_dim=kw.get("embed_dim", 768),
             predictor_embed_dim=kw.get("predictor_embed_dim", 1024),
             depth=kw.get("depth", 24),
             num_heads=kw.get("num_heads", 16),
-            mlp_ratio=float(kw.get("mlp_ratio", 4.0)),
+            mlp_ratio=float(mlp_ratio),
             qkv_bias=kw.get("qkv_bias", True),
             action_dim=kw.get("action_embed_dim", 7),
             grid_height=img_h // patch,
@@ -159,6 +176,8 @@ class PredictorConfig:
         if not isinstance(data, Mapping):
             raise VitacError("a config must be a JSON object")
         if "upstream_kwargs" in data:  # a golden-style file
+            if not isinstance(data["upstream_kwargs"], Mapping):
+                raise VitacError("'upstream_kwargs' must be a JSON object")
             return cls.from_upstream(data["upstream_kwargs"])
         own = {f.name for f in fields(cls)}
         if set(data) <= own:
@@ -170,13 +189,19 @@ class PredictorConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "PredictorConfig":
         """Read a `PredictorConfig` JSON or a JSON of upstream constructor kwargs."""
+        def no_constant(name: str) -> Any:
+            raise ValueError(f"{name} is not a JSON number")
+
         try:
             with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+                data = json.load(f, parse_constant=no_constant)
         except FileNotFoundError:
             raise VitacError(f"config file not found: {path}") from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise VitacError(f"cannot read config {path}: {e}") from None
+        except IsADirectoryError:
+            raise VitacError(f"cannot read config {path}: it is a directory") from None
+        # ValueError: bad JSON, not UTF-8, NaN/Infinity; RecursionError: absurdly deep nesting
+        except (OSError, ValueError, RecursionError) as e:
+            raise VitacError(f"cannot read config {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ..config import DEFAULT_PRESET, PredictorConfig
 from ..errors import VitacError, first_line
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    pass
 
 F = TypeVar("F", bound=Callable)
 
@@ -74,19 +74,30 @@ def load_model(checkpoint: Optional[Path], config: Optional[Path], preset: Optio
 LOG_WIDTH = 1000
 
 
-def stdout_console() -> "Console":
-    """The console results go to: the terminal's width on a TTY, tables whole when not a TTY."""
+def stdout_console(**kwargs):
+    """The console results go to. It prints text as it is: paths, tensor names and manifest strings
+    come from users and files, and Rich markup in them (`[/]`, `[bold]`) must neither crash nor
+    style. The terminal's width on a TTY; tables whole when not a TTY."""
+    import sys as _sys
+
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=LOG_WIDTH)
+    stream = _sys.stderr if kwargs.get("stderr") else _sys.stdout
+    if not stream.isatty():
+        kwargs.setdefault("width", LOG_WIDTH)
+    return Console(markup=False, highlight=False, **kwargs)
 
 
-def stderr_console() -> "Console":
-    """The console progress and notes go to (stderr), tables whole when not a TTY."""
-    from rich.console import Console
+def stderr_console():
+    """The console progress and notes go to (stderr)."""
+    return stdout_console(stderr=True)
 
-    return Console(stderr=True, highlight=False) if sys.stderr.isatty() else \
-        Console(stderr=True, highlight=False, width=LOG_WIDTH)
+
+def plain(message: str):
+    """`message` as a Rich Text: spinners and progress bars parse plain strings as markup."""
+    from rich.text import Text
+
+    return Text(message)
 
 
 def progress_enabled() -> bool:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, resolve_config, stderr_console, stdout_console
+from ._common import cli_errors, plain, resolve_config, stderr_console, stdout_console
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -148,7 +148,7 @@ def bench(
                                                           first_frame_graph="tensorrt" in backend,
                                                           cache_frames=frames if c == "static" else None))
         with err.status("benchmarking") as status:
-            result = run_bench(model, arts, opts, say=lambda m: (status.update(m), err.print(f"  {m}")),
+            result = run_bench(model, arts, opts, say=lambda m: (status.update(plain(m)), err.print(f"  {m}")),
                                # every row on disk as it comes: a bench cut off by a time limit keeps them
                                on_row=lambda r: json_out and write_json_atomic(json_out, r))
     _print(console, result, cfg, opts)
@@ -167,7 +167,7 @@ def _encoder_rows(encoder: str, opts, console) -> dict:
     err = stderr_console()
     with err.status("benchmarking the encoder") as status:
         res = bench_encoder(encoder, opts.backends, opts.device, opts.precision, (1, 2), opts.repeats, opts.warmup,
-                            opts.seed, say=lambda m: (status.update(m), err.print(f"  {m}")))
+                            opts.seed, say=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
     machine = _machine(opts.device)
     res["machine"] = machine
     console.print(encoder_rows_table(res, machine.get("gpu") or f"cpu ({machine['cpu_count']} cores)"))

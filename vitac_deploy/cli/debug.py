@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from ..errors import ValidationError
@@ -36,12 +37,13 @@ def debug_precision(
     console = stdout_console()
     first = report.first
     if first is None:
-        console.print(f"[bold]no tensor past the tolerance[/] ({report.tested} vs {report.reference}, "
-                      f"atol {report.atol:g} at unit scale, {len(report.tensors)} tensors, {report.steps} steps)")
+        console.print(Text.assemble(("no tensor past the tolerance", "bold"),
+                                    f" ({report.tested} vs {report.reference}, atol {report.atol:g} at unit scale, "
+                                    f"{len(report.tensors)} tensors, {report.steps} steps)"))
     else:
-        console.print(f"[bold red]first tensor past the tolerance: {first.name}[/] "
-                      f"(module {first.module or '-'}): max abs {first.max_abs:.3g} > "
-                      f"{report.atol * max(1.0, first.rms):.3g}", soft_wrap=True)
+        console.print(Text.assemble((f"first tensor past the tolerance: {first.name}", "bold red"),
+                                    f" (module {first.module or '-'}): max abs {first.max_abs:.3g} > "
+                                    f"{report.atol * max(1.0, first.rms):.3g}"), soft_wrap=True)
     table = Table(title=f"{path}: {report.tested} vs {report.reference}", header_style="bold")
     for col, justify in (("#", "right"), ("tensor", "left"), ("module", "left"), ("max abs", "right"),
                          ("rel (vs RMS)", "right"), ("NaN", "right"), ("inf", "right"), ("max |x|", "right"),

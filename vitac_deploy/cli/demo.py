@@ -10,9 +10,10 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console, stdout_console
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -40,13 +41,14 @@ def demo(
 
     console, err = stdout_console(), stderr_console()
     cfg = PredictorConfig.preset(preset)
-    console.print(f"[bold]{preset}[/]: {cfg.num_parameters():,} parameters, seeded random weights (seed {seed})")
+    console.print(Text.assemble((str(preset), "bold"), f": {cfg.num_parameters():,} parameters, seeded random weights "
+                                                        f"(seed {seed})"))
     model = random_predictor(cfg, seed)
     with tempfile.TemporaryDirectory() as tmp:
         art = out or Path(tmp) / "artifact"
         with err.status("exporting") as status:
             manifest = export_artifact(model, art, ExportOptions(force=out is not None),
-                                       progress=lambda m: (status.update(m), err.print(f"  {m}")))
+                                       progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
         console.print(summary_table(art, manifest))
 
         inputs = ParityInputs.make(cfg, batch=batch, frames=horizon, seed=seed + 1)
@@ -118,14 +120,15 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
     if (ecfg.embed_dim, ecfg.tokens_per_frame) != (cfg.embed_dim, cfg.tokens_per_frame):
         raise VitacError(f"encoder {encoder_preset} gives {ecfg.tokens_per_frame} x {ecfg.embed_dim} features; the "
                          f"predictor takes {cfg.tokens_per_frame} x {cfg.embed_dim}")
-    console.print(f"[bold]camera -> encoder -> planner -> action[/]: encoder {encoder_preset} "
-                  f"({ecfg.num_parameters():,} parameters, {ecfg.depth} blocks, seeded random weights)")
+    console.print(Text.assemble(("camera -> encoder -> planner -> action", "bold"),
+                                f": encoder {encoder_preset} ({ecfg.num_parameters():,} parameters, {ecfg.depth} "
+                                f"blocks, seeded random weights)"))
     enc_model = random_encoder(ecfg, seed)
     frames = validation_images(ecfg, 2, seed + 7, size=(480, 640))[0]      # two 480x640 camera frames
     with tempfile.TemporaryDirectory() as tmp:
         art = (out or Path(tmp)) / "planner"
         with err.status("exporting") as status:
-            say = lambda m: (status.update(m), err.print(f"  {m}"))  # noqa: E731
+            say = lambda m: (status.update(plain(m)), err.print(f"  {m}"))  # noqa: E731
             export_artifact(model, art, ExportOptions(precisions=["fp32"], first_frame_graph=False, force=True),
                             progress=say)
             manifest = export_encoder(enc_model, art / "encoder", EncoderExportOptions(force=True), progress=say)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console, stdout_console
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 def resolve_encoder_config(config: Optional[Path], preset: Optional[str]):
@@ -64,12 +64,17 @@ def export_encoder(
         source["checkpoint_sha256"] = sha256_file(checkpoint)
     if random_init:
         source["random_init_seed"] = seed
-    err.print("loading the reference encoder")
-    model = load_encoder_model(checkpoint, config, preset, random_init, seed, encoder_key)
-    opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
-                                validate=validate, force=force, source=source)
-    with err.status("exporting the encoder") as status:
-        manifest = export(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
+    from ..encoder.manifest import ENCODER_FORMAT
+    from ..exporters import check_out, export_lock
+
+    check_out(out, force, (ENCODER_FORMAT,))   # before the model is loaded: a refused --out costs nothing
+    with export_lock(out):   # held from here: two commands started together cannot both write --out
+        err.print("loading the reference encoder")
+        model = load_encoder_model(checkpoint, config, preset, random_init, seed, encoder_key)
+        opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
+                                    validate=validate, force=force, source=source)
+        with err.status("exporting the encoder") as status:
+            manifest = export(model, out, opts, progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
     stdout_console().print(encoder_table(out, manifest))
 
 
@@ -159,8 +164,8 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     bad = [n for n, ok in files_ok.items() if not ok]
     passed = all(r["passed"] for r in results.values()) and not bad
     if bad:
-        console.print(f"[red]files differ from the manifest's sha256: {', '.join(bad)}[/]")
-    console.print(f"[bold]{'PASSED' if passed else 'FAILED'}[/]")
+        console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad)}", style="red")
+    console.print("PASSED" if passed else "FAILED", style="bold")
     if report:
         write_json_atomic(report, {"passed": passed, "artifact": str(path), "kind": "encoder", "backend": backend,
                                    "device": device, "checkpoint": str(checkpoint) if checkpoint else None,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console, stdout_console
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -55,7 +55,7 @@ def build_engine(
         compute_capabilities=tuple(c.strip() for c in (compute_capability or "").split(",") if c.strip()))
     err = stderr_console()
     with err.status("building") as status:
-        data = build(artifact, out, opts, say=lambda m: (status.update(m), err.print(f"  {m}")))
+        data = build(artifact, out, opts, say=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
     for e in data["engines"]:
         stdout_console().print(f"{e['role']} engine -> {out.parent / e['file']} ({e['build_s']} s)")
     gpu = data["gpu"]

@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import VitacError, first_line
-from ._common import cli_errors, load_model, stderr_console, stdout_console
+from ._common import cli_errors, load_model, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -41,6 +41,17 @@ def export(
                                         "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Export the per-step ONNX graphs (fp32 + strongly typed fp16) with a KV-cache interface."""
+    from ..exporters import check_out, export_lock
+
+    check_out(out, force)   # before the model is loaded: a refused --out costs nothing
+    with export_lock(out):  # held from here: two commands started together cannot both write --out
+        _export(out, checkpoint, config, preset, random_init, seed, precision, opset, validate, first_frame_graph,
+                force, cache, cache_frames, save_polygraphy)
+
+
+def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], preset: Optional[str], random_init: bool,
+            seed: int, precision: str, opset: Optional[int], validate: bool, first_frame_graph: bool, force: bool,
+            cache: str, cache_frames: Optional[int], save_polygraphy: Optional[Path]) -> None:
     from ..exporters import ExportOptions, export_artifact
     from ..manifest import sha256_file
 
@@ -56,11 +67,11 @@ def export(
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
                          cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)
     with err.status("exporting") as status:
-        manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
+        manifest = export_artifact(model, out, opts,
+                                   progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
     stdout_console().print(summary_table(out, manifest))
     if save_polygraphy is not None:
-        stdout_console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt",
-                               highlight=False)
+        stdout_console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt")
 
 
 def summary_table(out: Path, manifest: dict) -> Table:
@@ -102,22 +113,23 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         from ..manifest import read_manifest
 
         m = read_manifest(path)
+        exporter = m.get("exporter", {})
         cache = m.get("cache", {"contract": "concat"})
-        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, {cache['contract']} cache"
-                      + (f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache["contract"] == "static" else "")
-                      + ", "
-                      f"vitac-deploy {m['exporter'].get('vitac_deploy')}, torch {m['exporter'].get('torch')}, "
-                      f"onnx {m['exporter'].get('onnx')}")
+        static = f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache.get("contract") == "static" else ""
+        console.print(Text.assemble((str(path), "bold"), f"  created {m.get('created')}, opset {m.get('opset')}, "
+                                    f"{cache.get('contract')} cache{static}, "
+                                    f"vitac-deploy {exporter.get('vitac_deploy')}, torch {exporter.get('torch')}, "
+                                    f"onnx {exporter.get('onnx')}"))
         cfg = m["config"]
         console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
         src = m.get("source", {})
         console.print("source: " + json.dumps(src))
         val = m.get("validation", {})
-        for p, tol in m["tolerances"].items():
+        for p, tol in m.get("tolerances", {}).items():
             v = val.get(p)
             got = "not validated" if not isinstance(v, dict) else (
-                f"max abs {v['worst_max_abs']:.2e}, cosine {v['worst_cosine']:.7f}, "
-                f"{'passed' if v['passed'] else 'FAILED'}")
+                f"max abs {_num(v.get('worst_max_abs'), '.2e')}, cosine {_num(v.get('worst_cosine'), '.7f')}, "
+                f"{'passed' if v.get('passed') is True else 'FAILED'}")
             console.print(f"{p}: tolerance {tol} -> {got}")
         for key, g in m["graphs"].items():
             console.print(_io_table(f"{key} ({g['file']})", g["inputs"], g["outputs"]))
@@ -132,15 +144,22 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise VitacError(f"cannot read {path}: {first_line(e)}") from None
+    if model.ir_version == 0 or not model.opset_import or not model.graph.node:
+        # protobuf parses an empty (or zeroed) file as an empty message: not a model
+        raise VitacError(f"{path} is not an ONNX model (empty or damaged: no IR version, opset or nodes)")
 
     def spec(v):
         t = v.type.tensor_type
         dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        except (KeyError, ValueError, TypeError):   # undefined or exotic element type
+            dtype = f"elem_type {t.elem_type}"
+        return {"name": v.name, "dtype": dtype, "shape": dims}
 
     inits = {i.name for i in model.graph.initializer}
-    console.print(f"[bold]{path}[/]  opset {[o.version for o in model.opset_import]}, "
-                  f"{len(model.graph.node)} nodes, {len(inits)} initializers")
+    console.print(Text.assemble((str(path), "bold"), f"  opset {[o.version for o in model.opset_import]}, "
+                                f"{len(model.graph.node)} nodes, {len(inits)} initializers"))
     console.print(_io_table(path.name, [spec(v) for v in model.graph.input if v.name not in inits],
                             [spec(v) for v in model.graph.output]))
 
@@ -149,23 +168,32 @@ def _inspect_engine(console: Console, path: Path) -> None:
     from ..manifest import read_engine_manifest
 
     m = read_engine_manifest(path)
-    gpu = m.get("gpu")
-    where = (f"{gpu['name']} (compute capability {gpu['compute_capability']}, CUDA {gpu.get('cuda_runtime')})" if gpu
-             else f"no GPU, ahead of time for compute capability {', '.join(m.get('compute_capabilities', []))}")
-    console.print(f"[bold]{path}[/]  {m['tensorrt']['flavour']} {m['tensorrt']['version']}, built {m['created']} on {where}")
-    console.print(f"precision {m['precision']}: {m['precision_how']}")
-    console.print(f"first frame: {m['first_frame']}; build flags: {json.dumps(m['build_flags'])}")
+    # a sealed manifest is still only as well-formed as whoever wrote it: display what is there
+    gpu = m.get("gpu") if isinstance(m.get("gpu"), dict) else None
+    targets = m.get("compute_capabilities") if isinstance(m.get("compute_capabilities"), list) else []
+    where = (f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')}, CUDA {gpu.get('cuda_runtime')})"
+             if gpu else f"no GPU, ahead of time for compute capability {', '.join(map(str, targets))}")
+    console.print(Text.assemble((str(path), "bold"), f"  {m['tensorrt'].get('flavour')} {m['tensorrt'].get('version')}, "
+                                                     f"built {m.get('created')} on {where}"))
+    console.print(f"precision {m['precision']}: {m.get('precision_how')}")
+    console.print(f"first frame: {m.get('first_frame')}; build flags: {json.dumps(m['build_flags'])}")
     for e in m["engines"]:
-        table = Table(title=f"{e['role']} engine {e['file']} (from {e['source_onnx']}, built in {e['build_s']} s)",
+        table = Table(title=f"{e['role']} engine {e['file']} (from {e.get('source_onnx')}, built in {e.get('build_s')} s)",
                       header_style="bold")
         for col in ("input", "min", "opt", "max"):
             table.add_column(col)
-        for name, shapes in e["profile"].items():
+        profile = e.get("profile") if isinstance(e.get("profile"), dict) else {}
+        for name, shapes in profile.items():
             if name.split(".")[-1].isdigit() and not name.endswith(".0"):
                 continue
             shown = name[:-2] + ".{i}" if name.endswith(".0") else name
-            table.add_row(shown, *(escape(str(list(s))) for s in shapes))
+            table.add_row(shown, *(str(list(s)) if isinstance(s, (list, tuple)) else str(s)
+                                   for s in (shapes if isinstance(shapes, list) else [shapes])))
         console.print(table)
+
+
+def _num(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _io_table(title: str, inputs: list, outputs: list) -> Table:
@@ -176,5 +204,5 @@ def _io_table(title: str, inputs: list, outputs: list) -> Table:
         shown = [s for s in specs if not s["name"].split(".")[-1].isdigit() or s["name"].endswith(".0")]
         for s in shown:
             name = s["name"] if not s["name"].endswith(".0") else s["name"][:-2] + ".{i}"
-            table.add_row(kind, name, s["dtype"], escape("[" + ", ".join(map(str, s["shape"])) + "]"))
+            table.add_row(kind, name, s["dtype"], "[" + ", ".join(map(str, s["shape"])) + "]")
     return table

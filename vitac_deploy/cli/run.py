@@ -2,26 +2,95 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from ..config import PredictorConfig
 from ..errors import ValidationError, VitacError, first_line
+from ..manifest import read_engine_manifest, read_manifest, write_json_atomic
 from ._common import cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def check_output(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before the work that would produce it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise VitacError(f"{flag} {path} is a directory")
+    if not parent.is_dir():
+        raise VitacError(f"cannot write {flag} {path}: {parent} does not exist")
+    # a real probe, not os.access: root passes access() where the filesystem (/proc, read-only
+    # mounts) still refuses, and outputs are written as a temp file beside the target anyway
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VitacError(f"cannot write {flag} {path}: {e.strerror}") from None
+
+
+def _config_of(path: Path) -> PredictorConfig:
+    """The config of an artifact or engine, from its manifest (cheap: no graph is loaded)."""
+    if path.suffix in (".plan", ".engine"):
+        return PredictorConfig.from_dict(read_engine_manifest(path)["config"])
+    return PredictorConfig.from_dict(read_manifest(path)["config"])
+
+
+def _npy_header(z, key: str, source: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an array in an npz, read from its header without decompressing the data."""
+    try:
+        with z.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except Exception as e:  # noqa: BLE001 - zip and npy headers fail in many ways, all "damaged"
+        raise VitacError(f"cannot read '{key}' in {source}: {first_line(e)}") from None
+    return tuple(shape), dtype
+
+
+def load_inputs(path: Path, cfg: PredictorConfig) -> dict[str, np.ndarray]:
+    """The arrays a rollout needs from an npz, and only those: each header is checked against the
+    shapes the model expects (frames bounded by max_frames, N, D, A fixed) before its data is
+    decompressed, so that a small file cannot inflate to gigabytes."""
     if not path.is_file():
         raise VitacError(f"inputs not found: {path}")
+    N, D, A, T = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim, cfg.max_frames
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
         raise VitacError(f"cannot read {path}: {first_line(e)}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise VitacError(f"{path} is not an npz archive (np.savez) of arrays")
+    with z:
+        keys = ["features", "actions", "states"] + (["extrinsics"] if cfg.use_extrinsics else [])
+        for key in keys[:3]:
+            if key not in z.files:
+                raise VitacError(f"{path} has no '{key}' array (has: {', '.join(sorted(z.files)) or 'nothing'})")
+        heads = {k: _npy_header(z, k, path) for k in keys if k in z.files}
+        want = {"features": f"[B, C <= {T}, {N}, {D}]", "actions": f"[B, T <= {T}, {A}]",
+                "states": f"[B, T <= {T}, {A}]", "extrinsics": f"[B, T <= {T}, {A - 1}]"}
+        last = {"features": (N, D), "actions": (A,), "states": (A,), "extrinsics": (A - 1,)}
+        for key, (shape, dtype) in heads.items():
+            if dtype.kind != "f":
+                raise VitacError(f"'{key}' in {path} must be a float array, got dtype {dtype}")
+            rank = 4 if key == "features" else 3
+            if len(shape) != rank or tuple(shape[2:]) != last[key] or not 1 <= shape[1] <= T:
+                raise VitacError(f"'{key}' in {path} must have shape {want[key]}, got {list(shape)}")
+        B = heads["actions"][0][0]
+        if heads["features"][0][0] not in (1, B) or any(heads[k][0][0] != B for k in heads if k != "features"):
+            raise VitacError(f"the arrays in {path} disagree on the batch: " +
+                             ", ".join(f"{k} {list(heads[k][0])}" for k in heads))
+        try:
+            return {k: z[k] for k in heads}
+        except Exception as e:  # noqa: BLE001
+            raise VitacError(f"cannot read {path}: {first_line(e)}") from None
 
 
 @cli_errors
@@ -39,15 +108,11 @@ def rollout(
     from ..runtimes import open_runtime
 
     err = stderr_console()
-    data = _load_npz(inputs)
-    for key in ("features", "actions", "states"):
-        if key not in data:
-            raise VitacError(f"{inputs} has no '{key}' array (has: {', '.join(sorted(data)) or 'nothing'})")
     if state_update not in ("given", "delta"):
         raise VitacError(f"--state-update must be given or delta, got {state_update}")
+    check_output(out, "--out")
+    data = load_inputs(inputs, _config_of(path))
     feats = data["features"]
-    if feats.ndim != 4:
-        raise VitacError(f"features must be [B, C, N, D], got shape {list(feats.shape)}")
     C = feats.shape[1]
     H = horizon if horizon is not None else data["actions"].shape[1] - C + 1
     if H < 1:
@@ -63,7 +128,7 @@ def rollout(
         from rich.progress import Progress
 
         with Progress(console=err, transient=True) as bar:
-            task = bar.add_task(f"rollout ({rt.describe()})", total=F)
+            task = bar.add_task(escape(f"rollout ({rt.describe()})"), total=F)
             preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update,
                                on_frame=lambda done, total: bar.update(task, completed=done))
     else:
@@ -90,7 +155,7 @@ def validate(
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or torch (engines: tensorrt)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
     precision: Optional[str] = typer.Option(None, "--precision",
-                                            help="Comma list of precisions to check (default: fp32,fp16; an engine's own)."),
+                                            help="Comma list of precisions to check (default: every one the artifact has; an engine's own)."),
     steps: int = typer.Option(4, "--steps", help="Frames of the closed-loop rollout (including the context)."),
     batch: int = typer.Option(2, "--batch", help="Batch of the seeded inputs (an encoder: camera frames)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
@@ -100,8 +165,7 @@ def validate(
                                         "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
-    from ..config import PredictorConfig
-    from ..manifest import read_engine_manifest, read_manifest, sha256_file, write_json_atomic
+    from ..manifest import file_digest
     from ..metrics import TOLERANCES
     from ..reference import load_predictor, random_predictor
     from ..runtimes import open_runtime
@@ -117,16 +181,22 @@ def validate(
                                 report, plot)
     console = stdout_console()
     engine = path.suffix in (".plan", ".engine")
+    # read_*manifest refuse a manifest whose seal does not match (edited) or that has none, names
+    # outside the folder, and files without a sha256
     if engine:
         manifest = read_engine_manifest(path)
-        backend, precision = "tensorrt", precision or manifest["precision"]
-        graphs = {f"step.{manifest['precision']}"}
+        backend, have = "tensorrt", [manifest["precision"]]
         listed = {e["file"]: e["sha256"] for e in manifest["engines"]}
     else:
         manifest = read_manifest(path)
-        precision = precision or "fp32,fp16"
-        graphs = set(manifest["graphs"])
-        listed = manifest.get("files", {})
+        have = [p for p in ("fp32", "fp16") if f"step.{p}" in manifest["graphs"]]
+        listed = manifest["files"]
+    precisions = [x.strip() for x in precision.split(",") if x.strip()] if precision else have
+    for p in precisions:
+        if p not in have:
+            raise VitacError(f"{path} has no {p} {'engine' if engine else 'graph'} (it has: {', '.join(have) or 'none'})")
+    if not precisions:
+        raise VitacError(f"{path} has no step {'engine' if engine else 'graph'} to validate")
     if save_polygraphy is not None:
         if engine:
             raise VitacError("--save-polygraphy takes an artifact directory (the engine's ONNX graphs are in the "
@@ -138,17 +208,34 @@ def validate(
     cfg = resolve_config(config, None) if config else PredictorConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
         raise VitacError("give --checkpoint (or --random-init --seed N for an artifact exported that way)")
+    if checkpoint is not None and random_init:
+        raise VitacError("give either --checkpoint or --random-init, not both")
+    if steps < 2 or batch < 1 or seed < 0:
+        raise VitacError("--steps must be >= 2, --batch >= 1 and --seed >= 0")
+    if steps > cfg.max_frames:
+        raise VitacError(f"--steps {steps} exceeds the model's max_frames {cfg.max_frames}")
+    for out_path, flag in ((report, "--report"), (plot, "--plot")):
+        if out_path is not None:
+            check_output(out_path, flag)
+    if plot is not None:
+        _matplotlib()
     model = load_predictor(checkpoint, cfg) if checkpoint is not None else random_predictor(cfg, seed)
-    if steps < 2 or batch < 1:
-        raise VitacError("--steps must be >= 2 and --batch >= 1")
-    files_ok = {name: sha256_file(folder / name) == digest if (folder / name).is_file() else False
-                for name, digest in listed.items()}
+
+    def matches(name: str, digest: str) -> bool:
+        f = folder / name
+        try:
+            return f.is_file() and not f.is_symlink() and file_digest(f) == digest
+        except OSError:
+            return False
+
+    files_ok = {name: matches(name, digest) for name, digest in listed.items()}
+    bad_files = [n for n, ok in files_ok.items() if not ok]
     inputs = ParityInputs.make(cfg, batch=batch, frames=steps, seed=seed + 1)
     results = {}
-    for p in [x.strip() for x in precision.split(",") if x.strip()]:
-        if f"step.{p}" not in graphs:
-            raise VitacError(f"{path} has no {p} {'engine' if engine else 'graph'}")
-        rt = open_runtime(path, backend=backend, device=device, precision=p)
+    # files that differ from the manifest are a mismatch (exit 1) and nothing of them is run
+    for p in [] if bad_files else precisions:
+        # verify=False: every listed file was hashed just above
+        rt = open_runtime(path, backend=backend, device=device, precision=p, verify=False)
         r = check_parity(rt, model, inputs, p)
         results[p] = r
         table = Table(title=f"{p} via {rt.describe()}: tolerance max abs {r.tolerance.max_abs:g}, "
@@ -161,11 +248,11 @@ def validate(
                 table.add_row(mode, str(e["frame"] + 1), f"{e['max_abs']:.2e}", f"{e['mean_abs']:.2e}",
                               f"{e['cosine']:.7f}", f"{e['rel_l1']:.2e}")
         console.print(table)
-    passed = all(r.passed for r in results.values()) and all(files_ok.values())
-    bad_files = [n for n, ok in files_ok.items() if not ok]
+    passed = not bad_files and all(r.passed for r in results.values())
     if bad_files:
-        console.print(f"[red]files differ from the manifest's sha256: {', '.join(bad_files)}[/]")
-    console.print(f"[bold]{'PASSED' if passed else 'FAILED'}[/]")
+        console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad_files)}",
+                      style="red")
+    console.print("PASSED" if passed else "FAILED", style="bold")
     data = {"passed": passed, "artifact": str(path), "backend": backend, "device": device,
             "checkpoint": str(checkpoint) if checkpoint else None, "files_match_manifest": files_ok,
             "tolerances": {p: TOLERANCES[p].to_dict() for p in results},
@@ -179,15 +266,18 @@ def validate(
         for c in commands:
             console.print(c, soft_wrap=True, highlight=False, markup=False)
     if report:
-        write_json_atomic(report, data)
-    if plot:
+        try:
+            write_json_atomic(report, data)
+        except OSError as e:   # checked before the work, but the disk can fill meanwhile: exit 2, not 1
+            raise VitacError(f"cannot write --report {report}: {e.strerror}") from None
+    if plot and results:
         _plot(plot, results)
     if not passed:
         raise ValidationError("the artifact does not match the reference" +
-                              (f" (modified files: {', '.join(bad_files)})" if bad_files else ""))
+                              (f" (missing or modified files: {', '.join(bad_files)})" if bad_files else ""))
 
 
-def _plot(path: Path, results) -> None:
+def _matplotlib():
     try:
         import matplotlib
 
@@ -195,6 +285,11 @@ def _plot(path: Path, results) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
+    return plt
+
+
+def _plot(path: Path, results) -> None:
+    plt = _matplotlib()
     from ..manifest import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -208,4 +303,7 @@ def _plot(path: Path, results) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path)
+    try:
+        save_figure(fig, path)
+    except OSError as e:
+        raise VitacError(f"cannot write --plot {path}: {e.strerror}") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import VitacError, first_line
-from ..manifest import MANIFEST, _check_format_version, _check_keys
+from ..manifest import MANIFEST, _check_format_version, _check_keys, check_name, check_seal
 
 ENCODER_FORMAT = "vitac-deploy/encoder"
 ENCODER_FORMAT_VERSION = 1
@@ -32,7 +32,22 @@ def read_encoder_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != ENCODER_FORMAT:
         raise VitacError(f"{m} is not a vitac-deploy encoder manifest ({redo})")
     _check_format_version(m, data, ENCODER_FORMAT_VERSION, redo)
+    check_seal(m, data, redo)
     _check_keys(m, data, {"config": dict, "graphs": dict, "files": dict}, redo)
+    for key, g in data["graphs"].items():
+        if not isinstance(g, dict) or not all(isinstance(g.get(k), str) for k in ("file", "precision")):
+            raise VitacError(f"{m}: graph {key!r} has no file or precision (edited or damaged?): {redo}")
+        for name in (g["file"], g.get("external_data")):
+            if name is not None:
+                check_name(p, name, f"as {key}")
+                if name not in data["files"]:
+                    raise VitacError(f"{m}: {name} ({key}) has no sha256 in 'files': {redo}")
+    from .config import EncoderConfig
+
+    try:
+        EncoderConfig.from_dict(data["config"])
+    except VitacError as e:
+        raise VitacError(f"{m}: invalid config ({e}): {redo}") from None
     return data
 
 

@@ -15,9 +15,10 @@ import numpy as np
 from .. import __version__
 from ..encoder.manifest import ENCODER_FORMAT, ENCODER_FORMAT_VERSION
 from ..errors import ValidationError, VitacError
-from ..manifest import MANIFEST, now_iso, sha256_file, versions, write_json_atomic
+from ..errors import first_line
+from ..manifest import MANIFEST, file_digest, now_iso, seal, versions, write_json_atomic
 from ..metrics import TOLERANCES, frame_errors, within
-from .artifact import PRECISIONS, Progress, _prepare_out
+from .artifact import PRECISIONS, Progress, _check_out, _make_tmp, _OutLock, _swap_in, _sweep_partials, check_out
 from .encoder_graph import build_encoder_graph, encoder_io
 from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .weights import save_with_shared_data
@@ -47,9 +48,8 @@ def export_encoder(model, out: str | os.PathLike, options: Optional[EncoderExpor
 
     Each graph is validated with ONNX Runtime (CPU) against the reference's planner path
     (`Encoder.encode_frames`) unless `options.validate` is False; outside its tolerance it raises
-    ValidationError and nothing is left at `out`."""
-    import onnx
-
+    ValidationError and nothing is left at `out`. `out` is replaced (with `options.force`) only if
+    it is empty or an encoder artifact of ours, as `export` does."""
     opts = options or EncoderExportOptions()
     bad = [p for p in opts.precisions if p not in PRECISIONS]
     if bad or not opts.precisions:
@@ -57,57 +57,75 @@ def export_encoder(model, out: str | os.PathLike, options: Optional[EncoderExpor
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.opset}")
     say = progress or (lambda msg: None)
-    out, cfg = Path(out), model.cfg
-    tmp = _prepare_out(out, opts.force)
-    try:
-        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-        graphs: dict[str, Any] = {}
-        timings: dict[str, float] = {}
-        ins, outs = encoder_io(cfg)
-        for precision in opts.precisions:
-            names = encoder_files(precision)
-            t0 = time.perf_counter()
-            say(f"building the {precision} encoder graph")
-            graph = build_encoder_graph(cfg, weights, precision, opts.opset)
-            save_with_shared_data([(graph, tmp / names["graph"])], tmp / names["weights"])
-            onnx.checker.check_model(str(tmp / names["graph"]), full_check=False)
-            graphs[f"encoder.{precision}"] = {
-                "file": names["graph"], "role": "encoder", "precision": precision, "external_data": names["weights"],
-                "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in ins],
-                "outputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in outs],
-            }
-            timings[f"convert_{precision}_s"] = round(time.perf_counter() - t0, 3)
-        manifest: dict[str, Any] = {
-            "format": ENCODER_FORMAT, "format_version": ENCODER_FORMAT_VERSION, "created": now_iso(),
-            "kind": "encoder", "config": cfg.to_dict(), "parameters": cfg.num_parameters(),
-            "tokens_per_frame": cfg.tokens_per_frame, "source": opts.source, "opset": opts.opset,
-            "exporter": {"name": "vitac_deploy.exporters.encoder_graph", "vitac_deploy": __version__, **versions()},
-            "graphs": graphs,
-            "contract": "pixels [batch, 3, S, S] float32: single frames preprocessed by vitac_deploy.encoder."
-                        "preprocess; each is encoded as a tubelet of itself repeated (the planner's way). "
-                        "features [batch, N, D]: layer-normed without affine (what the predictor takes); "
-                        "features_raw: before that norm",
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            "tolerances": {p: TOLERANCES[p].to_dict() for p in opts.precisions},
-            "validation": {"skipped": not opts.validate},
-            "timings": timings,
+    out = Path(out)
+    formats = (ENCODER_FORMAT,)
+    target = check_out(out, opts.force, formats)
+    with _OutLock(target):
+        _sweep_partials(target, say)
+        tmp = _make_tmp(target)
+        try:
+            manifest = _write_encoder(model, tmp, opts, say)
+            old = _check_out(out, target, opts.force, formats)   # again, under the lock
+            _swap_in(tmp, target, old, say)
+        except OSError as e:   # full disk, read-only or vanished directory: a user-side failure
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VitacError(f"cannot write {out}: {e.strerror or first_line(e)}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return manifest
+
+
+def _write_encoder(model, tmp: Path, opts: EncoderExportOptions, say: Progress) -> dict[str, Any]:
+    """Graphs, weights and the sealed manifest into `tmp`, validated (ValidationError if not within
+    tolerance)."""
+    import onnx
+
+    cfg = model.cfg
+    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    graphs: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    ins, outs = encoder_io(cfg)
+    for precision in opts.precisions:
+        names = encoder_files(precision)
+        t0 = time.perf_counter()
+        say(f"building the {precision} encoder graph")
+        graph = build_encoder_graph(cfg, weights, precision, opts.opset)
+        save_with_shared_data([(graph, tmp / names["graph"])], tmp / names["weights"])
+        onnx.checker.check_model(str(tmp / names["graph"]), full_check=False)
+        graphs[f"encoder.{precision}"] = {
+            "file": names["graph"], "role": "encoder", "precision": precision, "external_data": names["weights"],
+            "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in ins],
+            "outputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in outs],
         }
+        timings[f"convert_{precision}_s"] = round(time.perf_counter() - t0, 3)
+    manifest: dict[str, Any] = {
+        "format": ENCODER_FORMAT, "format_version": ENCODER_FORMAT_VERSION, "created": now_iso(),
+        "kind": "encoder", "config": cfg.to_dict(), "parameters": cfg.num_parameters(),
+        "tokens_per_frame": cfg.tokens_per_frame, "source": opts.source, "opset": opts.opset,
+        "exporter": {"name": "vitac_deploy.exporters.encoder_graph", "vitac_deploy": __version__, **versions()},
+        "graphs": graphs,
+        "contract": "pixels [batch, 3, S, S] float32: single frames preprocessed by vitac_deploy.encoder."
+                    "preprocess; each is encoded as a tubelet of itself repeated (the planner's way). "
+                    "features [batch, N, D]: layer-normed without affine (what the predictor takes); "
+                    "features_raw: before that norm",
+        "files": {p.name: file_digest(p) for p in sorted(tmp.iterdir())},
+        "tolerances": {p: TOLERANCES[p].to_dict() for p in opts.precisions},
+        "validation": {"skipped": not opts.validate},
+        "timings": timings,
+    }
+    manifest = seal(manifest)
+    write_json_atomic(tmp / MANIFEST, manifest)
+    if opts.validate:
+        manifest["validation"] = validate_encoder_graphs(model, tmp, manifest, opts, say)
+        failed = [p for p in opts.precisions if not manifest["validation"][p]["passed"]]
+        if failed:
+            raise ValidationError("exported encoder graph does not match the reference: " + ", ".join(
+                f"{p} max abs {manifest['validation'][p]['max_abs']:.3g} > tolerance {TOLERANCES[p].max_abs:g}"
+                for p in failed) + " (nothing was written)")
+        manifest = seal(manifest)
         write_json_atomic(tmp / MANIFEST, manifest)
-        if opts.validate:
-            manifest["validation"] = validate_encoder_graphs(model, tmp, manifest, opts, say)
-            write_json_atomic(tmp / MANIFEST, manifest)
-            failed = [p for p in opts.precisions if not manifest["validation"][p]["passed"]]
-            if failed:
-                raise ValidationError("exported encoder graph does not match the reference: " + ", ".join(
-                    f"{p} max abs {manifest['validation'][p]['max_abs']:.3g} > tolerance {TOLERANCES[p].max_abs:g}"
-                    for p in failed) + " (nothing was written)")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return manifest
 
 
 def validation_images(cfg, frames: int, seed: int, size: Optional[tuple[int, int]] = None) -> np.ndarray:

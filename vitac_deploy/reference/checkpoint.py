@@ -107,6 +107,7 @@ def check_state_dict(sd: Mapping[str, Any], cfg: PredictorConfig, source: str = 
     unexpected and misshaped keys."""
     from .init import param_shapes
 
+    check_tensors(sd, source)
     expected = param_shapes(cfg) if expected is None else expected
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -130,6 +131,27 @@ def check_state_dict(sd: Mapping[str, Any], cfg: PredictorConfig, source: str = 
     if fit:
         hint = "; the checkpoint looks like " + ", ".join(f"{k}={v}" for k, v in fit.items())
     raise VitacError(f"{source} does not match the config: " + "; ".join(parts) + hint)
+
+
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_tensors(sd: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Refuse weights that would load as garbage: a non-float dtype (int, bool, complex: cast
+    silently by load_state_dict), a sparse or meta tensor (no values), NaN or Inf (blamed on the
+    inputs later, at the first prediction)."""
+    import torch
+
+    for key, t in sd.items():
+        if t.layout != torch.strided or t.device.type == "meta":
+            where = "meta (no data)" if t.device.type == "meta" else str(t.layout).replace("torch.", "")
+            raise VitacError(f"{source}: weight {key} is a {where} tensor: save dense tensors (.to_dense())")
+        dtype = str(t.dtype).replace("torch.", "")
+        if dtype not in _FLOAT_DTYPES:
+            raise VitacError(f"{source}: weight {key} has dtype {dtype}; weights must be floating point "
+                             f"({', '.join(_FLOAT_DTYPES)})")
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise VitacError(f"{source}: weight {key} contains NaN or Inf (a diverged or damaged checkpoint)")
 
 
 def load_predictor(path: str | os.PathLike, config: Optional[PredictorConfig] = None):

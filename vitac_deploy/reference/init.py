@@ -49,8 +49,12 @@ def random_predictor(cfg: PredictorConfig, seed: int = 0):
     """A reference `Predictor` in eval mode with seeded recipe weights (same seed + shapes as a
     golden case gives that case's weights)."""
     import torch
+    from ..errors import VitacError
     from .model import Predictor
 
+    # numpy refuses a negative seed with a raw ValueError: a user error, said as one
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise VitacError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     model = Predictor(cfg)
     sd = recipe_state_dict(param_shapes(cfg), seed)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import numbers
 from pathlib import Path
 from typing import Optional
 
 from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
-from ..manifest import cache_contract, read_engine_manifest, read_manifest
+from ..manifest import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
 from .base import Runtime
 
 __all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]
@@ -42,13 +43,22 @@ def _auto_backend(device: str) -> str:
 
 def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] = None,
                  precision: Optional[str] = None, max_batch: Optional[int] = None,
-                 max_frames: Optional[int] = None, **options) -> Runtime:
+                 max_frames: Optional[int] = None, verify: bool = True, **options) -> Runtime:
     """Open an export artifact directory (onnxruntime, torch) or a TensorRT engine (ENGINE.plan,
     with its ENGINE.plan.json) with a backend; "auto" picks the best one available and logs which.
     device defaults to cpu for artifacts and cuda for engines; precision to fp32 on cpu and fp16
-    on cuda. `options` go to the backend (e.g. cuda_graphs=True, tf32=True)."""
+    on cuda. `options` go to the backend (e.g. cuda_graphs=True, tf32=True).
+
+    The manifest's seal is always checked; with `verify` (the default) every file the runtime reads
+    is hashed against the manifest first (cached in-process by file identity and change time, so a
+    reopen costs a stat). verify=False skips the file hashes, for callers that checked them already."""
     p = Path(path)
+    for name, value in (("max_batch", max_batch), ("max_frames", max_frames)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise VitacError(f"{name} must be a positive integer or None, got {value!r}")
     if p.suffix in (".plan", ".engine"):
+        if not verify:
+            options.setdefault("verify_files", False)
         return _open_engine(p, backend, device or "cuda", precision, max_batch, max_frames, **options)
     device = device or "cpu"
     manifest = read_manifest(p)
@@ -74,12 +84,16 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
             raise VitacError(f"{p} has no {precision} step graph (exported: "
                              f"{', '.join(sorted(manifest['graphs']))})")
         cache = cache_contract(manifest, p)   # concat when the manifest predates the static contract
+        if verify:
+            verify_files(p, manifest, graph_names(manifest, (key, "energy")))
         return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
                                   max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), cache=cache,
                                   cache_frames=manifest["cache"]["frames"] if cache == "static" else None, **options)
     if backend == "torch":
         from .torch import TorchRuntime
 
+        if verify:
+            verify_files(p, manifest, graph_names(manifest, ("step.fp32",)))
         return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames, **options)
     raise VitacError(f"the tensorrt backend runs TensorRT engines: build one with `vitac-deploy build-engine "
                      f"{p} --out ENGINE.plan` and open ENGINE.plan")

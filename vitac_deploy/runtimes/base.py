@@ -48,6 +48,9 @@ class Runtime:
     def __init__(self, cfg: PredictorConfig, precision: str, device: str,
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None):
         self.cfg, self.precision, self.device = cfg, precision, device
+        for name, value in (("max_batch", max_batch), ("max_frames", max_frames)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise VitacError(f"{name} must be a positive integer or None, got {value!r}")
         if max_frames is not None and not 1 <= max_frames <= cfg.max_frames:
             raise VitacError(f"max_frames must be in 1..{cfg.max_frames} (the model's limit), got {max_frames}")
         if max_batch is not None and max_batch < 1:
@@ -120,7 +123,12 @@ class Runtime:
             raise VitacError(f"{name} must have shape {list(shape)}, got {list(arr.shape)}")
         if not np.isfinite(arr).all():
             raise VitacError(f"{name} contains NaN or inf")
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(arr, dtype=np.float32)
+        # checked after the cast: float64 values beyond float32's range (~3.4e38) become inf there
+        if arr.dtype != np.float32 and not np.isfinite(out).all():
+            raise VitacError(f"{name} has values beyond float32's range (max |x| {float(np.abs(arr).max()):.3g})")
+        return out
 
     def _cond(self, action, state, extrinsics, B: int) -> dict[str, np.ndarray]:
         A = self.cfg.action_dim
@@ -135,7 +143,7 @@ class Runtime:
     @serialized
     def reset(self, batch: int = 1) -> None:
         """Empty the cache for `batch` trajectories (buffers are reused; grown only past capacity)."""
-        if not isinstance(batch, (int, np.integer)) or batch < 1:
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise VitacError(f"batch must be a positive integer, got {batch!r}")
         if self.max_batch is not None and batch > self.max_batch:
             raise VitacError(f"batch {batch} exceeds max_batch={self.max_batch} of this runtime")
@@ -224,12 +232,16 @@ class Runtime:
                                        (("actions", actions), ("states", states), ("extrinsics", extrinsics)))
         if len(context.shape) != 4 or context.shape[2:] != (N, D):
             raise VitacError(f"context must have shape [B, C, {N}, {D}], got {list(context.shape)}")
-        if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
             raise VitacError(f"horizon must be a positive integer, got {horizon!r}")
         actions = np.asarray(actions)
         if actions.ndim != 3:
             raise VitacError(f"actions must have shape [B, C+horizon-1, {A}], got {list(actions.shape)}")
         B, C = actions.shape[0], context.shape[1]
+        if C < 1:   # nothing to condition on: the backends' buffers would be returned unwritten
+            raise VitacError(f"context must hold at least one frame, got shape {list(context.shape)}")
+        if B < 1:
+            raise VitacError(f"actions must hold at least one row, got shape {list(actions.shape)}")
         F = C + horizon - 1
         if context.shape[0] not in (1, B):
             raise VitacError(f"context batch {context.shape[0]} must be 1 or the actions' batch {B}")

@@ -18,6 +18,7 @@ from ..encoder.config import EncoderConfig
 from ..encoder.manifest import read_encoder_manifest
 from ..encoder.preprocess import preprocess
 from ..errors import BackendUnavailable, VitacError, first_line
+from ..manifest import graph_names, verify_files
 
 log = logging.getLogger("vitac_deploy")
 ENCODER_BACKENDS = ("onnxruntime", "torch")
@@ -147,6 +148,7 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "
         return TensorRTEncoder(p, m, max_batch, **options)
     manifest = manifest or read_encoder_manifest(p)
     cfg = EncoderConfig.from_dict(manifest["config"])
+    verify = options.pop("verify", True)
     if device not in ("cpu", "cuda"):
         raise VitacError(f"device must be cpu or cuda, got {device!r}")
     precision = precision or ("fp16" if device == "cuda" else "fp32")
@@ -162,10 +164,14 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "
         key = f"encoder.{precision}"
         if key not in manifest["graphs"]:
             raise VitacError(f"{p} has no {precision} encoder graph (exported: {', '.join(sorted(manifest['graphs']))})")
+        if verify:   # what ONNX Runtime reads is what the manifest's hashes vouch for
+            verify_files(p, manifest, graph_names(manifest, (key,)))
         return OnnxRuntimeEncoder(p / manifest["graphs"][key]["file"], cfg, precision, device, max_batch or 16,
                                   **options)
     if "encoder.fp32" not in manifest["graphs"]:
         raise VitacError(f"{p} has no fp32 encoder graph: the torch backend reads its weights from it")
+    if verify:
+        verify_files(p, manifest, graph_names(manifest, ("encoder.fp32",)))
     return TorchEncoder(encoder_from_graph(p / manifest["graphs"]["encoder.fp32"]["file"], cfg), precision, device,
                         max_batch or 16)
 

@@ -121,7 +121,11 @@ class OnnxRuntimeRuntime(Runtime):
                 ort.preload_dlls()
             except Exception as e:  # noqa: BLE001 - a failure shows up as a missing provider below
                 log.debug("onnxruntime.preload_dlls: %s", first_line(e))
-        self._so = session_options or ort.SessionOptions()
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            # errors only: ONNX Runtime's own warnings on stderr would precede (and bury) ours
+            session_options.log_severity_level = 3
+        self._so = session_options
         if threads:
             self._so.intra_op_num_threads = threads
         self._tf32 = tf32
@@ -144,6 +148,7 @@ class OnnxRuntimeRuntime(Runtime):
         if ("write_index" in names) != (cache == "static"):
             raise VitacError(f"{graph_path} does not have the {cache} cache contract its manifest records "
                              f"(edited artifact?): re-export it with `vitac-deploy export`")
+        self._check_contract(graph_path)
         self.energy_session = self._session(energy_graph, cuda_graphs=False) if energy_graph else None
         if self.energy_session is not None and (
                 {i.name for i in self.energy_session.get_inputs()} != {"prediction", "goal"}
@@ -159,6 +164,21 @@ class OnnxRuntimeRuntime(Runtime):
         self._run_options: dict[tuple, Any] = {}  # frame key -> RunOptions carrying its gpu_graph_id
         self._graph_ids = itertools.count(1)      # never reused: an id names one captured graph for good
         self._buffers: list = []
+
+    def _check_contract(self, graph_path) -> None:
+        """The graph's inputs must be the ones the config implies (names and fixed sizes): a config
+        that does not describe the graph would otherwise fail deep inside ONNX Runtime, or worse."""
+        from ...contract import step_io
+
+        want = {s.name: s.shape for s in step_io(self.cfg, "float16" if self.precision == "fp16" else "float32")[0]}
+        got = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
+        bad = sorted(set(want) ^ set(got)) or sorted(
+            n for n in want if len(want[n]) != len(got[n]) or any(
+                isinstance(w, int) and isinstance(g, int) and w != g for w, g in zip(want[n], got[n])))
+        if bad:
+            raise VitacError(f"{graph_path} does not take the inputs its manifest's config implies "
+                             f"({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): the manifest was edited, "
+                             f"re-export the artifact")
 
     def _session(self, path, cuda_graphs: bool):
         ort = self._ort

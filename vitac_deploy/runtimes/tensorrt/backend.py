@@ -32,7 +32,7 @@ import numpy as np
 from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, past_names, rope_rows, static_max_len, static_rows
 from ...errors import VitacError, first_line
-from ...manifest import cache_contract, sha256_file
+from ...manifest import cache_contract, file_digest
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, device_to_host, gpu_info, import_cudart
@@ -86,7 +86,9 @@ class TensorRTRuntime(Runtime):
             path = folder / e["file"]
             if not path.is_file():
                 raise VitacError(f"engine file missing: {path} (listed in {Path(engine_path).name}.json)")
-            if verify_files and e.get("sha256") and sha256_file(path) != e["sha256"]:
+            # read_engine_manifest refused entries without a sha256: nothing is deserialized unchecked
+            # unless the caller opted out (verify_files=False)
+            if verify_files and file_digest(path) != e["sha256"]:
                 raise VitacError(f"{path} differs from its manifest's sha256: rebuild it with `vitac-deploy build-engine`")
             data = path.read_bytes()
             self._check_validity(path, data)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from ...config import PredictorConfig
 from ...errors import VitacError
 from ...manifest import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
-                         now_iso, read_manifest, sha256_file, write_json_atomic)
+                         now_iso, read_manifest, seal, sha256_file, verify_files, write_json_atomic)
 from ..gpu import gpu_info
 from .compat import check_kv_cache_support
 from .module import import_tensorrt
@@ -154,27 +154,30 @@ def energy_profile(cfg: PredictorConfig, prof: ProfileOptions) -> dict[str, tupl
 
 def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_version: str, gpu: Optional[dict],
                     targets: list, opts: EngineOptions, prof: ProfileOptions, how: str,
-                    engines: list[dict[str, Any]], cache: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                    engines: list[dict[str, Any]], cache: Optional[dict[str, Any]] = None,
+                    kind: str = "predictor") -> dict[str, Any]:
     """ENGINE.plan.json: how, where and from what the engines were built (the runtime checks it
-    before deserializing anything), with the artifact's cache contract."""
+    before deserializing anything), with the artifact's cache contract, sealed with its own sha256.
+    `kind`: "predictor", or "encoder" for an encoder's engine (its config is the encoder's)."""
     cache = cache or {"contract": "concat"}
     static = cache["contract"] == "static"
-    return {
+    encoder = kind == "encoder"
+    return seal({
         "format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION if static else CONCAT_ENGINE_FORMAT_VERSION,
-        "created": now_iso(), "cache": cache,
+        "created": now_iso(), "kind": kind, "cache": cache,
         "tensorrt": {"flavour": flavour, "version": trt_version},
         "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
         **({"compute_capabilities": targets} if flavour == "tensorrt-rtx" else {}),
         "precision": opts.precision, "precision_how": how, "tf32": opts.tf32,
-        "first_frame": ("step engine (static cache: fixed shapes, frame 0 included)" if static else
-                        "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0"),
+        "first_frame": ("-" if encoder else "step engine (static cache: fixed shapes, frame 0 included)" if static
+                        else "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0"),
         "build_flags": {"workspace_mib": opts.workspace_mib, "opt_level": opts.opt_level,
                         "version_compatible": opts.version_compatible, "hardware_compatible": opts.hardware_compatible,
                         "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
                         "batch": [prof.min_batch, prof.opt_batch, prof.max_batch],
-                        "max_frames": cache["frames"] if static else prof.max_frames},
+                        "max_frames": 1 if encoder else cache["frames"] if static else prof.max_frames},
         "engines": engines,
-    }
+    })
 
 
 def read_artifact_manifest(artifact: Path) -> tuple[dict[str, Any], str]:
@@ -211,6 +214,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     planner's energy engine (`.energy.plan`); write `out.json`. Atomic: nothing is left behind on failure."""
     trt = import_tensorrt(opts.flavour)
     manifest, kind = read_artifact_manifest(artifact)
+    verify_files(artifact, manifest)   # TensorRT parses what the hashes vouch for, nothing else
     if kind == "encoder":
         from ...encoder.config import EncoderConfig
 
@@ -343,10 +347,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             Path(b.get("tmp", "")).unlink(missing_ok=True)
         raise
     data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines,
-                           manifest.get("cache"))
-    data["kind"] = kind
-    if kind == "encoder":
-        data["first_frame"] = "-"
+                           manifest.get("cache"), kind)
     write_json_atomic(out.with_name(out.name + ".json"), data)
     return data
 

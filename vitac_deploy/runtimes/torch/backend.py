@@ -59,9 +59,15 @@ class TorchRuntime(Runtime):
         graph = manifest["graphs"].get("step.fp32")
         if graph is None:
             raise VitacError(f"{path}: the torch backend reads the weights of step.onnx (fp32), which is missing")
+        _check_graph_contract(path / graph["file"], cfg)
         model = Predictor(cfg)
-        sd = state_dict_from_graph(path / graph["file"], cfg)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+        try:
+            sd = state_dict_from_graph(path / graph["file"], cfg)
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+        except (KeyError, RuntimeError, ValueError) as e:   # a config that does not describe the graph
+            raise VitacError(f"{path / graph['file']}: its weights do not fit the manifest's config "
+                             f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}): "
+                             f"the manifest was edited, re-export the artifact") from None
         return cls(model.eval(), precision, device, max_batch, max_frames, compile)
 
     def _allocate(self, batch: int) -> None:
@@ -123,3 +129,23 @@ class TorchRuntime(Runtime):
         with self._torch.no_grad():
             e = (self._last - self._goal).abs().mean(dim=(1, 2))
         return e.cpu().numpy().astype(np.float32)
+
+
+def _check_graph_contract(graph_path: Path, cfg: PredictorConfig) -> None:
+    """The fp32 step graph's inputs must be the ones `cfg` implies (names, fixed sizes): the weights
+    alone do not fix the grid, so a config edited after export would run a different model."""
+    import onnx
+
+    from ...contract import step_io
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    got = {v.name: tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim)
+           for v in model.graph.input}
+    want = {s.name: s.shape for s in step_io(cfg, "float32")[0]}
+    bad = sorted(set(want) ^ set(got)) or sorted(
+        n for n in want if len(want[n]) != len(got[n]) or any(
+            isinstance(w, int) and isinstance(g, int) and w != g for w, g in zip(want[n], got[n])))
+    if bad:
+        raise VitacError(f"{graph_path} does not take the inputs its manifest's config implies "
+                         f"({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): the manifest was edited, "
+                         f"re-export the artifact")
