@@ -5,7 +5,9 @@ and manifests, markup in names, threads. Small config, CPU only; about 15 minute
     PYTHONPATH=. python scripts/attack_issue13.py [out garbage integrity cli threads]
 
 Prints one line per failed attempt and the totals. It also runs against trees from before issue 13
-(it computes the manifest seal itself), which is how the before/after counts were taken."""
+(it computes the manifest seal itself), which is how the before/after counts were taken. Against such
+a tree its --out cases really replace directories: run it only in a throwaway machine or container,
+never as root on a machine you keep."""
 
 from __future__ import annotations
 
@@ -171,7 +173,9 @@ def out_cases():
     in_dir("out=../work", lambda d, w: "../work")
     in_dir("out=../..", lambda d, w: "../..")
     in_dir("out=empty string", lambda d, w: "")
-    in_dir("out=/", lambda d, w: "/")
+    # never `--out /`: run against a vitac-deploy without the check (the "before" count), `--force`
+    # replaced the root with the artifact: on 2026-11-26 that deleted /etc of the machine it ran on.
+    # The root refusal (`_resolve_out`: target == target.parent) is not exercised on a real root.
 
     def user_dir(d, w):
         (d / "user").mkdir()
