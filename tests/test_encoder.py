@@ -334,8 +334,8 @@ def test_encoder_engine_runtime_on_fakes(one, one_artifact, tmp_path, monkeypatc
     plan = write_fake_engine(tmp_path / "enc.plan", one_artifact / "encoder.fp16.onnx", shapes, version="10.3.0")
     data = engine_manifest(one_artifact, one.cfg, "tensorrt", "10.3.0", fake_gpu,
                            ["default"], EngineOptions(profile=prof), prof, "fake",
-                           [{"role": "encoder", "file": plan.name, "sha256": sha256_file(plan), "profile": shapes}])
-    data["kind"] = "encoder"
+                           [{"role": "encoder", "file": plan.name, "sha256": sha256_file(plan), "profile": shapes}],
+                           kind="encoder")
     write_json_atomic(tmp_path / "enc.plan.json", data)
     enc = open_encoder(plan, device="cuda")
     assert enc.max_batch == 2 and enc.describe() == "tensorrt encoder (cuda, fp16)"
@@ -423,3 +423,27 @@ def test_demo_camera_to_action_stage(tmp_path):
     assert ok, text
     assert "encoder, onnxruntime fp32" in text and "plan, onnxruntime fp32 (KV cache)" in text
     assert (tmp_path / "planner" / "encoder" / "manifest.json").is_file()
+
+
+def test_reexporting_the_predictor_keeps_its_encoder(tmp_path):
+    """`export --force` replaces only artifacts of ours, and a predictor artifact's encoder (ours,
+    in ARTIFACT/encoder) is carried into the new one; a user's file beside it stops the export."""
+    from tests.conftest import SMALL
+    from vitac_deploy.encoder.manifest import read_encoder_manifest
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+
+    ecfg = EncoderConfig(img_size=64, patch_size=16, embed_dim=SMALL.embed_dim, depth=1, num_heads=2)
+    art = tmp_path / "art"
+    quick = ExportOptions(precisions=["fp32"], validate=False, force=True)
+    export_artifact(random_predictor(SMALL, 0), art, quick)
+    first = export_encoder(random_encoder(ecfg, 0), art / "encoder", EncoderExportOptions(precisions=["fp32"]))
+    export_artifact(random_predictor(SMALL, 1), art, quick)
+    assert read_encoder_manifest(art / "encoder")["files"] == first["files"]
+    again = export_encoder(random_encoder(ecfg, 1), art / "encoder",
+                           EncoderExportOptions(precisions=["fp32"], validate=False, force=True))
+    assert again["files"] != first["files"]
+    (art / "encoder" / "notes.txt").write_text("mine")
+    with pytest.raises(VitacError, match="not part of a vitac-deploy artifact"):
+        export_artifact(random_predictor(SMALL, 2), art, quick)
+    assert (art / "encoder" / "notes.txt").read_text() == "mine"

@@ -165,7 +165,7 @@ def test_runtimes_import_without_polygraphy():
 def perturb_fp16_weight(artifact: Path, initializer: str, value: float, rehash: bool = True) -> None:
     """Overwrite one element of one fp16 initializer in the external weights file (and, like a
     deliberate edit, the file's sha256 in the manifest)."""
-    from vitac_deploy.manifest import sha256_file
+    from vitac_deploy.manifest import seal, sha256_file
 
     model = onnx.load(str(artifact / "step.fp16.onnx"), load_external_data=False)
     init = next(i for i in model.graph.initializer if i.name == initializer)
@@ -179,7 +179,7 @@ def perturb_fp16_weight(artifact: Path, initializer: str, value: float, rehash: 
     if rehash:
         manifest = json.loads((artifact / "manifest.json").read_text())
         manifest["files"][info["location"]] = sha256_file(path)
-        (artifact / "manifest.json").write_text(json.dumps(manifest))
+        (artifact / "manifest.json").write_text(json.dumps(seal(manifest)))   # resealed, as an editor would
 
 
 def test_debug_precision_clean_artifact_flags_nothing(exported, tmp_path):

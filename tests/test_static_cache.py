@@ -213,17 +213,19 @@ def test_older_and_odd_manifests(small_pair, tmp_path):
     _, arts = small_pair
     old = tmp_path / "old"
     shutil.copytree(arts["concat"], old)
+    from vitac_deploy.manifest import seal
+
     m = json.loads((old / "manifest.json").read_text())
     del m["cache"]
-    (old / "manifest.json").write_text(json.dumps(m))
+    (old / "manifest.json").write_text(json.dumps(seal(m)))   # resealed: the checks below are the subject
     rt = open_runtime(old, backend="onnxruntime")
     assert rt.cache == "concat"
     m["cache"] = {"contract": "ring"}
-    (old / "manifest.json").write_text(json.dumps(m))
+    (old / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(VitacError, match="unknown cache contract 'ring'"):
         open_runtime(old, backend="onnxruntime")
     m["cache"] = {"contract": "static", "frames": 5}
-    (old / "manifest.json").write_text(json.dumps(m))
+    (old / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(VitacError, match="does not have the static cache contract"):
         open_runtime(old, backend="onnxruntime")
 

@@ -145,7 +145,7 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "
         m = manifest or read_engine_manifest(p)
         if precision is not None and precision != m.get("precision"):
             raise VitacError(f"{p} was built {m.get('precision')}, not {precision}: rebuild with --precision {precision}")
-        return TensorRTEncoder(p, m, max_batch, **options)
+        return TensorRTEncoder(p, m, max_batch, verify_files=options.pop("verify", True), **options)
     manifest = manifest or read_encoder_manifest(p)
     cfg = EncoderConfig.from_dict(manifest["config"])
     verify = options.pop("verify", True)

@@ -170,7 +170,8 @@ class OnnxRuntimeRuntime(Runtime):
         that does not describe the graph would otherwise fail deep inside ONNX Runtime, or worse."""
         from ...contract import step_io
 
-        want = {s.name: s.shape for s in step_io(self.cfg, "float16" if self.precision == "fp16" else "float32")[0]}
+        want = {s.name: s.shape for s in step_io(self.cfg, "float16" if self.precision == "fp16" else "float32",
+                                                 cache=self.cache, cache_frames=self.cache_frames)[0]}
         got = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
         bad = sorted(set(want) ^ set(got)) or sorted(
             n for n in want if len(want[n]) != len(got[n]) or any(
