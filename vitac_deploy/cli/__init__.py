@@ -15,6 +15,7 @@ from .engine import build_engine
 from .export import export, inspect
 from .info import info
 from .plan import energy_landscape, plan
+from .serve import serve
 from .run import rollout, validate
 
 app = typer.Typer(
@@ -49,6 +50,7 @@ app.command()(bench)
 app.command(name="export-encoder")(export_encoder)
 app.command()(plan)
 app.command(name="energy-landscape")(energy_landscape)
+app.command()(serve)
 app.command(name="build-engine")(build_engine)
 app.command()(demo)
 app.command(name="debug-precision")(debug_precision)
