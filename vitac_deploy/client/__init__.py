@@ -7,6 +7,7 @@ package imports nothing else from vitac_deploy, so it can be copied onto a robot
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Dict, Optional
 
@@ -34,12 +35,14 @@ class PolicyClient:
         self.uri = f"ws://{host}" + (f":{port}" if port else "")
         self.timeout = timeout
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        # websockets >= 17 wants connect() as a context manager unless legacy=True (older ones lack it)
+        extra = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
                 # compression off and no size limit on replies, as openpi's client
                 self._ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers,
-                                   open_timeout=max(1.0, connect_timeout))
+                                   open_timeout=max(1.0, connect_timeout), **extra)
                 break
             except (ConnectionRefusedError, OSError):
                 if time.monotonic() >= deadline:
@@ -74,8 +77,6 @@ class PolicyClient:
 
 
 def _recv_takes_timeout(ws: Any) -> bool:
-    import inspect
-
     try:
         return "timeout" in inspect.signature(ws.recv).parameters
     except (TypeError, ValueError):
