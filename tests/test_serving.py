@@ -403,3 +403,16 @@ def test_real_openpi_client(art, alone, tmp_path, monkeypatch):
     req = {"observation/image": z["image"], "observation/state": z["state"], "goal/image": z["goal"]}
     assert np.abs(z["actions"] - alone(req, 77)).max() <= 1e-6
     assert np.array_equal(z["actions"], z["again"])
+
+
+def test_robot_loop_example(server):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "robot_loop.py"), "--port", str(server.port),
+                        "--rate", "20", "--steps", "3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "connected: vitac-deploy serve" in r.stdout and r.stdout.count("-> pose") == 3
+
+
+def test_client_and_serving_import_no_torch():
+    code = ("import sys, vitac_deploy.client, vitac_deploy.serving, vitac_deploy.serving.server; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

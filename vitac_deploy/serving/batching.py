@@ -61,6 +61,7 @@ class PlanService:
         self.options.check()
         self.space = space
         self.batch_robots = batch_robots or self.options.max_robots
+        self.connected = 0   # robots connected (the transport keeps it): no need to wait for more than these
         cfg = runtime.cfg
         if (encoder.cfg.embed_dim, encoder.cfg.tokens_per_frame) != (cfg.embed_dim, cfg.tokens_per_frame):
             raise VitacError(f"the encoder gives {encoder.cfg.tokens_per_frame} x {encoder.cfg.embed_dim} features; "
@@ -110,7 +111,8 @@ class PlanService:
                     return None
                 self._cond.wait()
             deadline = self._queue[0].arrived + window
-            while len(self._queue) < self.batch_robots and not self._closing:
+            wanted = min(self.batch_robots, self.connected) if self.connected > 0 else self.batch_robots
+            while len(self._queue) < wanted and not self._closing:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break

@@ -80,6 +80,7 @@ class PolicyServer:
             await ws.close(1013, "server full (--max-robots)")
             return
         self.connections.add(ws)
+        self.service.connected = len(self.connections)
         session = self.service.new_session()
         opts, A = self.service.options, self.service.runtime.cfg.action_dim
         log.info("robot %d connected from %s", session.id, ws.remote_address)
@@ -111,6 +112,7 @@ class PolicyServer:
             pass
         finally:
             self.connections.discard(ws)
+            self.service.connected = len(self.connections)
             log.info("robot %d disconnected after %d plans", session.id, session.requests)
 
     async def _infer(self, ws: Any, session: Any, request: Any) -> Optional[dict]:
