@@ -416,3 +416,22 @@ def test_client_and_serving_import_no_torch():
     code = ("import sys, vitac_deploy.client, vitac_deploy.serving, vitac_deploy.serving.server; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_served_plan_is_what_the_plan_cli_writes(server, art, tmp_path):
+    """`vitac-deploy plan ... --seed S --json OUT` writes the served `actions` for seed S."""
+    import json
+
+    req = robot_requests(1, 31, size=(50, 70))[0]
+    np.save(tmp_path / "now.npy", req["observation/image"])
+    np.save(tmp_path / "goal.npy", req["goal/image"])
+    with PolicyClient("127.0.0.1", server.port) as c:
+        rep = c.infer(req)
+    pose = ",".join(repr(float(v)) for v in req["observation/state"])
+    r = subprocess.run([sys.executable, "-m", "vitac_deploy", "plan", str(art), "--observation", str(tmp_path / "now.npy"),
+                        "--goal", str(tmp_path / "goal.npy"), "--pose", pose, "--backend", "onnxruntime",
+                        "--samples", "8", "--topk", "3", "--cem-steps", "2", "--seed", str(rep["seed"]),
+                        "--json", str(tmp_path / "plan.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    cli = np.array(json.loads((tmp_path / "plan.json").read_text())["actions"], np.float32)
+    assert np.abs(cli - rep["actions"]).max() <= 1e-6
