@@ -44,14 +44,15 @@ def parse_pose(text: str, action_dim: int) -> np.ndarray:
 
 
 def open_models(artifact: Path, encoder: Optional[Path], backend: str, device: str, precision: Optional[str],
-                max_batch: Optional[int] = None) -> tuple:
+                max_batch: Optional[int] = None, max_frames: Optional[int] = None) -> tuple:
     """The predictor runtime and the encoder that `plan` and `serve` use: (runtime, encoder, encoder path).
     The encoder is ARTIFACT/encoder (or what the artifact points to) unless `encoder` names it."""
     from ..encoder.manifest import find_encoder
     from ..runtimes import open_runtime
     from ..runtimes.encoder import open_encoder
 
-    rt = open_runtime(artifact, backend=backend, device=device, precision=precision, max_batch=max_batch)
+    rt = open_runtime(artifact, backend=backend, device=device, precision=precision, max_batch=max_batch,
+                      max_frames=max_frames)
     enc_path = find_encoder(artifact, encoder)
     enc_backend = backend if backend in ("onnxruntime", "torch") else "auto"
     enc = open_encoder(enc_path, backend=enc_backend, device=device, precision=rt.precision)

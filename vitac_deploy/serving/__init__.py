@@ -27,7 +27,8 @@ def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str,
                  max_batch: Optional[int] = None) -> PlanService:
     """Open ARTIFACT as `vitac-deploy plan` does (encoder in ARTIFACT/encoder or `encoder`) and wrap it
     in a PlanService. `max_batch`: rows rolled out at once (default samples x max_robots: every
-    robot of a full batch in one rollout per CEM step)."""
+    robot of a full batch in one rollout per CEM step; lower it where memory is short: see
+    `vitac-deploy info --plan-samples`). The runtime's cache is sized for `cem.rollout` frames."""
     from ..cli.plan import open_models
 
     cem = cem or CEMOptions()
@@ -36,8 +37,9 @@ def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str,
     options.check()
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
         raise VitacError(f"max_batch must be a positive integer, got {max_batch!r}")
+    # the cache holds what a plan needs: the current frame + rollout - 1 fed-back predictions
     rt, enc, _ = open_models(Path(artifact), Path(encoder) if encoder else None, backend, device, precision,
-                             max_batch or cem.samples * options.max_robots)
+                             max_batch or cem.samples * options.max_robots, max_frames=cem.rollout)
     return PlanService(rt, enc, cem, options)
 
 
