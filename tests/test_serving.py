@@ -435,3 +435,23 @@ def test_served_plan_is_what_the_plan_cli_writes(server, art, tmp_path):
     assert r.returncode == 0, r.stderr
     cli = np.array(json.loads((tmp_path / "plan.json").read_text())["actions"], np.float32)
     assert np.abs(cli - rep["actions"]).max() <= 1e-6
+
+
+def test_protocol_without_a_transport():
+    """The checks a Ray Serve wrapper reuses: renamed image key, option errors, seed forms."""
+    from vitac_deploy import VitacError
+    from vitac_deploy.serving import RequestError, parse_request
+
+    opts = ServeOptions(image_key="observation/exterior_image_1_left")
+    img, state = np.zeros((4, 6, 3), np.uint8), np.zeros(7)
+    req = parse_request({"observation/exterior_image_1_left": img, "observation/state": state, "seed": np.int64(5)},
+                        opts, 7)
+    assert req.seed == 5 and req.goal is None and req.pose.dtype == np.float32 and req.pose.shape == (1, 7)
+    with pytest.raises(RequestError, match="missing key 'observation/exterior_image_1_left'"):
+        parse_request({"observation/state": state}, opts, 7)
+    with pytest.raises(RequestError, match="seed"):
+        parse_request({"observation/exterior_image_1_left": img, "observation/state": state, "seed": True}, opts, 7)
+    for bad in (ServeOptions(image_key="seed"), ServeOptions(max_robots=0), ServeOptions(batch_window_ms=-1),
+                ServeOptions(max_message_mb=0)):
+        with pytest.raises(VitacError):
+            bad.check()

@@ -52,6 +52,12 @@ def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.Pat
     """Serve until SIGINT/SIGTERM (the CLI's `serve`, flag for flag). Returns after a graceful stop."""
     import asyncio
 
+    try:
+        import msgpack  # noqa: F401
+        import websockets  # noqa: F401
+    except ImportError as e:
+        raise VitacError(f"vitac-deploy serve needs the serve extra ({e.name} is missing): "
+                         f"pip install 'vitac-deploy[serve]'") from None
     from .server import LOOPBACK, PolicyServer, api_key_from_env
 
     key = api_key_from_env(api_key_env)
