@@ -124,6 +124,8 @@ step validate-onnxruntime-cuda 120 vd validate "$WORK/art" --random-init --backe
 TAIL=30 step bench-rollout-b1 150 vd bench "$WORK/art" --device cuda --precision fp16 --batch 1 --horizon 7 \
      --backend onnxruntime --backend torch --cuda-graphs both --repeats 10 --warmup 3 \
      --json "$WORK/bench_rollout_b1_gpu.json" --plot "$WORK/per_frame_b1_gpu.png"
+TAIL=16 step bench-encoder-vitg 150 vd bench --encoder vit-g --encoder-only --device cuda --precision fp16 \
+     --backend onnxruntime --backend torch --repeats 10 --warmup 3 --json "$WORK/bench_encoder_vitg_gpu.json"
 step validate-torch-cuda 120 vd validate "$WORK/art" --random-init --backend torch --device cuda \
      --precision fp32,fp16 --report "$WORK/validate_torch_cuda.json"
 if [ -z "${QUICK:-}" ]; then

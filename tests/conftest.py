@@ -12,18 +12,34 @@ from vitac_deploy import PredictorConfig
 GOLDEN_CASES = ["seed_l384", "swiglu_extr_h64"]
 
 
-GOLDEN_DIRS = ("VITAC_GOLDEN_DIR", Path(__file__).resolve().parent / "golden",
-               Path(__file__).resolve().parents[1].parent / "shared" / "golden")
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"   # the project's own copy, shipped with it
 
 
-def golden_path(name: str) -> Path | None:
-    """NAME.json of a golden case: from $VITAC_GOLDEN_DIR, the project's own copy (tests/golden),
-    or ../shared/golden (where new cases arrive), in that order."""
-    for d in GOLDEN_DIRS:
-        root = os.environ.get(d) if isinstance(d, str) else d
-        if root and Path(root, f"{name}.json").is_file():
-            return Path(root, f"{name}.json")
-    return None
+def golden_dir() -> Path:
+    """Where golden cases are read: $VITAC_GOLDEN_DIR when set (e.g. new cases in ../shared/golden),
+    otherwise the project's copy in tests/golden. One place, no fallback: a fallback would hide a lost
+    file behind another copy of it."""
+    env = os.environ.get("VITAC_GOLDEN_DIR")
+    return Path(env) if env else GOLDEN_DIR
+
+
+# The test being set up or run, so that golden_path can check it is marked `golden` (see below).
+_current_item: pytest.Item | None = None
+
+
+def golden_path(name: str) -> Path:
+    """NAME.json of a golden case; its NAME.npz beside it. A missing file fails the test (never a
+    skip) and names the path, so a lost golden file turns CI red."""
+    if _current_item is not None and _current_item.get_closest_marker("golden") is None:
+        pytest.fail(f"{_current_item.nodeid} reads golden case {name} but is not marked `golden` "
+                    "(mark it, or use a golden fixture: tests/conftest.py GOLDEN_FIXTURES)", pytrace=False)
+    root = golden_dir()
+    for suffix in (".json", ".npz"):
+        f = root / f"{name}{suffix}"
+        if not f.is_file():
+            where = "$VITAC_GOLDEN_DIR" if os.environ.get("VITAC_GOLDEN_DIR") else "the project's copy, tests/golden"
+            pytest.fail(f"golden file missing: {f} ({where}; see tests/golden/README.md)", pytrace=False)
+    return root / f"{name}.json"
 
 
 class Golden:
@@ -70,16 +86,15 @@ class Golden:
         return z.reshape(self.B, self.T - 1, self.N, -1)
 
 
-_cache: dict[str, Golden] = {}
+_cache: dict[str, Golden | MpcGolden] = {}   # by path: $VITAC_GOLDEN_DIR may differ per test
 
 
 def load_golden(name: str) -> Golden:
+    """A predictor golden case, loaded once per session; missing files fail the test."""
     path = golden_path(name)
-    if path is None:
-        pytest.skip(f"golden case {name} not found (tests/golden, $VITAC_GOLDEN_DIR or ../shared/golden)")
-    if name not in _cache:
-        _cache[name] = Golden(name, path.parent)
-    return _cache[name]
+    if str(path) not in _cache:
+        _cache[str(path)] = Golden(name, path.parent)
+    return _cache[str(path)]
 
 
 @pytest.fixture(params=GOLDEN_CASES)
@@ -130,9 +145,89 @@ class MpcGolden:
 
 
 def load_mpc_golden() -> MpcGolden:
+    """The planner golden case, loaded once per session; missing files fail the test."""
     path = golden_path("mpc_franka")
-    if path is None:
-        pytest.skip("golden case mpc_franka not found (tests/golden, $VITAC_GOLDEN_DIR or ../shared/golden)")
-    if "mpc_franka" not in _cache:
-        _cache["mpc_franka"] = MpcGolden(path)
-    return _cache["mpc_franka"]
+    if str(path) not in _cache:
+        _cache[str(path)] = MpcGolden(path)
+    return _cache[str(path)]
+
+
+# --- golden-dependent tests: marked, never skipped, counted --------------------------------------
+
+# Fixtures that read golden files: a test using one is golden-dependent (marked `golden` at collection).
+# A test that reads them itself carries @pytest.mark.golden; golden_path fails an unmarked reader.
+GOLDEN_FIXTURES = {"golden", "golden_artifacts", "golden_extr_artifact", "golden_art", "mpc", "mpc_artifact"}
+# Markers of hardware a machine may lack: a golden test that also needs one may skip (with its reason).
+HARDWARE_MARKERS = ("gpu", "tensorrt")
+_outcomes: dict = {}   # this session's counts, filled by pytest_runtest_logreport
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "golden: reads the upstream golden files (tests/golden); never skips")
+    _outcomes.clear()
+    _outcomes.update(passed=0, failed=0, error=0, skipped=[], golden_skipped=[], golden_ran=0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    for item in items:
+        if GOLDEN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.golden)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _current_item
+    _current_item = item
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    global _current_item
+    _current_item = None
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """The reason of a skip report: longrepr is (file, line, 'Skipped: reason')."""
+    lr = report.longrepr
+    msg = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    return msg[len("Skipped: "):] if msg.startswith("Skipped: ") else msg
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    o = _outcomes
+    golden = "golden" in report.keywords
+    hardware = any(m in report.keywords for m in HARDWARE_MARKERS)
+    if report.skipped and report.when in ("setup", "call"):
+        o["skipped"].append(_skip_reason(report))
+        if golden and not hardware:
+            o["golden_skipped"].append(f"{report.nodeid}: {_skip_reason(report)}")
+    elif report.when == "call":
+        o["passed" if report.passed else "failed"] += 1
+        o["golden_ran"] += golden
+    elif report.failed:   # setup or teardown errors
+        o["error"] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A golden-dependent test that skipped (other than for hardware) did not check what the project
+    # promises: the run fails, even if everything else passed.
+    if _outcomes["golden_skipped"] and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """What ran and what did not, in one block a log reader sees: counts, skips grouped by reason,
+    and the golden-dependent tests' own count."""
+    from collections import Counter
+
+    o = _outcomes
+    tr = terminalreporter
+    ran = o["passed"] + o["failed"]
+    tr.write_sep("=", "vitac-deploy test summary")
+    tr.write_line(f"ran {ran} ({o['passed']} passed, {o['failed']} failed), {o['error']} errors, "
+                  f"skipped {len(o['skipped'])}; golden-dependent: {o['golden_ran']} ran, "
+                  f"{len(o['golden_skipped'])} skipped")
+    for reason, n in sorted(Counter(o["skipped"]).items(), key=lambda kv: (-kv[1], kv[0])):
+        tr.write_line(f"  skipped {n:3d}: {reason}")
+    for line in o["golden_skipped"]:
+        tr.write_line(f"FAIL golden-dependent test did not run: {line}", red=True)

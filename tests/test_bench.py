@@ -106,3 +106,25 @@ def test_bench_rows_reach_disk_one_by_one_and_misfits_are_named():
     why = does_not_fit(cfg, "onnxruntime", 400, 7, 1, "fp16", need - 1)
     assert why.startswith("does not fit: needs about") and f"{need / 2**30:.1f} GiB" in why
     assert np.isclose(need / 2**30, 62.7, atol=0.1)   # what the H200 run allocated successfully in run 2
+
+
+def test_bench_both_cache_contracts_side_by_side(tmp_path):
+    """`--cache concat,static`: a row per contract for onnxruntime (torch once), each with the cache
+    bytes its runtime allocated (static: one arena, half) and its own peak RSS, both exact."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(SMALL.to_json())
+    out = tmp_path / "b.json"
+    p = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--batch", "2",
+                        "--horizon", "3", "--repeats", "1", "--warmup", "0", "--cache", "concat,static",
+                        "--json", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    rows = {(e["backend"], e["cache"]): e for e in r["entries"]}
+    assert set(rows) == {("onnxruntime", "concat"), ("onnxruntime static", "static"), ("torch", "reference")}
+    concat, static = rows[("onnxruntime", "concat")], rows[("onnxruntime static", "static")]
+    assert static["cache_bytes"] * 2 == concat["cache_bytes"] > 0
+    assert all(e["max_abs_vs_baseline"] < 1e-4 and e["peak_host_rss_mib"] > 0 for e in rows.values())
+    assert "onnxruntime static" in p.stdout
+    bad = subprocess.run([sys.executable, "-m", "vitac_deploy", "bench", "--config", str(cfg), "--cache", "ring"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--cache takes" in bad.stderr

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,34 @@ def test_malformed_manifests_are_user_errors(tmp_path):
             assert p.returncode == 2 and p.stderr.startswith("error: "), (what, cmd, p.stderr)
             assert len(p.stderr.strip().splitlines()) == 1 and "internal error" not in p.stderr, (what, p.stderr)
     (art / "manifest.json").write_text(good)
+
+
+COMMANDS = ["info", "export", "inspect", "rollout", "validate", "bench", "build-engine", "demo"]
+
+
+def test_help_shows_flags_as_flags():
+    """A flag that takes no value reads `--force`, not `--force <bool>`; options with a value keep it."""
+    for cmd in [[], *([c] for c in COMMANDS)]:
+        r = runner.invoke(app, [*cmd, "--help"])
+        assert r.exit_code == 0, (cmd, r.output)
+        assert "<bool>" not in r.stdout and "BOOLEAN" not in r.stdout, (cmd, r.stdout)
+    out = runner.invoke(app, ["export", "--help"]).stdout
+    force = next(ln for ln in out.splitlines() if "--force" in ln)
+    assert "Replace a non-empty" in force and "<" not in force, force
+    seed = next(ln for ln in out.splitlines() if "--seed" in ln)
+    assert "int" in seed.lower(), seed      # a value option still says what it takes
+
+
+def _piped(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    p = subprocess.run([sys.executable, "-m", "vitac_deploy", *args], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_piped_help_and_tables_are_whole():
+    """Not a terminal (a pipe, a log, CI): nothing is cut to fit 80 columns."""
+    out = _piped("export", "--help")
+    assert "--no-first-frame-graph" in out and "(.pt/.pth/.safetensors)" in out and "…" not in out, out
+    out = _piped("info", "--preset", "vitac-l384", "--plan-samples", "400")
+    assert "unified total (device + pinned host, Jetson)" in out and "…" not in out, out

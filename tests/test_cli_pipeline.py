@@ -39,6 +39,8 @@ def pipeline(tmp_path_factory):
     art = d / "art"
     p = cli("export", "--checkpoint", ckpt, "--config", cfg, "--out", art)
     assert "step.fp16" in p.stdout and "ok" in p.stdout
+    # piped: the summary table whole (it is wider than 80 columns), not `first.fp…`
+    assert "first.fp16.onnx" in p.stdout and "measured max abs" in p.stdout and "…" not in p.stdout, p.stdout
     return d, cfg, ckpt, art
 
 
@@ -64,6 +66,7 @@ def test_export_with_upstream_kwargs_config(pipeline, tmp_path):
 def test_inspect(pipeline):
     d, cfg, ckpt, art = pipeline
     out = cli("inspect", art).stdout
+    assert "…" not in out, out
     assert "past_key.{i}" in out and "[batch, 4, past_len, 16]" in out and "passed" in out
     out = cli("inspect", art / "step.fp16.onnx").stdout
     assert "float16" in out and "present_len" in out

@@ -21,15 +21,16 @@ from vitac_deploy.exporters.encoder_artifact import EncoderExportOptions, export
 from vitac_deploy.reference import Encoder, load_encoder, recipe_state_dict, random_encoder
 from vitac_deploy.runtimes.encoder import open_encoder
 
+# every test here reads the golden files or stands beside those that do: a skip fails the run
+pytestmark = pytest.mark.golden
+
 CASES = ["encoder_gelu_h24", "encoder_vitg_shape"]
 PIXELS_TOL, FEATURES_TOL, PLAN_TOL = 1e-5, 2e-5, 1e-5   # tests/golden/README.md
 
 
 class EncoderGolden:
     def __init__(self, name: str):
-        path = golden_path(name)
-        if path is None:   # the golden files ship with the project: missing is a failure, not a skip
-            pytest.fail(f"golden case {name} not found (tests/golden/{name}.json)")
+        path = golden_path(name)   # a missing file fails the test, naming it
         self.meta = json.loads(path.read_text())
         with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
             self.arrays = {k: z[k] for k in z.files}
@@ -216,8 +217,6 @@ def franka(tmp_path_factory):
     """mpc_franka's encoder and predictor written as ONE published-layout checkpoint, exported with
     the CLI (predictor to A, encoder to A/encoder), and its frames as files."""
     path = golden_path("mpc_franka")
-    if path is None:
-        pytest.fail("golden case mpc_franka not found (tests/golden/mpc_franka.json)")
     meta = json.loads(path.read_text())
     with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -292,6 +291,7 @@ def test_plan_bad_input_is_one_line_and_exit_2(franka, extra, message):
 
 # -- TensorRT: the encoder engine ------------------------------------------------------------------------
 
+@pytest.mark.tensorrt
 def test_encoder_engine_builds_with_tensorrt_rtx(one_artifact, tmp_path):
     """TensorRT for RTX compiles ahead of time without a GPU: the real parser and builder take the
     encoder graph, with a profile over the batch of frames."""
@@ -326,12 +326,13 @@ def test_encoder_engine_runtime_on_fakes(one, one_artifact, tmp_path, monkeypatc
     monkeypatch.setattr(gpu, "import_cudart", lambda: cu)
     monkeypatch.setattr(trt_encoder, "import_cudart", lambda: cu)
     monkeypatch.setattr(trt_encoder, "import_tensorrt", lambda flavour: trt)
-    monkeypatch.setattr(trt_encoder, "gpu_info", lambda required=False: {"name": "Fake H100", "compute_capability": "9.0"})
+    fake_gpu = {"name": "Fake H100", "compute_capability": "9.0"}
+    monkeypatch.setattr(trt_encoder, "gpu_info", lambda required=False: fake_gpu)
     m = json.loads((one_artifact / "manifest.json").read_text())
     prof = ProfileOptions(1, 2, 2)
     shapes = encoder_profile(m["graphs"]["encoder.fp16"], prof)
     plan = write_fake_engine(tmp_path / "enc.plan", one_artifact / "encoder.fp16.onnx", shapes, version="10.3.0")
-    data = engine_manifest(one_artifact, one.cfg, "tensorrt", "10.3.0", {"name": "Fake H100", "compute_capability": "9.0"},
+    data = engine_manifest(one_artifact, one.cfg, "tensorrt", "10.3.0", fake_gpu,
                            ["default"], EngineOptions(profile=prof), prof, "fake",
                            [{"role": "encoder", "file": plan.name, "sha256": sha256_file(plan), "profile": shapes}])
     data["kind"] = "encoder"
@@ -393,7 +394,8 @@ def test_encoder_memory_and_info():
     from vitac_deploy.planning.memory import encoder_memory
 
     g = EncoderConfig.preset("vit-g")
-    assert abs(g.num_parameters() - 1.012e9) < 1e6 and abs(EncoderConfig.preset("vit-l").num_parameters() - 3.04e8) < 1e6
+    assert abs(g.num_parameters() - 1.012e9) < 1e6
+    assert abs(EncoderConfig.preset("vit-l").num_parameters() - 3.04e8) < 1e6
     m1, m2, m3 = (encoder_memory(g, b, "fp16") for b in (1, 2, 3))
     assert m1.weights == g.num_parameters() * 2 == m2.weights
     assert m3.total - m2.total == m2.total - m1.total > 0               # affine in the batch

@@ -81,6 +81,7 @@ def test_onnxruntime_cuda_shared_context_broadcast(tmp_path):
 
 
 @needs_ort
+@pytest.mark.golden
 def test_upstream_plan_on_onnxruntime_cuda(tmp_path):
     """The golden plan through ONNX Runtime CUDA (fp32), energies on the device."""
     from vitac_deploy.planning import CEMOptions, plan

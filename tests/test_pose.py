@@ -19,11 +19,9 @@ PI32 = float(np.float32(np.pi))  # float32 rounds pi up: the output range, seen 
 HALF_PI32 = float(np.float32(np.pi / 2))
 
 
+@pytest.mark.golden
 def test_golden_upstream_pose_update():
     path = golden_path("mpc_franka")
-    if path is None:
-        pytest.skip("golden case mpc_franka not found "
-                    "(tests/golden, $VITAC_GOLDEN_DIR or ../shared/golden)")
     with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
         pose_in, pose_action, pose_out = z["pose_in"], z["pose_action"], z["pose_out"]
     out = compute_new_pose(pose_in, pose_action)

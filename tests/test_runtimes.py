@@ -61,6 +61,7 @@ def test_golden_rollout_through_torch_compile(golden_extr_artifact):
         assert np.abs(out - g.z_ar()).max() < 1e-4
 
 
+@pytest.mark.golden
 def test_golden_default_model_through_runtime_fp32_and_fp16(tmp_path):
     from tests.conftest import load_golden
 

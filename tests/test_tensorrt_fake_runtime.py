@@ -30,18 +30,19 @@ SMALL_NO_NORM = PredictorConfig.from_dict({**SMALL.to_dict(), "normalize_reps": 
 
 
 def fake_engine(tmp_path, model, precision="fp16", first_engine=True, energy=True, version="10.3.0",
-                flavour="tensorrt", batch=(1, 2, 4), **flags):
+                flavour="tensorrt", batch=(1, 2, 4), cache="concat", **flags):
     """An artifact of `model` and fake engines of it with the manifest build-engine writes."""
     cfg = model.cfg
-    art = tmp_path / "artifact"
+    art = tmp_path / ("artifact" if cache == "concat" else f"artifact-{cache}")
     if not art.exists():
-        export_artifact(model, art, ExportOptions(validate=False))
+        export_artifact(model, art, ExportOptions(validate=False, cache=cache))
     manifest = read_manifest(art)
+    first_engine = first_engine and cache == "concat"   # the static step engine runs frame 0 itself
     prof = check_profile_options(ProfileOptions(*batch, 0, 1 if first_engine else 0), cfg)
-    out = tmp_path / "e.plan"
+    out = tmp_path / ("e.plan" if cache == "concat" else f"e-{cache}.plan")
     jobs = [("step", f"step.{precision}", out, prof.min_past_frames)]
     if first_engine:
-        jobs.append(("first", f"first.{precision}", out.with_name("e.first.plan"), 0))
+        jobs.append(("first", f"first.{precision}", out.with_name(out.stem + ".first.plan"), 0))
     engines = []
     for role, key, path, min_past in jobs:
         graph = manifest["graphs"][key]
@@ -51,15 +52,15 @@ def fake_engine(tmp_path, model, precision="fp16", first_engine=True, energy=Tru
                           version_compatible=flags.get("version_compatible", False))
         engines.append({"role": role, "file": path.name, "sha256": sha256_file(path), "profile": shapes})
     if energy:
-        path = out.with_name("e.energy.plan")
+        path = out.with_name(out.stem + ".energy.plan")
         write_fake_engine(path, art / "energy.onnx", energy_profile(cfg, prof), version=version,
                           flavour=flavour.replace("-", "_"), device_memory_size=256)
         engines.append({"role": "energy", "file": path.name, "sha256": sha256_file(path)})
     opts = EngineOptions(precision=precision, profile=prof, flavour=flavour, **flags)
     gpu_desc = {"name": "Fake H100", "compute_capability": "9.0"}
     data = engine_manifest(art, cfg, flavour, version, None if flavour == "tensorrt-rtx" else gpu_desc,
-                           ["default"], opts, prof, "fake", engines)
-    write_json_atomic(out.with_name("e.plan.json"), data)
+                           ["default"], opts, prof, "fake", engines, manifest.get("cache"))
+    write_json_atomic(out.with_name(out.name + ".json"), data)
     return out
 
 
@@ -67,8 +68,8 @@ def fake_engine(tmp_path, model, precision="fp16", first_engine=True, energy=Tru
 def fakes(monkeypatch):
     """Inject a FakeCudart (cuda-python 13 API) and a FakeTensorRT 10.3; returns a function that
     re-injects other versions."""
-    def inject(api="13", version="10.3.0", flavour="tensorrt", **trt_kw):
-        cu = FakeCudart(api=api)
+    def inject(api="13", version="10.3.0", flavour="tensorrt", malloc_fill=None, **trt_kw):
+        cu = FakeCudart(api=api, malloc_fill=malloc_fill)
         trt = FakeTensorRT(cu, version=version, flavour=flavour, **trt_kw)
         monkeypatch.setattr(gpu, "import_cudart", lambda: cu)
         monkeypatch.setattr(trt_backend, "import_cudart", lambda: cu)
@@ -162,6 +163,7 @@ def test_graph_capture_failure_falls_back_to_eager(tmp_path, fakes, caplog, wher
     assert "no CUDA graphs" in rt.describe() and cu.sticky_error is None
 
 
+@pytest.mark.golden
 def test_mpc_golden_plan_through_the_tensorrt_runtime(tmp_path, fakes):
     """The upstream planner through the TensorRT runtime (fp32 engines, energy engine): the golden
     energies and plan, and per rollout only the energies cross to the host."""
@@ -184,6 +186,7 @@ def test_mpc_golden_plan_through_the_tensorrt_runtime(tmp_path, fakes):
     assert np.abs(grid - g.arrays["grid_energy"][:25]).max() < 1e-5
 
 
+@pytest.mark.golden
 def test_engine_without_energy_engine_scores_on_the_host(tmp_path, fakes):
     from vitac_deploy.planning import energies
 
@@ -305,3 +308,47 @@ def test_a_closed_runtime_says_so(tmp_path, fakes):
     rt.close()
     with pytest.raises(VitacError, match="was closed: open a new one"):
         rt.rollout(inputs.context, inputs.actions, inputs.states, inputs.horizon)
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+@pytest.mark.parametrize("flavour, version", [("tensorrt", "10.16.0"), ("tensorrt-rtx", "1.7.1.116")])
+def test_static_contract_in_place(tmp_path, fakes, graphs, flavour, version):
+    """The static engine on a TensorRT with the KV-cache update layer: present bound to past's own
+    address (the fake faults otherwise), one zeroed arena per layer (device memory starts as NaN
+    bytes here, as cudaMalloc gives no zeros), half the cache bytes, and what the concat engine gives."""
+    cu, trt = fakes(version=version, flavour=flavour, malloc_fill=0xFF)
+    model = random_predictor(SMALL_SWIGLU_EXTR, 0)
+    static = fake_engine(tmp_path, model, cache="static", version=version, flavour=flavour)
+    concat = fake_engine(tmp_path, model, version=version, flavour=flavour)
+    inputs = ParityInputs.make(SMALL_SWIGLU_EXTR, batch=3, frames=SMALL_SWIGLU_EXTR.max_frames, seed=3)
+    rt = open_runtime(static, cuda_graphs=graphs)
+    assert rt.cache == "static" and "static cache" in rt.describe() and "first" not in rt._engines
+    for _ in range(2):   # the second pass replays the captured graphs
+        report = check_parity(rt, model, inputs, "fp16")
+        assert report.passed, report.to_dict()
+    ref = open_runtime(concat)
+    got = rt.rollout(inputs.context[:1], inputs.actions, inputs.states, inputs.horizon, inputs.extrinsics)
+    want = ref.rollout(inputs.context[:1], inputs.actions, inputs.states, inputs.horizon, inputs.extrinsics)
+    assert np.abs(got - want).max() <= TOLERANCES["fp16"].max_abs
+    assert len(rt._arenas) == 1 and rt.cache_bytes * 2 == ref.cache_bytes
+    # fixed shapes and fixed row slots: bindings (and graphs) per (batch, parity), not per frame index
+    assert len(rt._bindings) <= 4 < SMALL_SWIGLU_EXTR.max_frames + 1
+    if graphs and flavour == "tensorrt":   # (RTX captures whole graphs itself)
+        assert 0 < len(rt._graphs) <= 4
+        assert any(e[0] == "executed" and e[2] for e in trt.log)
+    bind = next(iter(rt._bindings.values()))
+    assert bind.addresses["present_key.0"] == bind.addresses["past_key.0"]
+    assert not _stale(trt) and cu.sticky_error is None
+    rt.close()
+    ref.close()
+
+
+def test_static_engine_refused_without_the_kv_cache_layer(tmp_path, fakes):
+    """TensorRT 10.3 (JetPack 6) has no IKVCacheUpdateLayer: a static engine is refused in one line
+    naming the version needed, before anything is deserialized."""
+    fakes(version="10.16.0")
+    model = random_predictor(SMALL, 0)
+    plan = fake_engine(tmp_path, model, cache="static", version="10.16.0")
+    fakes(version="10.3.0")
+    with pytest.raises(VitacError, match=r"needs TensorRT >= 10\.15 .*--cache concat"):
+        open_runtime(plan)

@@ -170,3 +170,21 @@ def test_tile_copies_broadcast_row_zero(want):
         assert n <= first                      # sources (rows 0..n-1) are already filled
         buf[first:first + n] = buf[:n]
     assert (buf == buf[:1]).all() and len(copies) == int(np.ceil(np.log2(want)))
+
+
+def test_static_contract_needs_the_kv_cache_layer():
+    """build-engine and the runtime refuse the static contract, in one line naming the version, on a
+    TensorRT without IKVCacheUpdateLayer (8.6 and 10.3 of JetPack 6); concat passes everywhere."""
+    import types
+
+    from vitac_deploy.runtimes.tensorrt.compat import check_kv_cache_support
+
+    old = types.SimpleNamespace(__name__="tensorrt", __version__="10.3.0")
+    new = types.SimpleNamespace(__name__="tensorrt", __version__="10.15.1", IKVCacheUpdateLayer=object)
+    check_kv_cache_support(old, "tensorrt", "concat")
+    check_kv_cache_support(new, "tensorrt", "static")
+    with pytest.raises(VitacError, match=r"^tensorrt 10\.3\.0 cannot run the static .*needs TensorRT >= 10\.15"):
+        check_kv_cache_support(old, "tensorrt", "static")
+    rtx = types.SimpleNamespace(__name__="tensorrt_rtx", __version__="1.2.0")
+    with pytest.raises(VitacError, match="TensorRT for RTX with IKVCacheUpdateLayer"):
+        check_kv_cache_support(rtx, "tensorrt-rtx", "static")

@@ -158,3 +158,25 @@ def test_weak_typing_pins_every_normalization(tmp_path, opset):
     if opset >= 17:   # one LayerNormalization per norm: 2 per block, the final one, and the feature norms
         n_norm = sum(network.get_layer(i).type == trt.LayerType.NORMALIZATION for i in range(network.num_layers))
         assert n_norm == 2 * SMALL.depth + 1 + 2
+
+
+def test_build_static_cache_engine(tmp_path):
+    """TensorRT for RTX's parser maps the static contract's TensorScatter to its KV-cache update layer
+    (it needs the fixed max_len the export gives it): one step engine, every shape but the batch
+    fixed, no first-frame engine; the engine manifest records the contract (format 3)."""
+    from vitac_deploy.exporters import ExportOptions, export_artifact
+    from vitac_deploy.reference import random_predictor
+
+    art = tmp_path / "static"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(validate=False, cache="static", cache_frames=3))
+    out = tmp_path / "static.plan"
+    p = _cli("build-engine", art, "--out", out, "--flavour", "tensorrt-rtx", "--max-batch", "4", "--opt-batch", "2")
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((tmp_path / "static.plan.json").read_text())
+    assert [e["role"] for e in meta["engines"]] == ["step", "energy"]
+    assert meta["format_version"] == 3 and meta["cache"]["contract"] == "static" and meta["cache"]["frames"] == 3
+    assert meta["build_flags"]["max_frames"] == 3
+    M = 3 * SMALL.tokens_per_step
+    prof = meta["engines"][0]["profile"]
+    assert prof["past_key.0"] == [[1, 2, M, 24], [2, 2, M, 24], [4, 2, M, 24]]
+    assert prof["write_index"] == [[1], [2], [4]] and prof["attn_bias"] == [[1, 1, 1, M]] * 3

@@ -10,6 +10,7 @@ same plan is expected).
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
@@ -30,6 +31,7 @@ from .runtimes.torch.full_recompute import FullRecompute
 from .validation import ParityInputs
 
 BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile", "tensorrt")
+CONTRACT_BACKENDS = ("onnxruntime", "tensorrt")   # run the exported graphs: a row per cache contract
 
 
 @dataclass
@@ -49,10 +51,38 @@ class BenchOptions:
     plan: Optional[CEMOptions] = None     # set: time one CEM plan instead of rollouts
     chunk: Optional[int] = None           # --plan: samples rolled out at once (default: all)
     cuda_graphs: str = "off"              # off, on or both (a row each): onnxruntime (CUDA) and tensorrt
+    caches: Sequence[str] = ("concat",)   # KV cache contracts of the graph backends (a row each, side by side)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _reset_peak_rss() -> bool:
+    """Restart the process's peak-RSS count (Linux: VmHWM, via /proc/self/clear_refs), so that each
+    row reports its own peak, not the largest of every row before it. False where not possible.
+    Free heap goes back to the OS first (glibc malloc_trim): buffers below malloc's mmap threshold
+    would otherwise reuse pages an earlier row (or the export) left resident, and not show."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_mib() -> float:
+    """Peak resident memory (MiB) since the last `_reset_peak_rss` (since the start where it failed)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
@@ -81,7 +111,7 @@ def _variants(backend: str, opts: BenchOptions) -> list[bool]:
 
 
 def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, workdir: Path,
-          say: Callable[[str], None], graphs: bool = False, max_frames: Optional[int] = None):
+          say: Callable[[str], None], graphs: bool = False, max_frames: Optional[int] = None, cache: str = "concat"):
     from .runtimes import open_runtime
 
     if backend == "tensorrt":
@@ -92,7 +122,7 @@ def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, work
 
         flavour = "tensorrt" if importlib.util.find_spec("tensorrt") or not importlib.util.find_spec("tensorrt_rtx") \
             else "tensorrt-rtx"
-        plan = workdir / f"bench-b{max_batch}.plan"
+        plan = workdir / f"bench-{cache}-b{max_batch}.plan"
         if not plan.is_file():
             say(f"building a {flavour} engine for batch <= {max_batch}")
             build_engine(artifact, plan, EngineOptions(precision=opts.precision, flavour=flavour,
@@ -123,22 +153,30 @@ def _free_device_bytes() -> Optional[int]:
 
 
 def does_not_fit(cfg, backend: str, batch: int, horizon: int, context: int, precision: str,
-                 free_bytes: Optional[int]) -> Optional[str]:
+                 free_bytes: Optional[int], cache: str = "concat") -> Optional[str]:
     """Why a runtime for `batch` would run out of GPU memory by the memory model, given the free
     device memory (None: unknown, assume it fits); None when it fits. Checked before a runtime
     opens, so a row that cannot fit is reported as such instead of ending the bench."""
     if free_bytes is None:
         return None
-    need = plan_memory(cfg, batch, horizon, context, precision,
-                       backend="tensorrt" if backend == "tensorrt" else "onnxruntime").device_total
+    double = cache == "concat"
+    need = plan_memory(cfg, batch, horizon, context, precision, backend="tensorrt" if backend == "tensorrt" else
+                       "onnxruntime", double_buffered=double).device_total
     if need <= free_bytes:
         return None
-    return (f"does not fit: needs about {need / 2**30:.1f} GiB by the memory model (KV cache double-buffered), "
-            f"{free_bytes / 2**30:.1f} GiB free")
+    return (f"does not fit: needs about {need / 2**30:.1f} GiB by the memory model (KV cache "
+            f"{'double-buffered' if double else 'in place'}), {free_bytes / 2**30:.1f} GiB free")
 
 
-def _label(backend: str, graphs: bool, opts: BenchOptions) -> str:
-    return f"{backend}+graphs" if graphs else backend
+def _label(backend: str, graphs: bool, opts: BenchOptions, cache: str = "concat") -> str:
+    label = f"{backend}+graphs" if graphs else backend
+    return f"{label} static" if cache == "static" else label
+
+
+def _rows(opts: BenchOptions) -> list[tuple[str, bool, str]]:
+    """(backend, CUDA graphs, cache contract) of every row; contracts side by side per backend."""
+    return [(b, g, c) for b in opts.backends for g in _variants(b, opts)
+            for c in (opts.caches if b in CONTRACT_BACKENDS else ("concat",))]
 
 
 def _device_memory(rt, device: str) -> dict[str, Any]:
@@ -186,19 +224,31 @@ def check_options(opts: BenchOptions) -> None:
         from .runtimes.gpu import gpu_info
 
         gpu_info(required=True)   # one line, before minutes of export, when there is no GPU
+    bad = [c for c in opts.caches if c not in ("concat", "static")]
+    if bad or not opts.caches:
+        raise VitacError(f"--cache takes a comma list of concat, static, got {','.join(opts.caches)}")
     if opts.plan is not None:
         opts.plan.check()
         if opts.chunk is not None and opts.chunk < 1:
             raise VitacError(f"--chunk must be >= 1, got {opts.chunk}")
 
 
-def run_bench(model, artifact: Path, opts: BenchOptions, say: Callable[[str], None] = lambda m: None,
+def run_bench(model, artifact, opts: BenchOptions, say: Callable[[str], None] = lambda m: None,
               on_row: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Time every backend (and batch, or one CEM plan) against the reference recomputing the whole
-    sequence; returns every figure (JSON-ready). `on_row(result so far)` follows every row, so a
+    sequence; returns every figure (JSON-ready). `artifact`: one artifact directory, or a dict of
+    one per cache contract in `opts.caches`. `on_row(result so far)` follows every row, so a
     bench stopped midway (a time limit, Ctrl-C) keeps what it measured; `result["complete"]` is
     False until the last row."""
     check_options(opts)
+    if not isinstance(artifact, dict):
+        from .manifest import cache_contract, read_manifest
+
+        artifact = {cache_contract(read_manifest(artifact)): Path(artifact)}
+    missing = [c for c in opts.caches if c not in artifact]
+    if missing and any(b in CONTRACT_BACKENDS for b in opts.backends):
+        raise VitacError(f"no artifact with the {', '.join(missing)} cache contract to bench")
+    artifact = {**artifact, "any": next(iter(artifact.values()))}   # torch rows read the weights of any
     cfg = model.cfg
     C = 1 if opts.plan else opts.context
     H = opts.plan.rollout if opts.plan else opts.horizon
@@ -232,13 +282,13 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
     F = C + H - 1
     elem = 2 if opts.precision == "fp16" else 4
     for B in opts.batches:
-        rows = [(b, g) for b in opts.backends for g in _variants(b, opts)]
+        rows = _rows(opts)
         free = _free_device_bytes() if opts.device == "cuda" else None
-        misfits = {(b, g): does_not_fit(cfg, b, B, H, C, opts.precision, free) for b, g in rows}
-        for (b, g), why in misfits.items():
+        misfits = {(b, g, c): does_not_fit(cfg, b, B, H, C, opts.precision, free, c) for b, g, c in rows}
+        for (b, g, c), why in misfits.items():
             if why:
-                say(f"batch {B}: {_label(b, g, opts)} skipped, {why}")
-                result["skipped"].append({"backend": _label(b, g, opts), "batch": B, "reason": why})
+                say(f"batch {B}: {_label(b, g, opts, c)} skipped, {why}")
+                result["skipped"].append({"backend": _label(b, g, opts, c), "batch": B, "reason": why})
         rows = [r for r in rows if not misfits[r]]
         if not rows:
             continue
@@ -251,12 +301,14 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 opts.repeats, opts.warmup, F)
             result["baseline"][str(B)] = {"rollout_s": b_time, "frames_per_s": B * H / b_time}
             on_row(result)
-        for backend, graphs in rows:
-            label = _label(backend, graphs, opts)
+        for backend, graphs, cache in rows:
+            label = _label(backend, graphs, opts, cache)
             say(f"batch {B}: {label}")
             if opts.device == "cuda":
                 _free_device_bytes()   # torch's cached blocks (the baseline's) back to the driver first
-            rt = _open(artifact, backend, opts, B, workdir, say, graphs, max_frames=F)
+            _reset_peak_rss()
+            rt = _open(artifact[cache if backend in CONTRACT_BACKENDS else "any"], backend, opts, B, workdir, say,
+                       graphs, max_frames=F, cache=cache)
 
             def run(cb, rt=rt):
                 return rt.rollout(inp.context, inp.actions, inp.states, H, inp.extrinsics, on_frame=cb)
@@ -271,6 +323,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 "per_frame_ms": [float(x * 1e3) for x in frame_times] if frame_times is not None else None,
                 "rollout_ms": r_time * 1e3,
                 "predicted_frames_per_s": B * H / r_time, "rollouts_per_s": B / r_time,
+                "cache": rt.cache, "cache_bytes": rt.cache_bytes,
                 "peak_host_rss_mib": _peak_rss_mib(), **_device_memory(rt, opts.device),
                 "kv_cache_mib": cfg.kv_bytes_per_frame(elem) * F * B / 2**20,
                 "baseline_rollout_ms": b_time * 1e3 if b_time else None,
@@ -278,6 +331,9 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 "max_abs_vs_baseline": float(np.abs(out - ref).max()) if ref is not None else None,
             })
             _close(rt)
+            # the next row's peak RSS must not hold this runtime's session (weights, arena): drop it first
+            del rt, run, out
+            gc.collect()
             on_row(result)
 
 
@@ -312,9 +368,11 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
                                       # means something only where this is well above rounding
                                       "energy_spread_step0": float(np.ptp(base.energies[0]))}
         on_row(result)
-    for backend, graphs in ((b, g) for b in opts.backends for g in _variants(backend=b, opts=opts)):
-        label = _label(backend, graphs, opts)
-        rt = _open(artifact, backend, opts, opts.chunk or p.samples, workdir, say, graphs, max_frames=p.rollout)
+    for backend, graphs, cache in _rows(opts):
+        label = _label(backend, graphs, opts, cache)
+        _reset_peak_rss()
+        rt = _open(artifact[cache if backend in CONTRACT_BACKENDS else "any"], backend, opts, opts.chunk or p.samples,
+                   workdir, say, graphs, max_frames=p.rollout, cache=cache)
         res = timed(rt, label)
         entry = {
             "backend": label, "runtime": rt.describe(), "device": opts.device, "precision": opts.precision,
@@ -323,7 +381,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
             "rollouts_per_s": p.samples * p.cem_steps / res.seconds,
             "predicted_frames_per_s": p.samples * p.cem_steps * p.rollout / res.seconds,
             "tflops_per_s": flops / res.seconds / 1e12,
-            "actions": res.actions.tolist(),
+            "actions": res.actions.tolist(), "cache": rt.cache, "cache_bytes": rt.cache_bytes,
             "peak_host_rss_mib": _peak_rss_mib(), **_device_memory(rt, opts.device),
             "kv_cache_mib": cfg.kv_bytes_per_frame(2 if opts.precision == "fp16" else 4) * p.rollout * res.chunk / 2**20,
             "baseline_plan_s": base.seconds if base else None,
@@ -339,6 +397,8 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
             entry["action_max_abs_vs_baseline"] = float(np.abs(res.actions - base.actions).max())
         result["entries"].append(entry)
         _close(rt)
+        del rt, res   # as in _bench_rollouts: nothing of this row stays for the next row's peak RSS
+        gc.collect()
         on_row(result)
 
 

@@ -11,12 +11,14 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from .errors import VitacError, first_line
 
 ARTIFACT_FORMAT = "vitac-deploy/artifact"
-ARTIFACT_FORMAT_VERSION = 2   # 2: RoPE rows as step-graph inputs, energy graph
+ARTIFACT_FORMAT_VERSION = 3   # 2: RoPE rows as step-graph inputs, energy graph; 3: the static (in-place) cache
+CONCAT_FORMAT_VERSION = 2     # concat artifacts are still written as 2: older vitac-deploy keeps reading them,
+                              # and refuses a static one ("upgrade vitac-deploy") instead of misbinding it
 MANIFEST = "manifest.json"
 
 
@@ -100,9 +102,24 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
         raise VitacError(f"cannot read manifest {path}: {first_line(e)}") from None
     if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
         raise VitacError(f"{path} is not a vitac-deploy artifact manifest")
-    _check_format_version(path, data, ARTIFACT_FORMAT_VERSION, "re-export it with `vitac-deploy export`")
+    _check_format_version(path, data, ARTIFACT_FORMAT_VERSION, "re-export it with `vitac-deploy export`",
+                          oldest=CONCAT_FORMAT_VERSION)
     _check_keys(path, data, {"config": dict, "graphs": dict, "files": dict}, "re-export it with `vitac-deploy export`")
+    cache_contract(data, path)
     return data
+
+
+def cache_contract(manifest: dict[str, Any], path: Any = "this manifest") -> str:
+    """The cache contract a manifest (artifact or engine) records: "concat" when it records none
+    (format 2, written before the static contract existed)."""
+    cache = manifest.get("cache", {"contract": "concat"})
+    contract = cache.get("contract") if isinstance(cache, dict) else None
+    if contract not in ("concat", "static"):
+        raise VitacError(f"{path} records an unknown cache contract {contract!r} (concat or static): "
+                         f"upgrade vitac-deploy or re-export")
+    if contract == "static" and not isinstance(cache.get("frames"), int):
+        raise VitacError(f"{path} records the static cache contract without its frames (edited?): re-export")
+    return contract
 
 
 def _check_keys(path: Path, data: dict[str, Any], keys: dict[str, type], redo: str) -> None:
@@ -111,20 +128,22 @@ def _check_keys(path: Path, data: dict[str, Any], keys: dict[str, type], redo: s
             raise VitacError(f"{path} has no valid '{key}' entry (edited or damaged?): {redo}")
 
 
-def _check_format_version(path: Path, data: dict[str, Any], current: int, redo: str) -> None:
+def _check_format_version(path: Path, data: dict[str, Any], current: int, redo: str,
+                          oldest: Optional[int] = None) -> None:
     version = data.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise VitacError(f"{path} has no valid format_version: {redo}")
     if version > current:
         raise VitacError(f"{path} has format version {version}; this vitac-deploy reads up to {current}: "
                          f"upgrade vitac-deploy")
-    if version < current:
+    if version < (current if oldest is None else oldest):
         raise VitacError(f"{path} has format version {version}, written by an older vitac-deploy whose graphs "
                          f"this one no longer runs (version {current}): {redo}")
 
 
 ENGINE_FORMAT = "vitac-deploy/engine"
-ENGINE_FORMAT_VERSION = 2     # 2: engines of format-2 artifacts, energy engine, shared activation memory
+ENGINE_FORMAT_VERSION = 3     # 2: engines of format-2 artifacts, energy engine, shared activation memory; 3: static cache
+CONCAT_ENGINE_FORMAT_VERSION = 2   # concat engines still say 2 (see CONCAT_FORMAT_VERSION)
 
 
 def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
@@ -147,12 +166,14 @@ def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
     if data.get("format") != ENGINE_FORMAT or not isinstance(engines, list) or not isinstance(engines[0], dict) \
             or engines[0].get("file") != p.name:
         raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
-    _check_format_version(meta, data, ENGINE_FORMAT_VERSION, "rebuild it with `vitac-deploy build-engine`")
+    _check_format_version(meta, data, ENGINE_FORMAT_VERSION, "rebuild it with `vitac-deploy build-engine`",
+                          oldest=CONCAT_ENGINE_FORMAT_VERSION)
     _check_keys(meta, data, {"config": dict, "tensorrt": dict}, "rebuild it with `vitac-deploy build-engine`")
     if not all(isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("role"), str)
                for e in engines):
         raise VitacError(f"{meta} lists engines without a file or role (edited?): rebuild it with "
                          f"`vitac-deploy build-engine`")
+    cache_contract(data, meta)
     return data
 
 

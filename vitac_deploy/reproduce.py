@@ -23,9 +23,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .contract import past_names, rope_rows
+from .contract import past_names, rope_rows, static_max_len, static_rows
 from .errors import VitacError, first_line
-from .manifest import umask
+from .manifest import cache_contract, umask
 from .metrics import TOLERANCES
 from .validation import ParityInputs
 
@@ -48,12 +48,15 @@ def import_polygraphy():
     return polygraphy
 
 
-def reference_steps(model, inputs: ParityInputs, cache_dtype: str = "float32"
+def reference_steps(model, inputs: ParityInputs, cache_dtype: str = "float32", cache: str = "concat",
+                    cache_frames: Optional[int] = None
                     ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
     """Feeds of the step graph for every step of `inputs`' rollout, and the reference's outputs.
 
     The reference runs frame by frame on its own KV cache (equal to full recompute, see
-    reference/model.py); step t's feed holds that cache of frames 0..t-1 as `past_*`.
+    reference/model.py); step t's feed holds that cache of frames 0..t-1 as `past_*`. With the
+    static contract `past_*` is that cache zero-padded to the fixed max_len, with the frame's
+    `write_index` and `attn_bias` rows (contract.static_rows).
     """
     import torch
 
@@ -64,10 +67,22 @@ def reference_steps(model, inputs: ParityInputs, cache_dtype: str = "float32"
     t_ = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     feeds: list[dict[str, np.ndarray]] = []
     outputs: list[dict[str, np.ndarray]] = []
-    cache = None
+    kv = None
     raw = None
     B = inputs.context.shape[0]
     empty = np.zeros((B, cfg.num_heads, 0, cfg.head_dim), cache_dtype)
+    if cache == "static":
+        frames_cached = cache_frames or cfg.max_frames
+        M = static_max_len(cfg, frames_cached)
+        write, bias = static_rows(cfg, frames_cached, cache_dtype, B)
+
+    def as_past(kv: np.ndarray) -> np.ndarray:
+        if cache != "static":
+            return kv
+        padded = np.zeros((B, cfg.num_heads, M, cfg.head_dim), cache_dtype)
+        padded[:, :, :kv.shape[2]] = kv
+        return padded
+
     with torch.no_grad():
         for t in range(frames):
             features = inputs.context[:, t] if t < C else raw
@@ -76,16 +91,18 @@ def reference_steps(model, inputs: ParityInputs, cache_dtype: str = "float32"
             if cfg.use_extrinsics:
                 feed["extrinsics"] = inputs.extrinsics[:, t]
             feed["rope_cos"], feed["rope_sin"] = cos[t], sin[t]
+            if cache == "static":
+                feed["write_index"], feed["attn_bias"] = write[t], bias[t]
             for i, (k_name, v_name) in enumerate(zip(past_names(cfg)[0::2], past_names(cfg)[1::2])):
-                if cache is None:
-                    feed[k_name], feed[v_name] = empty, empty
+                if kv is None:
+                    feed[k_name], feed[v_name] = as_past(empty), as_past(empty)
                 else:
-                    feed[k_name] = cache[i][0].numpy().astype(cache_dtype)
-                    feed[v_name] = cache[i][1].numpy().astype(cache_dtype)
+                    feed[k_name] = as_past(kv[i][0].numpy().astype(cache_dtype))
+                    feed[v_name] = as_past(kv[i][1].numpy().astype(cache_dtype))
             h = model.normalize(t_(feed["features"]))[:, None]
             ex = None if inputs.extrinsics is None else t_(inputs.extrinsics[:, t:t + 1])
-            out, cache = model.forward_frames(h, t_(inputs.actions[:, t:t + 1]), t_(inputs.states[:, t:t + 1]),
-                                              ex, cache, start=t)
+            out, kv = model.forward_frames(h, t_(inputs.actions[:, t:t + 1]), t_(inputs.states[:, t:t + 1]),
+                                           ex, kv, start=t)
             raw = out[:, 0].numpy()
             feeds.append(feed)
             outputs.append({COMPARED_OUTPUT: model.normalize(out[:, 0]).numpy().astype(np.float32)})
@@ -184,7 +201,9 @@ def save_polygraphy(out_dir: str | os.PathLike, artifact: str | os.PathLike, mod
             graph = manifest["graphs"].get(f"step.{p}")
             if graph is None:
                 raise VitacError(f"{art} has no {p} step graph")
-            feeds, outputs = reference_steps(model, inputs, graph["cache_dtype"])
+            contract = cache_contract(manifest)
+            feeds, outputs = reference_steps(model, inputs, graph["cache_dtype"], contract,
+                                             manifest["cache"]["frames"] if contract == "static" else None)
             sub = tmp / p
             sub.mkdir()
             _save_run(feeds, outputs, sub / "inputs.json", sub / "reference.json")

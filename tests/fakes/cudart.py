@@ -391,7 +391,7 @@ class FakeCudart:
 
     def __init__(self, api: str = "13", *, name: str = "Fake H100", major: int = 9, minor: int = 0,
                  total_memory: int = 80 << 30, runtime_version: int | None = None,
-                 free_synchronizes: bool = False):
+                 free_synchronizes: bool = False, malloc_fill: int | None = None):
         if api not in ("13", "12", "11.8"):
             raise ValueError(f"api must be '13', '12' or '11.8', not {api!r}")
         self.api = api
@@ -399,6 +399,9 @@ class FakeCudart:
         self.props = cudaDeviceProp(name.encode(), major, minor, int(total_memory), 132)
         self.runtime_version = runtime_version or {"13": 13000, "12": 12090, "11.8": 11080}[api]
         self.free_synchronizes = free_synchronizes
+        # cudaMalloc's memory is NOT zeroed on a GPU: malloc_fill=0xFF gives every new device byte 0xFF
+        # (NaN as float16/float32), so code that reads memory it never wrote or zeroed shows it
+        self.malloc_fill = malloc_fill
         # Records for assertions.
         self.calls: list[tuple[str, tuple]] = []
         self.errors: list[tuple[str, cudaError_t, str]] = []    # (function, error, why)
@@ -742,7 +745,20 @@ class FakeCudart:
         used = sum(a.size for a in self.live_allocations("device"))
         if used + size > self.props.totalGlobalMem:
             raise _ApiError(E.cudaErrorMemoryAllocation, f"cudaMalloc({size}): {self.props.totalGlobalMem - used} free")
-        return self._allocate(size, "device").ptr
+        a = self._allocate(size, "device")
+        if self.malloc_fill is not None:
+            ctypes.memset(a.ptr, self.malloc_fill, size)
+        return a.ptr
+
+    @_api()
+    def cudaMemset(self, devPtr, value, count):
+        """Asynchronous on the legacy stream, as in CUDA: a non-blocking stream sees it only after a
+        synchronization."""
+        ptr, n = _as_int(devPtr, "devPtr"), _size(count, "count")
+        self._forbid_during_capture("cudaMemset")
+        self._device(ptr, n, "cudaMemset")
+        if n:
+            self._enqueue(self._legacy, _Op(f"cudaMemset {n}B", lambda: ctypes.memset(ptr, int(value) & 0xFF, n)))
 
     @_api()
     def cudaFree(self, devPtr):

@@ -227,12 +227,13 @@ class _Features:
     v2: bool              # device_memory_size_v2, set_device_memory(memory, size) (10.1+)
     v1_memory: bool       # device_memory_size, create_execution_context_without_device_memory (not RTX)
     rtx: bool             # runtime config, get_engine_validity
+    kv_cache: bool = False  # IKVCacheUpdateLayer (ONNX TensorScatter, in place): TensorRT 10.15+, RTX 1.7 has it
 
     @classmethod
     def of(cls, flavour: str, version: str) -> _Features:
         rtx = flavour == "tensorrt_rtx"
         v = tuple(int(x) for x in version.split(".")[:2])
-        return cls(rtx or v >= (10, 0), rtx or v >= (10, 1), not rtx, rtx)
+        return cls(rtx or v >= (10, 0), rtx or v >= (10, 1), not rtx, rtx, (v >= (1, 7)) if rtx else v >= (10, 15))
 
 
 # -- runtime, engine, context -----------------------------------------------------------------------
@@ -343,6 +344,14 @@ class ICudaEngine(_Gated):
         for o in self._session.get_outputs():
             self._tensors.append(_Tensor(o.name, TensorIOMode.OUTPUT, self._dtype(o), _dims(o.shape)))
         self._by_name = {t.name: t for t in self._tensors}
+        # TensorScatter from a graph input to a graph output: TensorRT's KV-cache update layer, which
+        # updates its cache in place: the output must be bound to the input's own address
+        import onnx
+
+        g = onnx.load(str(plan["onnx"]), load_external_data=False).graph
+        ins, outs = {i.name for i in g.input}, {o.name for o in g.output}
+        self._in_place = {n.output[0]: n.input[0] for n in g.node
+                          if n.op_type == "TensorScatter" and n.input[0] in ins and n.output[0] in outs}
         self._memory_size = int(plan.get("device_memory_size", 0))
         weights = int(plan.get("weights_size", 0))
         if weights:   # device memory the engine holds while it lives
@@ -705,7 +714,16 @@ class _Launch:
                                        f"{eng.name} output {o.name!r} {value.shape}")
                 ranges.append((f"output {o.name!r}", self.addresses[o.name], value.nbytes, True))
             results.append((o.name, value))
+        aliases = set()
+        for out, src in eng._in_place.items():
+            if self.addresses[out] != self.addresses[src]:
+                raise FakeCudaError(cudaError_t.cudaErrorLaunchFailure,
+                                    f"{eng.name}: KV-cache update {out!r} must be bound to the address of {src!r} "
+                                    f"(IKVCacheUpdateLayer works in place)")
+            aliases.add(frozenset((f"output {out!r}", f"input {src!r}")))
         for (a, pa, na, wa), (b, pb, nb, wb) in itertools.combinations(ranges, 2):
+            if frozenset((a, b)) in aliases:   # the one aliasing TensorRT allows: the in-place cache update
+                continue
             if (wa or wb) and pa < pb + nb and pb < pa + na:
                 raise FakeCudaError(cudaError_t.cudaErrorLaunchFailure,
                                     f"{eng.name}: {a} overlaps {b} (TensorRT does not alias I/O or its device memory)")
@@ -758,6 +776,8 @@ class FakeTensorRT:
             self.IRuntimeConfig, self.CudaGraphStrategy = IRuntimeConfig, CudaGraphStrategy
             self.EngineValidity, self.EngineInvalidityDiagnostics = EngineValidity, EngineInvalidityDiagnostics
         self.bfloat16 = DataType.BF16
+        if f.kv_cache:
+            self.IKVCacheUpdateLayer = type("IKVCacheUpdateLayer", (), {})
 
     def __repr__(self) -> str:
         return f"<FakeTensorRT {self.__name__} {self.__version__}>"

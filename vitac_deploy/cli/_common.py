@@ -7,12 +7,15 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 import typer
 
 from ..config import DEFAULT_PRESET, PredictorConfig
 from ..errors import VitacError, first_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable)
 
@@ -66,10 +69,24 @@ def load_model(checkpoint: Optional[Path], config: Optional[Path], preset: Optio
     return random_predictor(cfg, seed)
 
 
-def stderr_console():
+# Piped, logged or in CI, nothing reflows the output later: a table is rendered at its natural width
+# (rich never widens a table past its content), so a cell is never cut to `first.fp…` at 80 columns.
+LOG_WIDTH = 1000
+
+
+def stdout_console() -> "Console":
+    """The console results go to: the terminal's width on a TTY, tables whole when not a TTY."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console() if sys.stdout.isatty() else Console(width=LOG_WIDTH)
+
+
+def stderr_console() -> "Console":
+    """The console progress and notes go to (stderr), tables whole when not a TTY."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False) if sys.stderr.isatty() else \
+        Console(stderr=True, highlight=False, width=LOG_WIDTH)
 
 
 def progress_enabled() -> bool:

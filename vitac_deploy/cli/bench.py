@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, resolve_config, stderr_console
+from ._common import cli_errors, resolve_config, stderr_console, stdout_console
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -49,6 +48,11 @@ def bench(
     chunk: Optional[int] = typer.Option(None, "--chunk", help="--plan: samples rolled out at once (default: all)."),
     cuda_graphs: str = typer.Option("off", "--cuda-graphs",
                                     help="off, on, or both (a row each): onnxruntime on cuda and tensorrt."),
+    cache: Optional[str] = typer.Option(None, "--cache",
+                                        help="KV cache contracts of the onnxruntime/tensorrt rows, a comma list of "
+                                             "concat, static (a row each, side by side; default: the artifact's, "
+                                             "or concat). A contract the artifact lacks is exported from its weights "
+                                             "(static: sized to context + horizon - 1 frames)."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights and inputs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of per-frame latency vs frame index."),
@@ -87,9 +91,14 @@ def bench(
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
     cem = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps) if plan else None
+    from ..manifest import cache_contract
+
+    manifest = read_manifest(artifact) if artifact is not None else None
+    have = cache_contract(manifest, artifact) if manifest else None
+    caches = [c.strip() for c in (cache or have or "concat").split(",") if c.strip()]
     opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch or "1", "--batch"),
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
-                        seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs)
+                        seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs, caches=caches)
     check_options(opts)
     for flag, target in (("--json", json_out), ("--plot", plot)):   # before minutes of benchmarking
         if target is not None and not target.parent.is_dir():
@@ -106,7 +115,6 @@ def bench(
                              f"nor an encoder artifact directory")
     if encoder_only:
         return _bench_encoder_only(encoder, opts, json_out)
-    manifest = read_manifest(artifact) if artifact is not None else None
     cfg = PredictorConfig.from_dict(manifest["config"]) if manifest else resolve_config(config, preset)
     if context + horizon - 1 > cfg.max_frames:
         raise VitacError(f"--context {context} + --horizon {horizon} - 1 exceeds the model's max_frames {cfg.max_frames}")
@@ -114,7 +122,7 @@ def bench(
         raise VitacError(f"{artifact} has no fp32 graph: the torch backends and the baseline read their weights "
                          f"from it (re-export with --precision fp32,fp16)")
     err = stderr_console()
-    console = Console() if sys.stdout.isatty() else Console(width=160)   # tables whole in logs and pipes
+    console = stdout_console()
     with tempfile.TemporaryDirectory() as tmp:
         if artifact is not None:
             import torch
@@ -125,17 +133,22 @@ def bench(
             model.load_state_dict({k: torch.from_numpy(v) for k, v in
                                    state_dict_from_graph(artifact / manifest["graphs"]["step.fp32"]["file"], cfg).items()})
             model.eval()
-            art = artifact
+            arts = {have: artifact}
         else:
             model = random_predictor(cfg, seed)
-            art = Path(tmp) / "artifact"
+            arts = {}
             err.print("exporting seeded random weights to a temp artifact")
-            # fp32 carries the weights the torch backends read; TensorRT 8.x builds fp16 from it too
-            precisions = sorted({precision, "fp32"} | ({"fp16"} if "tensorrt" in backend else set()))
-            export_artifact(model, art, ExportOptions(precisions=precisions, validate=False,
-                                                      first_frame_graph="tensorrt" in backend))
+        # fp32 carries the weights the torch backends read; TensorRT 8.x builds fp16 from it too
+        precisions = sorted({precision, "fp32"} | ({"fp16"} if "tensorrt" in backend else set()))
+        frames = context + horizon - 1
+        for c in [c for c in caches if c not in arts] or ([] if arts else ["concat"]):
+            arts[c] = Path(tmp) / f"artifact-{c}"
+            # the static cache holds the rollout and no more: attention reads the whole buffer
+            export_artifact(model, arts[c], ExportOptions(precisions=precisions, validate=False, cache=c,
+                                                          first_frame_graph="tensorrt" in backend,
+                                                          cache_frames=frames if c == "static" else None))
         with err.status("benchmarking") as status:
-            result = run_bench(model, art, opts, say=lambda m: (status.update(m), err.print(f"  {m}")),
+            result = run_bench(model, arts, opts, say=lambda m: (status.update(m), err.print(f"  {m}")),
                                # every row on disk as it comes: a bench cut off by a time limit keeps them
                                on_row=lambda r: json_out and write_json_atomic(json_out, r))
     _print(console, result, cfg, opts)
@@ -164,7 +177,7 @@ def _encoder_rows(encoder: str, opts, console) -> dict:
 def _bench_encoder_only(encoder: str, opts, json_out: Optional[Path]) -> None:
     from ..manifest import now_iso, versions, write_json_atomic
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = stdout_console()
     res = {"date": now_iso(), "mode": "encoder", "versions": versions(), **_encoder_rows(encoder, opts, console)}
     if json_out:
         write_json_atomic(json_out, res)
@@ -208,16 +221,19 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
     table = Table(title=f"{cfg.num_parameters():,}-parameter model, {opts.context} context + {opts.horizon} predicted "
                         f"frames, {where}, {opts.precision}; baseline = torch full recompute, same run",
                   header_style="bold")
-    for col in ("backend", "batch", "step p50", "step p90", "rollout", "frames/s", "speedup", "max abs err", "device MiB"):
+    for col in ("backend", "batch", "step p50", "step p90", "rollout", "frames/s", "speedup", "max abs err",
+                "cache MiB", "peak RSS MiB", "device MiB"):
         table.add_column(col, justify="right")
     for e in result["entries"]:
         table.add_row(e["backend"], str(e["batch"]), f"{e['step_latency_median_ms']:.2f} ms",
                       f"{e['step_latency_p90_ms']:.2f} ms", f"{e['rollout_ms']:.1f} ms",
                       f"{e['predicted_frames_per_s']:.1f}",
                       _fmt(e["speedup_vs_baseline"], ".2f") + ("x" if e["speedup_vs_baseline"] else ""),
-                      _fmt(e["max_abs_vs_baseline"], ".1e"), _fmt(_mib(e["device_memory"]), ".0f"))
+                      _fmt(e["max_abs_vs_baseline"], ".1e"), f"{e.get('cache_bytes', 0) / 2**20:.1f}",
+                      f"{e['peak_host_rss_mib']:.0f}", _fmt(_mib(e["device_memory"]), ".0f"))
     for b, v in result["baseline"].items():
-        table.add_row("baseline", b, "-", "-", f"{v['rollout_s'] * 1e3:.1f} ms", f"{v['frames_per_s']:.1f}", "1.00x", "0", "-")
+        table.add_row("baseline", b, "-", "-", f"{v['rollout_s'] * 1e3:.1f} ms", f"{v['frames_per_s']:.1f}", "1.00x", "0",
+                      "-", "-", "-")
     console.print(table)
     for s in result.get("skipped", []):
         console.print(f"{s['backend']} batch {s['batch']}: {s['reason']}")

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import ValidationError
-from ._common import cli_errors
+from ._common import cli_errors, stdout_console
 
 
 @cli_errors
@@ -34,7 +33,7 @@ def debug_precision(
     from ..layerwise import compare_layers, write_report
 
     report = compare_layers(path, precision=precision, steps=steps, batch=batch, seed=seed, atol=atol)
-    console = Console()
+    console = stdout_console()
     first = report.first
     if first is None:
         console.print(f"[bold]no tensor past the tolerance[/] ({report.tested} vs {report.reference}, "

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console
+from ._common import cli_errors, stderr_console, stdout_console
 
 
 def resolve_encoder_config(config: Optional[Path], preset: Optional[str]):
@@ -40,11 +39,13 @@ def load_encoder_model(checkpoint: Optional[Path], config: Optional[Path], prese
 
 @cli_errors
 def export_encoder(
-    out: Path = typer.Option(..., "--out", help="Encoder artifact directory to create (plan looks in ARTIFACT/encoder)."),
+    out: Path = typer.Option(..., "--out",
+                             help="Encoder artifact directory to create (plan looks in ARTIFACT/encoder)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
                                               help="A published V-JEPA 2-AC checkpoint or an encoder state_dict."),
     encoder_key: str = typer.Option("encoder", "--encoder-key", help="Checkpoint entry: encoder or target_encoder."),
-    config: Optional[Path] = typer.Option(None, "--config", help="EncoderConfig JSON, upstream kwargs or a golden file."),
+    config: Optional[Path] = typer.Option(None, "--config",
+                                          help="EncoderConfig JSON, upstream kwargs or a golden file."),
     preset: Optional[str] = typer.Option(None, "--preset", help="vit-l (default), vit-g or vit-l-demo."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
@@ -69,7 +70,7 @@ def export_encoder(
                                 validate=validate, force=force, source=source)
     with err.status("exporting the encoder") as status:
         manifest = export(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
-    Console(width=max(Console().width, 120)).print(encoder_table(out, manifest))
+    stdout_console().print(encoder_table(out, manifest))
 
 
 def encoder_table(out: Path, manifest: dict) -> Table:
@@ -139,7 +140,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
     images = validation_images(cfg, frames, seed + 1)
     results = {}
-    console = Console()
+    console = stdout_console()
     for p in [x.strip() for x in precision.split(",") if x.strip()]:
         if p not in have:
             raise VitacError(f"{path} has no {p} {'engine' if engine else 'encoder graph'}")

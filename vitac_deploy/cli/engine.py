@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import VitacError
-from ._common import cli_errors, stderr_console
+from ._common import cli_errors, stderr_console, stdout_console
 
 
 @cli_errors
@@ -58,9 +57,9 @@ def build_engine(
     with err.status("building") as status:
         data = build(artifact, out, opts, say=lambda m: (status.update(m), err.print(f"  {m}")))
     for e in data["engines"]:
-        Console().print(f"{e['role']} engine -> {out.parent / e['file']} ({e['build_s']} s)")
+        stdout_console().print(f"{e['role']} engine -> {out.parent / e['file']} ({e['build_s']} s)")
     gpu = data["gpu"]
     where = (f"{gpu['name']} ({gpu['compute_capability']})" if gpu
              else f"no GPU (ahead of time, for compute capability {', '.join(data['compute_capabilities'])})")
-    Console().print(f"{data['precision']}: {data['precision_how']}; {data['tensorrt']['flavour']} "
+    stdout_console().print(f"{data['precision']}: {data['precision_how']}; {data['tensorrt']['flavour']} "
                     f"{data['tensorrt']['version']} on {where}")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import VitacError, first_line
-from ._common import cli_errors, load_model, stderr_console
+from ._common import cli_errors, load_model, stderr_console, stdout_console
 
 
 @cli_errors
@@ -24,7 +24,14 @@ def export(
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of fp32, fp16."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (13..21; LayerNormalization from 17)."),
+    opset: Optional[int] = typer.Option(None, "--opset",
+                                        help="ONNX opset (concat: 13..21, default 17; static: 24, TensorScatter)."),
+    cache: str = typer.Option("concat", "--cache",
+                              help="KV cache contract: concat (grows, double-buffered; every runtime) or static "
+                                   "(fixed length, written in place: half the cache memory; opset 24)."),
+    cache_frames: Optional[int] = typer.Option(None, "--cache-frames",
+                                               help="--cache static: frames the cache holds (default the model's "
+                                                    "max_frames; context + horizon - 1 is enough for planning)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every graph against PyTorch."),
     first_frame_graph: bool = typer.Option(True, "--first-frame-graph/--no-first-frame-graph",
                                            help="Also write first*.onnx (no past inputs) for TensorRT."),
@@ -47,12 +54,13 @@ def export(
     model = load_model(checkpoint, config, preset, random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
-                         save_polygraphy=save_polygraphy)
+                         cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts, progress=lambda m: (status.update(m), err.print(f"  {m}")))
-    Console().print(summary_table(out, manifest))
+    stdout_console().print(summary_table(out, manifest))
     if save_polygraphy is not None:
-        Console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt", highlight=False)
+        stdout_console().print(f"reproduce the check with Polygraphy: see {save_polygraphy}/command.txt",
+                               highlight=False)
 
 
 def summary_table(out: Path, manifest: dict) -> Table:
@@ -84,7 +92,7 @@ def summary_table(out: Path, manifest: dict) -> Table:
 def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx file or ENGINE.plan.")) -> None:
     """Manifest summary and IO table (name, dtype, shape with symbolic dims); for an engine, how and
     where it was built and its optimization profiles."""
-    console = Console()
+    console = stdout_console()
     if not path.exists():
         raise VitacError(f"not found: {path}")
     if path.suffix in (".plan", ".engine"):
@@ -94,7 +102,10 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         from ..manifest import read_manifest
 
         m = read_manifest(path)
-        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, "
+        cache = m.get("cache", {"contract": "concat"})
+        console.print(f"[bold]{path}[/]  created {m['created']}, opset {m['opset']}, {cache['contract']} cache"
+                      + (f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache["contract"] == "static" else "")
+                      + ", "
                       f"vitac-deploy {m['exporter'].get('vitac_deploy')}, torch {m['exporter'].get('torch')}, "
                       f"onnx {m['exporter'].get('onnx')}")
         cfg = m["config"]

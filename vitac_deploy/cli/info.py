@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..config import PredictorConfig
@@ -26,7 +24,7 @@ from ..planning.memory import (
     plan_memory,
     upstream_plan_flops,
 )
-from ._common import cli_errors, resolve_config
+from ._common import cli_errors, resolve_config, stdout_console
 
 
 def _mib(n: int) -> str:
@@ -196,7 +194,7 @@ def info(
         n_params = sum(int(v.numel()) for v in sd.values())
         title = f"{checkpoint} ({title})"
     enc_table = encoder_table(encoder, precision or "fp16", bool(fused_attention)) if encoder else None
-    console = Console() if sys.stdout.isatty() else Console(width=160)   # whole tables in logs and pipes
+    console = stdout_console()
     console.print(config_table(cfg, title, n_params))
     if plan_table_ is not None:
         console.print(plan_table_)

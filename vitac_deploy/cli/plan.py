@@ -10,11 +10,10 @@ from typing import Any, Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ..errors import VitacError
-from ._common import cli_errors, stderr_console
+from ..errors import VitacError, first_line
+from ._common import cli_errors, stderr_console, stdout_console
 
 
 @dataclass
@@ -100,7 +99,7 @@ def read_noise(path: Path) -> np.ndarray:
     except VitacError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise VitacError(f"cannot read --noise {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VitacError(f"cannot read --noise {path}: {first_line(e)}") from None
 
 
 _OBS = typer.Option(..., "--observation", help="Current camera frame: PNG/JPEG, or .npz/.npy of uint8 [T, H, W, 3] "
@@ -152,7 +151,7 @@ def plan(
         res = cem_plan(sc.runtime, sc.current, sc.goal, sc.pose, opts, noise=draws, seed=seed, chunk=chunk,
                        on_step=lambda i, n, e: status.update(f"CEM step {i}/{n}: best energy {e:.5f}"))
     best = [float(e.min()) for e in res.energies]
-    console = Console(width=max(Console().width, 120))
+    console = stdout_console()
     table = Table(title=f"plan: {opts.samples} samples x top {opts.topk} x {opts.cem_steps} CEM steps, horizon "
                         f"{opts.rollout} ({sc.runtime.describe()})", header_style="bold")
     table.add_column("step")
@@ -203,7 +202,7 @@ def energy_landscape(
     actions, energy = landscape(sc.runtime, sc.current, sc.goal, sc.pose, grid, size)
     seconds = time.perf_counter() - t0
     i = int(np.argmin(energy))
-    Console().print(f"{len(energy)} actions in {seconds:.2f} s; lowest energy {energy[i]:.5f} at action "
+    stdout_console().print(f"{len(energy)} actions in {seconds:.2f} s; lowest energy {energy[i]:.5f} at action "
                     f"{np.array2string(actions[i], precision=4, separator=', ')}")
     plot_landscape(actions, energy, grid, plot, title=f"energy landscape: {artifact.name}, {sc.runtime.describe()}")
     err.print(f"wrote {plot}")

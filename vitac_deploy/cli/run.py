@@ -8,11 +8,10 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import ValidationError, VitacError, first_line
-from ._common import cli_errors, progress_enabled, resolve_config, stderr_console
+from ._common import cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -77,7 +76,7 @@ def rollout(
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise VitacError(f"cannot write {out}: {e.strerror}") from None
-    Console().print(f"predictions {list(preds.shape)} -> {out}  ({seconds * 1e3:.1f} ms, "
+    stdout_console().print(f"predictions {list(preds.shape)} -> {out}  ({seconds * 1e3:.1f} ms, "
                     f"{H * preds.shape[0] / seconds:.1f} frames/s, {rt.describe()})")
 
 
@@ -116,7 +115,7 @@ def validate(
                              "`polygraphy run ENCODER/encoder.onnx --onnxrt` on your own frames")
         return validate_encoder(path, checkpoint, config, random_init, seed, backend, device, precision, batch,
                                 report, plot)
-    console = Console()
+    console = stdout_console()
     engine = path.suffix in (".plan", ".engine")
     if engine:
         manifest = read_engine_manifest(path)

@@ -37,8 +37,14 @@ def read_encoder_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def find_encoder(artifact: str | os.PathLike, encoder: Optional[str | os.PathLike] = None) -> Path:
-    """The encoder artifact for a predictor artifact: `encoder` if given, else ARTIFACT/encoder."""
+    """The encoder for a predictor artifact: `encoder` if given (an encoder artifact directory or
+    engine), else ARTIFACT/encoder."""
+    if encoder is None and Path(artifact).is_file():
+        raise VitacError(f"{artifact} is an engine, not an artifact directory: name the encoder with --encoder "
+                         f"(an encoder artifact directory or an encoder engine)")
     p = Path(encoder) if encoder is not None else Path(artifact) / ENCODER_DIR
+    if p.suffix in (".plan", ".engine") and p.is_file():
+        return p
     if not (p / MANIFEST).is_file():
         where = "--encoder" if encoder is not None else f"{Path(artifact) / ENCODER_DIR} (the default)"
         raise VitacError(f"no encoder artifact at {where}: export one with `vitac-deploy export-encoder "

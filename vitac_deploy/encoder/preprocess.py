@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -82,7 +82,7 @@ def read_images(paths: Sequence[str | os.PathLike]) -> np.ndarray:
             with Image.open(p) as im:
                 frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
         except Exception as e:  # noqa: BLE001 - Pillow raises many kinds
-            raise VitacError(f"cannot read image {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise VitacError(f"cannot read image {p}: {first_line(e)}") from None
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise VitacError(f"images of one observation must share a size, got {sorted(shapes)}")
@@ -105,7 +105,7 @@ def _read_array(p: Path) -> list[np.ndarray]:
     except VitacError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise VitacError(f"cannot read {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VitacError(f"cannot read {p}: {first_line(e)}") from None
     if a.dtype != np.uint8:
         raise VitacError(f"{p}: images must be uint8 RGB, got dtype {a.dtype}")
     if a.ndim == 5 and a.shape[0] == 1:

@@ -13,13 +13,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..contract import energy_io, step_io
+from ..contract import CACHE_CONTRACTS, energy_io, static_max_len, step_io
 from ..errors import ValidationError, VitacError
-from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST, now_iso, sha256_file, umask, versions,
-                        write_json_atomic)
+from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, CONCAT_FORMAT_VERSION, MANIFEST, now_iso,
+                        sha256_file, umask, versions, write_json_atomic)
 from ..metrics import TOLERANCES
 from .energy_graph import build_energy_graph
-from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_step_graph
+from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, STATIC_OPSET, build_step_graph
 from .weights import save_with_shared_data
 
 PRECISIONS = ("fp32", "fp16")
@@ -38,7 +38,7 @@ class ExportOptions:
     """Every `vitac-deploy export` flag, as a Python argument."""
 
     precisions: Sequence[str] = PRECISIONS
-    opset: int = DEFAULT_OPSET
+    opset: Optional[int] = None             # None: 17 for the concat contract, 24 (TensorScatter) for static
     validate: bool = True
     first_frame_graph: bool = True
     validation_frames: int = 4
@@ -47,14 +47,31 @@ class ExportOptions:
     force: bool = False
     save_polygraphy: Optional[Path] = None   # write the validated steps for `polygraphy run` here
     source: dict[str, Any] = field(default_factory=dict)   # checkpoint path/sha256 or random-init seed
+    cache: str = "concat"                   # KV cache contract: concat (any runtime) or static (in place, opset 24)
+    cache_frames: Optional[int] = None      # static: frames the fixed-length cache holds (default max_frames)
+
+    @property
+    def graph_opset(self) -> int:
+        """The opset the graphs are written with."""
+        if self.opset is not None:
+            return self.opset
+        return STATIC_OPSET if self.cache == "static" else DEFAULT_OPSET
 
 
 def _check_options(opts: ExportOptions) -> None:
     bad = [p for p in opts.precisions if p not in PRECISIONS]
     if bad or not opts.precisions:
         raise VitacError(f"--precision takes a comma list of {', '.join(PRECISIONS)}, got {','.join(opts.precisions)}")
-    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
-        raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.opset}")
+    if opts.cache not in CACHE_CONTRACTS:
+        raise VitacError(f"--cache must be one of {', '.join(CACHE_CONTRACTS)}, got {opts.cache}")
+    if opts.cache == "static":
+        if opts.graph_opset != STATIC_OPSET:
+            raise VitacError(f"--cache static writes opset {STATIC_OPSET} (TensorScatter), "
+                             f"got --opset {opts.graph_opset}")
+    elif not MIN_OPSET <= opts.graph_opset <= MAX_OPSET:
+        raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.graph_opset}")
+    if opts.cache_frames is not None and opts.cache != "static":
+        raise VitacError("--cache-frames applies to --cache static only (the concat cache grows as it goes)")
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
@@ -91,6 +108,12 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
     say = progress or (lambda msg: None)
     out = Path(out)
     cfg = model.cfg
+    static = opts.cache == "static"
+    if static:
+        try:
+            static_max_len(cfg, opts.cache_frames)
+        except ValueError as e:
+            raise VitacError(f"--cache-frames: {e}") from None
     if opts.save_polygraphy is not None:
         if not opts.validate:
             raise VitacError("--save-polygraphy saves what validation checks: drop --no-validate")
@@ -106,14 +129,17 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
             names = graph_files(precision)
             t0 = time.perf_counter()
             say(f"building {precision} graphs")
-            roles = ["step"] + (["first"] if opts.first_frame_graph else [])
-            models = [(build_step_graph(cfg, weights, precision, role == "first", opts.opset), tmp / names[role])
+            # the static step graph runs frame 0 itself (fixed shapes: no empty past to express)
+            roles = ["step"] + (["first"] if opts.first_frame_graph and not static else [])
+            models = [(build_step_graph(cfg, weights, precision, role == "first", opts.graph_opset, opts.cache,
+                                        opts.cache_frames), tmp / names[role])
                       for role in roles]
             say(f"writing {', '.join(names[r] for r in roles)} + {names['weights']}")
             save_with_shared_data(models, tmp / names["weights"])
             for role in roles:
                 onnx.checker.check_model(str(tmp / names[role]), full_check=False)
-                ins, outs = step_io(cfg, "float16" if precision == "fp16" else "float32", role == "first")
+                ins, outs = step_io(cfg, "float16" if precision == "fp16" else "float32", role == "first",
+                                    opts.cache, opts.cache_frames)
                 graphs[f"{role}.{precision}"] = {
                     "file": names[role], "role": role, "precision": precision,
                     "cache_dtype": "float16" if precision == "fp16" else "float32",
@@ -121,19 +147,26 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
                     "inputs": [s.to_dict() for s in ins], "outputs": [s.to_dict() for s in outs],
                 }
             timings[f"convert_{precision}_s"] = round(time.perf_counter() - t0, 3)
-        onnx.save(build_energy_graph(cfg, opts.opset), str(tmp / ENERGY_FILE))
+        # the energy graph has no cache: the opset the concat graphs use keeps it readable everywhere
+        onnx.save(build_energy_graph(cfg, min(opts.graph_opset, MAX_OPSET)), str(tmp / ENERGY_FILE))
         e_ins, e_outs = energy_io(cfg)
         graphs["energy"] = {"file": ENERGY_FILE, "role": "energy", "precision": "fp32",
                             "inputs": [s.to_dict() for s in e_ins], "outputs": [s.to_dict() for s in e_outs]}
 
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        frames = opts.cache_frames or cfg.max_frames
+        cache = ({"contract": "static", "frames": frames, "max_len": static_max_len(cfg, frames),
+                  "inputs": "write_index, attn_bias: row t of vitac_deploy.contract.static_rows; present_* "
+                            "is past_* updated in place (bind both to one buffer)"} if static
+                 else {"contract": "concat"})
         manifest: dict[str, Any] = {
-            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION, "created": now_iso(),
+            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION if static else CONCAT_FORMAT_VERSION,
+            "created": now_iso(), "cache": cache,
             "config": cfg.to_dict(),
             "tokens": {"per_frame": cfg.tokens_per_frame, "conditioning": cfg.cond_tokens,
                        "per_cache_frame": cfg.tokens_per_step},
             "source": opts.source,
-            "opset": opts.opset,
+            "opset": opts.graph_opset,
             "exporter": {"name": "vitac_deploy.exporters.step_graph", "vitac_deploy": __version__, **versions()},
             "graphs": graphs,
             "first_frame": ("first.* graphs take no past inputs: TensorRT profiles may not express "
@@ -180,7 +213,10 @@ def _validation_inputs(cfg, opts: ExportOptions):
     """The seeded rollout inputs the export validates with."""
     from ..validation import ParityInputs
 
-    return ParityInputs.make(cfg, opts.validation_batch, opts.validation_frames, seed=opts.validation_seed)
+    frames = opts.validation_frames
+    if opts.cache == "static":   # a rollout fits the fixed cache
+        frames = min(frames, opts.cache_frames or cfg.max_frames)
+    return ParityInputs.make(cfg, opts.validation_batch, frames, seed=opts.validation_seed)
 
 
 def validate_artifact(model, artifact: Path, opts: ExportOptions, say: Progress) -> dict[str, Any]:
@@ -201,7 +237,7 @@ def validate_artifact(model, artifact: Path, opts: ExportOptions, say: Progress)
         entry = report.to_dict()
         entry["worst_max_abs"] = report.worst("max_abs")
         entry["worst_cosine"] = report.worst("cosine")
-        if opts.first_frame_graph:
+        if opts.first_frame_graph and opts.cache != "static":
             entry["first_frame_graph_max_abs"] = _check_first_graph(artifact, precision, rt, inputs)
             entry["passed"] = entry["passed"] and entry["first_frame_graph_max_abs"] <= report.tolerance.max_abs
         entry["seconds"] = round(time.perf_counter() - t0, 2)

@@ -17,12 +17,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..config import PredictorConfig
-from ..contract import ROPE_INPUTS, TensorSpec, step_io
+from ..contract import ROPE_INPUTS, TensorSpec, check_cache, step_io
 from ..rope import frame_tables, pair_rotation_matrix
 
-_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
 _NP = {"float32": np.float32, "float16": np.float16}
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 21, 17
+STATIC_OPSET = 24   # TensorScatter (the in-place KV-cache update) exists from opset 24
 
 
 class _Graph:
@@ -58,10 +59,14 @@ class StepGraphBuilder:
     """
 
     def __init__(self, cfg: PredictorConfig, weights: Mapping[str, np.ndarray], precision: str = "fp32",
-                 first_frame: bool = False, opset: int = DEFAULT_OPSET):
+                 first_frame: bool = False, opset: int = DEFAULT_OPSET, cache: str = "concat",
+                 cache_frames: Optional[int] = None):
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+        if check_cache(cache) == "static" and opset < STATIC_OPSET:
+            raise ValueError(f"the static cache contract needs opset >= {STATIC_OPSET} (TensorScatter), got {opset}")
         self.cfg, self.w, self.first_frame, self.opset = cfg, weights, first_frame, opset
+        self.cache, self.cache_frames = cache, cache_frames
         self.cd = "float16" if precision == "fp16" else "float32"   # compute + cache dtype
         self.precision = precision
         self.g = _Graph()
@@ -159,10 +164,18 @@ class StepGraphBuilder:
         if self.first_frame:
             k = g.one("Identity", [k], out_names=[f"present_key.{i}"])
             v = g.one("Identity", [v], out_names=[f"present_value.{i}"])
+        elif self.cache == "static":
+            # written in place when the runtime binds present to past's buffer: only this frame moves
+            k = g.one("TensorScatter", [f"past_key.{i}", k, "write_index"], out_names=[f"present_key.{i}"], axis=2)
+            v = g.one("TensorScatter", [f"past_value.{i}", v, "write_index"], out_names=[f"present_value.{i}"], axis=2)
         else:
             k = g.one("Concat", [f"past_key.{i}", k], out_names=[f"present_key.{i}"], axis=2)
             v = g.one("Concat", [f"past_value.{i}", v], out_names=[f"present_value.{i}"], axis=2)
         scores = g.one("MatMul", [q, g.one("Transpose", [k], f"{p}.kT", perm=[0, 1, 3, 2])], f"{p}.scores")
+        if self.cache == "static":
+            # the whole buffer is attended: the frames not yet written are masked out (MatMul -> Add ->
+            # Softmax -> MatMul, the masked form of the pattern TensorRT fuses)
+            scores = g.one("Add", [scores, "attn_bias"], f"{p}.masked")
         probs = g.one("Softmax", [scores], f"{p}.softmax", axis=-1)
         out = g.one("MatMul", [probs, v], f"{p}.context")
         out = g.one("Reshape", [g.one("Transpose", [out], f"{p}.merge", perm=[0, 2, 1, 3]), self._ints(0, L, d)],
@@ -203,14 +216,16 @@ class StepGraphBuilder:
             x = self.layer_norm(x, None, cfg.feature_norm_eps, cfg.embed_dim, "normalize_prediction")
         g.op("Identity", [x], out_names=["next_features"])
 
-        inputs, outputs = step_io(cfg, self.cd, self.first_frame)
+        inputs, outputs = step_io(cfg, self.cd, self.first_frame, self.cache, self.cache_frames)
         graph = helper.make_graph(
-            g.nodes, f"vitac_{'first' if self.first_frame else 'step'}_{self.precision}",
+            g.nodes, f"vitac_{'first' if self.first_frame else 'step'}_{self.precision}"
+                     + ("_static" if self.cache == "static" else ""),
             [_value_info(s) for s in inputs], [_value_info(s) for s in outputs],
             initializer=list(g.initializers.values()))
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                                   producer_name="vitac-deploy")
-        model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9)  # readable by older runtimes
+        # readable by older runtimes (IR 10 for opset 24: ONNX Runtime 1.32 and TensorRT's parser take it)
+        model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9 if self.opset <= 21 else 10)
         return model
 
 
@@ -219,6 +234,8 @@ def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
 
 
 def build_step_graph(cfg: PredictorConfig, weights: Mapping[str, np.ndarray], precision: str = "fp32",
-                     first_frame: bool = False, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The step (or first-frame) graph of `cfg` as an in-memory ONNX model."""
-    return StepGraphBuilder(cfg, weights, precision, first_frame, opset).build()
+                     first_frame: bool = False, opset: int = DEFAULT_OPSET, cache: str = "concat",
+                     cache_frames: Optional[int] = None) -> onnx.ModelProto:
+    """The step (or first-frame) graph of `cfg` as an in-memory ONNX model, with the concat or the
+    static (in-place, opset 24) cache contract."""
+    return StepGraphBuilder(cfg, weights, precision, first_frame, opset, cache, cache_frames).build()

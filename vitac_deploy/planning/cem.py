@@ -267,7 +267,9 @@ def _fitting_chunk(runtime, budget, horizon: int, samples: int) -> int:
     # TensorRT's pinned host buffers count on a Jetson (unified memory): counted always, a few MiB
     # of caution on a discrete GPU
     kw = {"precision": runtime.precision, "backend": layout, "engines": getattr(runtime, "weight_copies", 1),
-          "unified": layout == "tensorrt"}
+          "unified": layout == "tensorrt",
+          # the static contract's cache is written in place: one arena, not two
+          "double_buffered": getattr(runtime, "cache", "concat") != "static"}
     fit = largest_chunk(runtime.cfg, int(budget), frames, samples, **kw)
     if fit == 0:
         raise VitacError(f"not even one sample fits a budget of {_size(budget)} with this runtime "

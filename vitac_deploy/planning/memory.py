@@ -167,7 +167,8 @@ def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1
       engine stores them twice; ONNX Runtime once).
     - kv_cache = 2 x B x F x kv_bytes_per_frame(e): two arenas (past and present) because the
       graph's Concat writes the whole grown cache, so present cannot alias past. One with
-      `double_buffered=False` (a contract where present extends past in place; not done yet).
+      `double_buffered=False`: the static contract (`export --cache static`), whose TensorScatter
+      writes the new frame into past's own buffer (F is then the artifact's cache frames).
     - frame_buffers, float32: ONNX Runtime prediction + 2 raw predictions = 3 x B x N x D x 4;
       TensorRT input staging + prediction + 2 raw = 4 x B x N x D x 4.
     - host_pinned (TensorRT only): the pinned input features, B x N x D x 4, plus the pinned

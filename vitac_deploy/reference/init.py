@@ -12,7 +12,7 @@ from ..config import PredictorConfig
 
 def recipe_state_dict(param_shapes: Mapping[str, Sequence[int]], seed: int, linear_std: float = 0.02,
                       overrides: Optional[Mapping[str, float]] = None) -> dict[str, np.ndarray]:
-    """Weights from the golden recipe (shared/golden/README.md), float32 numpy arrays.
+    """Weights from the golden recipe (tests/golden/README.md), float32 numpy arrays.
 
     `linear_std` and `overrides` (key -> std) are the recipe's variants for the planner case, whose
     actions must move the energy clearly (`predictor_linear_std`, `predictor_weight_overrides`)."""

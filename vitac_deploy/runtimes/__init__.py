@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
-from ..manifest import read_engine_manifest, read_manifest
+from ..manifest import cache_contract, read_engine_manifest, read_manifest
 from .base import Runtime
 
 __all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]
@@ -73,8 +73,10 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
         if key not in manifest["graphs"]:
             raise VitacError(f"{p} has no {precision} step graph (exported: "
                              f"{', '.join(sorted(manifest['graphs']))})")
+        cache = cache_contract(manifest, p)   # concat when the manifest predates the static contract
         return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
-                                  max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), **options)
+                                  max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), cache=cache,
+                                  cache_frames=manifest["cache"]["frames"] if cache == "static" else None, **options)
     if backend == "torch":
         from .torch import TorchRuntime
 

@@ -43,6 +43,7 @@ class Runtime:
 
     backend = "base"
     accepts_device_arrays = False   # CUDA arrays (torch/CuPy) taken by pointer, without a host copy
+    cache = "concat"                # the KV cache contract driven: concat (double-buffered) or static (in place)
 
     def __init__(self, cfg: PredictorConfig, precision: str, device: str,
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None):
@@ -337,6 +338,12 @@ class Runtime:
 
     def close(self) -> None:
         """Free the buffers now (they are freed with the runtime otherwise)."""
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes this runtime allocated for the KV cache (all layers, keys and values, every arena);
+        0 before the first reset. Backends override it with what they really allocated."""
+        return 0
 
     def device_memory(self) -> Optional[dict[str, float]]:
         """Device memory figures (MiB) where the backend can tell; None on the host."""

@@ -82,9 +82,13 @@ def gpu_info(required: bool = True) -> Optional[dict[str, Any]]:
 class DeviceBuffer:
     """`nbytes` of device memory, allocated once."""
 
-    def __init__(self, cudart, nbytes: int, dtype=np.float32):
+    def __init__(self, cudart, nbytes: int, dtype=np.float32, zero: bool = False):
         self._cudart, self.nbytes, self.dtype = cudart, max(int(nbytes), 1), np.dtype(dtype)
         self.ptr = int(check(cudart.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes >> 20} MiB)"))
+        if zero:   # a static cache is read whole (masked): never-written memory must not hold NaN bit patterns
+            check(cudart.cudaMemset(self.ptr, 0, self.nbytes), "cudaMemset")
+            # cudaMemset runs on the legacy stream, which non-blocking streams do not wait for
+            check(cudart.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
 
     def free(self) -> None:
         if self.ptr:

@@ -1,8 +1,13 @@
-"""ONNX Runtime: the step graph driven through I/O binding on preallocated, double-buffered memory.
+"""ONNX Runtime: the step graph driven through I/O binding on preallocated memory.
 
-Each block's cache lives in two flat arenas of (max batch x max frames) elements, allocated once.
-`past_*` is bound to one, `present_*` to the other, and they swap after every frame: no per-frame
-allocation, and the only copy of the cache is the graph's own Concat. On CUDA the arenas are
+Concat contract: each block's cache lives in two flat arenas of (max batch x max frames) elements,
+allocated once. `past_*` is bound to one, `present_*` to the other, and they swap after every
+frame: no per-frame allocation, and the only copy of the cache is the graph's own Concat.
+Static contract: one arena per block of (max batch x the artifact's fixed max_len); `past_*` and
+`present_*` are bound to the SAME address, so TensorScatter writes the new frame in place (ONNX
+Runtime >= 1.25 skips its copy when the pointers match, and logs "in-place optimization not
+activated" when they do not). The write index and mask rows of every frame sit beside the RoPE
+tables and are bound by address too. On CUDA the arenas are
 device memory (cuda-python), so the cache never crosses to the host; the RoPE rows of every frame
 sit on the device too and are bound by address.
 
@@ -27,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...config import PredictorConfig
-from ...contract import ROPE_INPUTS, past_names, present_names, rope_rows
+from ...contract import ROPE_INPUTS, check_cache, past_names, present_names, rope_rows, static_max_len, static_rows
 from ...errors import BackendUnavailable, VitacError, first_line
 from ..base import Runtime
 from .memory import CudaMemory, HostMemory
@@ -89,7 +94,16 @@ class OnnxRuntimeRuntime(Runtime):
     def __init__(self, graph_path: str | Path, cfg: PredictorConfig, precision: str, device: str = "cpu",
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None,
                  session_options: Any = None, threads: Optional[int] = None, cuda_graphs: bool = False,
-                 tf32: bool = False, energy_graph: Optional[str | Path] = None):
+                 tf32: bool = False, energy_graph: Optional[str | Path] = None, cache: str = "concat",
+                 cache_frames: Optional[int] = None):
+        self.cache = check_cache(cache)
+        if cache == "static":   # the buffer length is fixed in the graph: rollouts fit within it
+            cache_frames = cache_frames or cfg.max_frames
+            if max_frames is not None and max_frames > cache_frames:
+                raise VitacError(f"max_frames {max_frames} exceeds the static cache of this artifact ({cache_frames} "
+                                 f"frames): re-export with `--cache-frames {max_frames}`")
+            max_frames = max_frames or cache_frames
+        self.cache_frames = cache_frames
         super().__init__(cfg, precision, device, max_batch, max_frames)
         ort = self._ort = _import_ort()
         if device not in ("cpu", "cuda"):
@@ -127,6 +141,9 @@ class OnnxRuntimeRuntime(Runtime):
         if "past_key.0" not in names or not set(ROPE_INPUTS) <= names:
             raise VitacError(f"{graph_path} is not a step graph of this vitac-deploy (no past_key.0 / rope_cos "
                              f"inputs): re-export it with `vitac-deploy export`")
+        if ("write_index" in names) != (cache == "static"):
+            raise VitacError(f"{graph_path} does not have the {cache} cache contract its manifest records "
+                             f"(edited artifact?): re-export it with `vitac-deploy export`")
         self.energy_session = self._session(energy_graph, cuda_graphs=False) if energy_graph else None
         if self.energy_session is not None and (
                 {i.name for i in self.energy_session.get_inputs()} != {"prediction", "goal"}
@@ -170,8 +187,19 @@ class OnnxRuntimeRuntime(Runtime):
         self._release()
         cfg, mem = self.cfg, self._mem
         per_frame = cfg.num_heads * cfg.tokens_per_step * cfg.head_dim
-        n = batch * self.max_frames * per_frame
-        self._arenas = [{name: mem.alloc(n, self.cache_dtype) for name in past_names(cfg)} for _ in range(2)]
+        if self.cache == "static":   # one arena per layer, the graph's fixed length, written in place
+            n = batch * cfg.num_heads * static_max_len(cfg, self.cache_frames) * cfg.head_dim
+            self._arenas = [{name: mem.alloc(n, self.cache_dtype) for name in past_names(cfg)}]
+            write, bias = static_rows(cfg, self.cache_frames, self.cache_dtype.name, batch)
+            self._static = {"write_index": mem.alloc(write.size, np.int64),
+                            "attn_bias": mem.alloc(bias.size, self.cache_dtype)}
+            for name, table in (("write_index", write), ("attn_bias", bias)):
+                mem.upload(self._static[name], table)
+            self._static_row = {"write_index": write[0].nbytes, "attn_bias": bias[0].nbytes}
+        else:
+            n = batch * self.max_frames * per_frame
+            self._arenas = [{name: mem.alloc(n, self.cache_dtype) for name in past_names(cfg)} for _ in range(2)]
+            self._static = {}
         frame = batch * cfg.tokens_per_frame * cfg.embed_dim
         self._pred = mem.alloc(frame, np.float32)
         self._raw = [mem.alloc(frame, np.float32) for _ in range(2)]
@@ -184,7 +212,7 @@ class OnnxRuntimeRuntime(Runtime):
         self._goal_buf = mem.alloc(cfg.tokens_per_frame * cfg.embed_dim, np.float32)
         self._energies = mem.alloc(batch, np.float32)
         self._buffers = ([b for a in self._arenas for b in a.values()] + [self._pred, *self._raw, self._goal_buf,
-                         self._energies, *self._rope.values()])
+                         self._energies, *self._rope.values(), *self._static.values()])
         self._cur = 0          # arena holding the cache
         self._raw_cur = 0      # raw-prediction buffer holding the last prediction
         # captured graphs read the addresses they were captured with: a new allocation starts afresh
@@ -202,6 +230,11 @@ class OnnxRuntimeRuntime(Runtime):
         self._release()
         self._mem.close()
         self._capacity = 0
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes allocated for the KV cache (every arena of every layer); 0 before the first reset."""
+        return sum(b.nbytes for a in getattr(self, "_arenas", []) for b in a.values()) if self._buffers else 0
 
     def device_memory(self) -> Optional[dict[str, float]]:
         """The device buffers this runtime allocated (the session's own memory is not counted)."""
@@ -240,8 +273,15 @@ class OnnxRuntimeRuntime(Runtime):
         cfg, B, bind = self.cfg, self.batch, self._binding
         P = self.frames * cfg.tokens_per_step
         frame = (B, cfg.tokens_per_frame, cfg.embed_dim)
-        kv_past, kv_present = (B, cfg.num_heads, P, cfg.head_dim), (B, cfg.num_heads, P + cfg.tokens_per_step, cfg.head_dim)
-        past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
+        static = self.cache == "static"
+        if static:   # one buffer, fixed shape: past and present are the same memory
+            M = static_max_len(cfg, self.cache_frames)
+            kv_past = kv_present = (B, cfg.num_heads, M, cfg.head_dim)
+            past = present = self._arenas[0]
+        else:
+            kv_past = (B, cfg.num_heads, P, cfg.head_dim)
+            kv_present = (B, cfg.num_heads, P + cfg.tokens_per_step, cfg.head_dim)
+            past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
         raw_in, raw_out = self._raw[self._raw_cur], self._raw[1 - self._raw_cur]
         bind.clear_binding_inputs()
         bind.clear_binding_outputs()
@@ -253,6 +293,11 @@ class OnnxRuntimeRuntime(Runtime):
             self._bind_host(bind, name, value)
         for name, table in self._rope.items():
             self._bind(bind, name, table, (1, cfg.tokens_per_step, cfg.head_dim), offset=self.frames * self._rope_row)
+        if static:
+            self._bind(bind, "write_index", self._static["write_index"], (B,),
+                       offset=self.frames * self._static_row["write_index"])
+            self._bind(bind, "attn_bias", self._static["attn_bias"], (1, 1, 1, M),
+                       offset=self.frames * self._static_row["attn_bias"])
         for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
             self._bind(bind, p_name, past[p_name], kv_past)
             self._bind(bind, q_name, present[p_name], kv_present, output=True)
@@ -272,7 +317,8 @@ class OnnxRuntimeRuntime(Runtime):
             self.session.run_with_iobinding(bind, run_options)
         except Exception as e:
             raise VitacError(f"onnxruntime failed on frame {self.frames}: {first_line(e)}") from None
-        self._cur = 1 - self._cur
+        if not static:
+            self._cur = 1 - self._cur
         self._raw_cur = 1 - self._raw_cur
 
     def _last(self):
@@ -310,7 +356,8 @@ class OnnxRuntimeRuntime(Runtime):
         if batch > self._capacity:
             raise VitacError(f"batch {batch} exceeds the runtime's allocated batch {self._capacity}")
         cfg, mem = self.cfg, self._mem
-        kv_row = cfg.num_heads * self.frames * cfg.tokens_per_step * cfg.head_dim
+        tokens = static_max_len(cfg, self.cache_frames) if self.cache == "static" else self.frames * cfg.tokens_per_step
+        kv_row = cfg.num_heads * tokens * cfg.head_dim
         for buf in self._arenas[self._cur].values():
             mem.tile(buf, kv_row, 1, batch)
         # (predictions need no broadcast: the last context frame always runs at the full batch)
@@ -320,7 +367,7 @@ class OnnxRuntimeRuntime(Runtime):
 
     def describe(self) -> str:
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
-        return f"{self.backend} ({self.device}, {self.precision}{graphs})"
+        return f"{self.backend} ({self.device}, {self.precision}, {self.cache} cache{graphs})"
 
 
 def energy_graph_path(artifact: Path, manifest: dict[str, Any]) -> Optional[Path]:

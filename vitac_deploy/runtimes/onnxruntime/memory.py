@@ -73,7 +73,8 @@ class CudaMemory:
         from ..gpu import DeviceBuffer
 
         dtype = np.dtype(dtype)
-        d = DeviceBuffer(self._c, max(int(n), 1) * dtype.itemsize, dtype)
+        # zeroed like HostMemory's: the static contract reads (masked) cache slots not yet written
+        d = DeviceBuffer(self._c, max(int(n), 1) * dtype.itemsize, dtype, zero=True)
         return Buffer(d.ptr, d.nbytes, dtype, device=d)
 
     def upload(self, buf: Buffer, array: np.ndarray, offset: int = 0) -> None:

@@ -1,9 +1,14 @@
 """TensorRT: engines built by `vitac-deploy build-engine`, driven on preallocated device memory.
 
 - The engine's manifest is checked against this TensorRT and GPU before the plan is deserialized.
-- Every block's cache lives in two device arenas of (max batch x max frames), allocated once;
-  past_* is bound to one, present_* to the other, and they swap after every frame (the graph's
-  Concat is the only copy of the cache). The RoPE rows of every frame live on the device; frame t
+- Concat contract: every block's cache lives in two device arenas of (max batch x max frames),
+  allocated once; past_* is bound to one, present_* to the other, and they swap after every frame
+  (the graph's Concat is the only copy of the cache). Static contract (TensorRT >= 10.15, or for
+  RTX with IKVCacheUpdateLayer): one zeroed arena per block of (max batch x the fixed max_len),
+  present_* bound to past_*'s address, so the KV-cache update layer writes only the new frame.
+  Its shapes are fixed and the frame's rows (RoPE, write index, mask) are copied on the stream to
+  fixed slots, so one binding and one captured CUDA graph serve every frame of a batch (per
+  raw-prediction parity), instead of one per frame index. The RoPE rows of every frame live on the device; frame t
   binds row t. Host inputs go through pinned buffers; predictions stay on the device until asked
   for (`_prediction`), and the planner's energy runs as an engine of its own on them.
 - All contexts (step, first frame, energy) share one activation buffer (see contexts.py).
@@ -25,14 +30,14 @@ from typing import Any, Optional
 import numpy as np
 
 from ...config import PredictorConfig
-from ...contract import ROPE_INPUTS, past_names, rope_rows
+from ...contract import ROPE_INPUTS, past_names, rope_rows, static_max_len, static_rows
 from ...errors import VitacError, first_line
-from ...manifest import sha256_file
+from ...manifest import cache_contract, sha256_file
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, device_to_host, gpu_info, import_cudart
 from .binding import FrameBinding, FrameBuffers, bind_frame
-from .compat import check_engine_compat
+from .compat import check_engine_compat, check_kv_cache_support
 from .contexts import ContextFactory, activation_bytes, configure
 from .module import import_tensorrt
 
@@ -48,6 +53,8 @@ class TensorRTRuntime(Runtime):
         flavour = manifest.get("tensorrt", {}).get("flavour", "tensorrt")
         trt = self._trt = import_tensorrt(flavour)
         cfg = PredictorConfig.from_dict(manifest["config"])
+        self.cache = cache_contract(manifest)
+        check_kv_cache_support(trt, flavour, self.cache)   # before anything is deserialized
         flags = manifest.get("build_flags", {})
         engine_batch = flags.get("batch", [1, 1, 1])[2]
         engine_frames = flags.get("max_frames", cfg.max_frames)
@@ -55,8 +62,11 @@ class TensorRTRuntime(Runtime):
             raise VitacError(f"max_batch {max_batch} exceeds the engine's profile (max batch {engine_batch}): "
                              f"rebuild with `build-engine --max-batch {max_batch}`")
         if max_frames is not None and max_frames > engine_frames:
-            raise VitacError(f"max_frames {max_frames} exceeds the engine's profile ({engine_frames} frames): "
-                             f"rebuild with `build-engine --max-frames {max_frames}`")
+            fix = (f"re-export with `export --cache static --cache-frames {max_frames}` and rebuild"
+                   if cache_contract(manifest) == "static"
+                   else f"rebuild with `build-engine --max-frames {max_frames}`")
+            what = "static cache" if "static" in fix else "profile"
+            raise VitacError(f"max_frames {max_frames} exceeds the engine's {what} ({engine_frames} frames): {fix}")
         super().__init__(cfg, manifest.get("precision", "fp16"), "cuda", max_batch or engine_batch,
                          max_frames or engine_frames)
         gpu = gpu_info(required=False)
@@ -89,6 +99,7 @@ class TensorRTRuntime(Runtime):
         step = self._engines["step"]
         self.cache_dtype = np.dtype(trt.nptype(step.get_tensor_dtype("past_key.0")))
         self.rope_dtype = np.dtype(trt.nptype(step.get_tensor_dtype("rope_cos")))
+        self.cache_frames = manifest["cache"]["frames"] if self.cache == "static" else None
         self._activation_size = max(activation_bytes(e) for e in self._engines.values())
         self._activation = DeviceBuffer(c, self._activation_size)
         self._stream = Stream(c)
@@ -140,8 +151,12 @@ class TensorRTRuntime(Runtime):
         self._release()
         cfg, c = self.cfg, self._cudart
         N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
-        kv = batch * cfg.num_heads * self.max_frames * cfg.tokens_per_step * cfg.head_dim * self.cache_dtype.itemsize
-        self._arenas = [{n: DeviceBuffer(c, kv) for n in past_names(cfg)} for _ in range(2)]
+        static = self.cache == "static"
+        tokens = static_max_len(cfg, self.cache_frames) if static else self.max_frames * cfg.tokens_per_step
+        kv = batch * cfg.num_heads * tokens * cfg.head_dim * self.cache_dtype.itemsize
+        # static: one arena, read whole behind the mask, so zeroed (no NaN bit patterns in unwritten slots)
+        self._arenas = [{n: DeviceBuffer(c, kv, zero=static) for n in past_names(cfg)}
+                        for _ in range(1 if static else 2)]
         frame = batch * N * D * 4
         self._d_feat = DeviceBuffer(c, frame)
         self._d_pred = DeviceBuffer(c, frame)
@@ -156,15 +171,35 @@ class TensorRTRuntime(Runtime):
         for n, t in tables.items():
             self._stream.copy(self._d_rope[n].ptr, t.ctypes.data, t.nbytes, "h2d")
         self._rope_row_bytes = cfg.tokens_per_step * cfg.head_dim * self.rope_dtype.itemsize
+        self._d_static: dict = {}
+        self._static_tables: dict = {}   # kept until the copies below are done
+        self._row_slots: dict = {}
+        self._d_static_slots: list = []
+        if static:
+            write, bias = static_rows(cfg, self.cache_frames, self.cache_dtype.name, batch)
+            for n, t in (("write_index", write), ("attn_bias", bias)):
+                self._d_static[n] = DeviceBuffer(c, t.nbytes)
+                self._stream.copy(self._d_static[n].ptr, t.ctypes.data, t.nbytes, "h2d")
+                self._static_tables[n] = t
+            self._static_row_bytes = {"write_index": write[0].nbytes, "attn_bias": bias[0].nbytes}
+            # the frame's rows are copied (on the stream, before the engine) to fixed slots: every
+            # address is then the same for all frames, so one binding and one captured graph serve
+            # every frame of a batch, not one per frame index
+            rows = {**{n: (self._d_rope[n].ptr, self._rope_row_bytes) for n in ROPE_INPUTS},
+                    **{n: (self._d_static[n].ptr, self._static_row_bytes[n]) for n in self._d_static}}
+            self._row_slots = {n: (DeviceBuffer(c, size), src, size) for n, (src, size) in rows.items()}
+            self._d_static_slots = [slot for slot, _, _ in self._row_slots.values()]
         self._d_goal = DeviceBuffer(c, N * D * 4)
         self._d_energy = DeviceBuffer(c, batch * 4)
         self._buffers = ([b for a in self._arenas for b in a.values()] + [self._d_feat, self._d_pred, *self._d_raw,
                          self._h_feat, *self._d_cond.values(), *self._h_cond.values(), *self._d_rope.values(),
-                         self._d_goal, self._d_energy])
+                         self._d_goal, self._d_energy, *self._d_static.values(),
+                         *getattr(self, "_d_static_slots", [])])
         self._cur, self._raw_cur = 0, 0
         if getattr(self, "_goal", None) is not None:
             self._stream.copy(self._d_goal.ptr, self._goal.ctypes.data, self._goal.nbytes, "h2d")
         self._stream.synchronize()   # the tables above were copied from temporaries
+        self._static_tables = {}
 
     def _forget_frames(self) -> None:
         """Captured graphs and keyed contexts hold the addresses of the old buffers. The stream must
@@ -233,22 +268,34 @@ class TensorRTRuntime(Runtime):
         for name, value in cond.items():
             self._h_cond[name].array[:value.size] = value.ravel()
             s.copy(self._d_cond[name].ptr, self._h_cond[name].ptr, value.nbytes, "h2d")
-        # shapes and every address are fixed by this key: one binding (and one captured graph) serves it
-        key = (B, self.frames, self._cur, self._raw_cur, features is None)
+        static = self.cache == "static"
+        # shapes and every address are fixed by this key: one binding (and one captured graph) serves
+        # it. Static: the frame's rows go to fixed slots, so the frame index is not part of the key
+        key = (B, "static" if static else self.frames, self._cur, self._raw_cur, features is None)
+        if static:
+            for slot, src, size in self._row_slots.values():
+                s.copy(slot.ptr, src + self.frames * size, size, "d2d")
         bind = self._bindings.get(key)
         if bind is None:
-            past, present = self._arenas[self._cur], self._arenas[1 - self._cur]
-            bind = self._bindings[key] = bind_frame(cfg, B, self.frames, "first" in self._engines, FrameBuffers(
+            past, present = self._arenas[self._cur], self._arenas[0 if static else 1 - self._cur]
+            slots = {n: slot.ptr for n, (slot, _, _) in self._row_slots.items()}
+            bind = self._bindings[key] = bind_frame(cfg, B, 0 if static else self.frames, "first" in self._engines,
+                                                    FrameBuffers(
                 features=feat_ptr, cond={n: self._d_cond[n].ptr for n in cond},
                 past={n: b.ptr for n, b in past.items()}, present={n: b.ptr for n, b in present.items()},
                 prediction=self._d_pred.ptr, raw_out=self._d_raw[1 - self._raw_cur].ptr,
-                rope={n: b.ptr for n, b in self._d_rope.items()}, rope_row_bytes=self._rope_row_bytes))
+                rope={n: slots[n] for n in ROPE_INPUTS} if static else {n: b.ptr for n, b in self._d_rope.items()},
+                rope_row_bytes=self._rope_row_bytes,
+                static={n: slots[n] for n in self._d_static}, static_row_bytes={n: 0 for n in self._d_static},
+                cache_len=static_max_len(cfg, self.cache_frames) if static else 0))
         if self.cuda_graphs:
             self._run_graph(key, bind)
         else:
             self._run_eager(key, bind)
         self._last_pred = bind.prediction
-        self._cur, self._raw_cur = 1 - self._cur, 1 - self._raw_cur
+        if self.cache != "static":   # the static cache stays in its one arena
+            self._cur = 1 - self._cur
+        self._raw_cur = 1 - self._raw_cur
 
     def _execute(self, ctx) -> None:
         if not ctx.execute_async_v3(self._stream.ptr):
@@ -326,7 +373,8 @@ class TensorRTRuntime(Runtime):
         if batch > self._capacity:
             raise VitacError(f"batch {batch} exceeds the runtime's allocated batch {self._capacity}")
         cfg = self.cfg
-        kv_row = cfg.num_heads * self.frames * cfg.tokens_per_step * cfg.head_dim * self.cache_dtype.itemsize
+        tokens = static_max_len(cfg, self.cache_frames) if self.cache == "static" else self.frames * cfg.tokens_per_step
+        kv_row = cfg.num_heads * tokens * cfg.head_dim * self.cache_dtype.itemsize
         for buf in self._arenas[self._cur].values():
             self._stream.tile(buf.ptr, kv_row, 1, batch)
         # stream order puts these copies before the next frame's engine: no host wait needed
@@ -334,9 +382,14 @@ class TensorRTRuntime(Runtime):
     def _to_host(self, array: DeviceArray) -> np.ndarray:
         return device_to_host(self._stream, array)
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of device memory allocated for the KV cache (every arena of every layer)."""
+        return sum(b.nbytes for a in getattr(self, "_arenas", []) for b in a.values()) if self._buffers else 0
+
     def describe(self) -> str:
         graphs = "CUDA graphs" if self.cuda_graphs or self._rtx_graphs else "no CUDA graphs"
-        return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {graphs})"
+        return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {self.cache} cache, {graphs})"
 
     @property
     def weight_copies(self) -> int:

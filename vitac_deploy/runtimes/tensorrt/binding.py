@@ -4,7 +4,7 @@ optimization profiles)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 from ...config import PredictorConfig
@@ -23,6 +23,11 @@ class FrameBuffers:
     raw_out: int                # the raw prediction fed back next frame
     rope: Dict[str, int]        # rope_cos / rope_sin tables [max_frames, K+N, head_dim] on the device
     rope_row_bytes: int         # bytes of one frame's row of a table
+    # static contract: write_index / attn_bias tables (contract.static_rows) and one row's bytes of each;
+    # cache_len is the fixed max_len (0: the concat contract)
+    static: Dict[str, int] = field(default_factory=dict)
+    static_row_bytes: Dict[str, int] = field(default_factory=dict)
+    cache_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,13 @@ class FrameBinding:
 
 def bind_frame(cfg: PredictorConfig, batch: int, cached_frames: int, has_first_engine: bool,
                bufs: FrameBuffers) -> FrameBinding:
-    """Shapes and addresses for the frame after `cached_frames` frames: past_* bound to the arena
-    holding the cache, present_* to the other one (the graph's Concat writes the grown cache there)."""
+    """Shapes and addresses for the frame after `cached_frames` frames. Concat: past_* bound to the
+    arena holding the cache, present_* to the other one (the graph's Concat writes the grown cache
+    there). Static (`bufs.cache_len` > 0): present_* bound to past_*'s own address (the KV-cache
+    update layer writes the new frame in place), fixed [batch, heads, max_len, head_dim] shapes."""
     P = cached_frames * cfg.tokens_per_step
-    role = "first" if P == 0 and has_first_engine else "step"
+    static = bufs.cache_len > 0
+    role = "first" if P == 0 and has_first_engine and not static else "step"
     frame = (batch, cfg.tokens_per_frame, cfg.embed_dim)
     widths = {"action": cfg.action_dim, "state": cfg.action_dim, "extrinsics": cfg.action_dim - 1}
     shapes: Dict[str, Tuple[int, ...]] = {"features": frame, **{n: (batch, widths[n]) for n in bufs.cond}}
@@ -47,11 +55,15 @@ def bind_frame(cfg: PredictorConfig, batch: int, cached_frames: int, has_first_e
         for name in ROPE_INPUTS:
             shapes[name] = (1, cfg.tokens_per_step, cfg.head_dim)
             addrs[name] = bufs.rope[name] + cached_frames * bufs.rope_row_bytes
+    if static:
+        shapes["write_index"] = (batch,)
+        for name in ("write_index", "attn_bias"):
+            addrs[name] = bufs.static[name] + cached_frames * bufs.static_row_bytes[name]
     for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
         if role == "step":
-            shapes[p_name] = (batch, cfg.num_heads, P, cfg.head_dim)
+            shapes[p_name] = (batch, cfg.num_heads, bufs.cache_len if static else P, cfg.head_dim)
             addrs[p_name] = bufs.past[p_name]
-        addrs[q_name] = bufs.present[p_name]
+        addrs[q_name] = bufs.past[p_name] if static else bufs.present[p_name]
     if cfg.normalize_reps:
         addrs["next_features"], addrs["next_features_raw"] = bufs.prediction, bufs.raw_out
         prediction = bufs.prediction

@@ -20,9 +20,10 @@ from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
 from ...errors import VitacError
-from ...manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, now_iso, read_manifest, sha256_file,
-                         write_json_atomic)
+from ...manifest import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
+                         now_iso, read_manifest, sha256_file, write_json_atomic)
 from ..gpu import gpu_info
+from .compat import check_kv_cache_support
 from .module import import_tensorrt
 from .profiles import ProfileOptions, check_profile_options, step_profile
 
@@ -153,20 +154,25 @@ def energy_profile(cfg: PredictorConfig, prof: ProfileOptions) -> dict[str, tupl
 
 def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_version: str, gpu: Optional[dict],
                     targets: list, opts: EngineOptions, prof: ProfileOptions, how: str,
-                    engines: list[dict[str, Any]]) -> dict[str, Any]:
+                    engines: list[dict[str, Any]], cache: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """ENGINE.plan.json: how, where and from what the engines were built (the runtime checks it
-    before deserializing anything)."""
+    before deserializing anything), with the artifact's cache contract."""
+    cache = cache or {"contract": "concat"}
+    static = cache["contract"] == "static"
     return {
-        "format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "created": now_iso(),
+        "format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION if static else CONCAT_ENGINE_FORMAT_VERSION,
+        "created": now_iso(), "cache": cache,
         "tensorrt": {"flavour": flavour, "version": trt_version},
         "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
         **({"compute_capabilities": targets} if flavour == "tensorrt-rtx" else {}),
         "precision": opts.precision, "precision_how": how, "tf32": opts.tf32,
-        "first_frame": "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0",
+        "first_frame": ("step engine (static cache: fixed shapes, frame 0 included)" if static else
+                        "first engine" if prof.min_past_frames > 0 else "step engine with past_len = 0"),
         "build_flags": {"workspace_mib": opts.workspace_mib, "opt_level": opts.opt_level,
                         "version_compatible": opts.version_compatible, "hardware_compatible": opts.hardware_compatible,
                         "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
-                        "batch": [prof.min_batch, prof.opt_batch, prof.max_batch], "max_frames": prof.max_frames},
+                        "batch": [prof.min_batch, prof.opt_batch, prof.max_batch],
+                        "max_frames": cache["frames"] if static else prof.max_frames},
         "engines": engines,
     }
 
@@ -225,6 +231,8 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     if opts.hardware_compatible and rtx:
         raise VitacError("--hardware-compatible is for TensorRT; TensorRT for RTX targets --compute-capability")
     check_parser_opset(trt.__version__, opts.flavour, int(manifest.get("opset", 17)))
+    static = cache_contract(manifest, artifact) == "static"
+    check_kv_cache_support(trt, opts.flavour, "static" if static else "concat")
     # TensorRT for RTX compiles ahead of time without a GPU (kernels are JIT-compiled where it runs).
     gpu = gpu_info(required=not rtx)
     targets = list(opts.compute_capabilities) or ([gpu["compute_capability"]] if gpu else ["default"])
@@ -314,7 +322,8 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         jobs = [("encoder", graph_of("encoder"), encoder_profile(graph_of("encoder"), prof), out, half)]
     else:
         jobs = [("step", graph_of("step"), profile_of("step", prof.min_past_frames), out, half)]
-        if prof.min_past_frames > 0:
+        # static: every shape but the batch is fixed, frame 0 included: no first-frame engine
+        if prof.min_past_frames > 0 and not static:
             jobs.append(("first", graph_of("first"), profile_of("first", 0),
                          out.with_name(out.stem + ".first" + out.suffix), half))
         if "energy" in manifest["graphs"]:
@@ -333,7 +342,8 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         for b in built:
             Path(b.get("tmp", "")).unlink(missing_ok=True)
         raise
-    data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines)
+    data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines,
+                           manifest.get("cache"))
     data["kind"] = kind
     if kind == "encoder":
         data["first_frame"] = "-"

@@ -12,6 +12,21 @@ def _major_minor(version: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+KV_CACHE_TENSORRT = "10.15"   # TensorScatter -> IKVCacheUpdateLayer (written in place) arrived in TensorRT 10.15
+
+
+def check_kv_cache_support(trt, flavour: str, contract: str) -> None:
+    """The static cache contract needs TensorRT's KV-cache update layer: refuse it, in one line naming
+    the version, where this TensorRT has none (8.6 and 10.3 of JetPack 6 keep the concat contract)."""
+    if contract != "static" or hasattr(trt, "IKVCacheUpdateLayer"):
+        return
+    need = (f"TensorRT >= {KV_CACHE_TENSORRT}" if flavour == "tensorrt"
+            else "a TensorRT for RTX with IKVCacheUpdateLayer (1.7 has it)")
+    raise VitacError(f"{trt.__name__} {trt.__version__} cannot run the static (in-place) KV cache contract: it "
+                     f"needs {need} (TensorScatter -> IKVCacheUpdateLayer); re-export with "
+                     f"`vitac-deploy export --cache concat`")
+
+
 def check_engine_compat(manifest: dict[str, Any], trt_version: str, trt_flavour: str,
                         gpu_name: Optional[str], compute_capability: Optional[str]) -> None:
     """Refuse, with a message that says where the engine was built and what to do, an engine that

@@ -28,6 +28,7 @@ def _import_torch():
 
 class TorchRuntime(Runtime):
     backend = "torch"
+    cache = "reference"   # its own preallocated cache, written in place; no ONNX contract
 
     def __init__(self, model, precision: str = "fp32", device: str = "cpu",
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None, compile: bool = False):
@@ -96,6 +97,11 @@ class TorchRuntime(Runtime):
             buf[1:batch, :, :P] = buf[:1, :, :P]
         self._last_raw = self._last_raw.expand(batch, *self._last_raw.shape[1:]).contiguous()
         self._last = self._last.expand(batch, *self._last.shape[1:]).contiguous()
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the preallocated cache (one buffer per layer, written in place)."""
+        return sum(b.numel() * b.element_size() for b in self._k + self._v) if hasattr(self, "_k") else 0
 
     def device_memory(self) -> Optional[dict[str, float]]:
         """Peak CUDA memory PyTorch allocated since the runtime opened (MiB); None on cpu."""
