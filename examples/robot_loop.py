@@ -84,9 +84,9 @@ def main(argv: Optional[list] = None) -> int:
         action = np.asarray(reply["actions"][0])
         robot.execute(action)                 # MPC: the first action only, then plan again
         t = reply["server_timing"]
-        print(f"step {step}: action {np.round(action, 4).tolist()} (seed {int(reply['seed'])}, "
+        print(f"step {step}: action {np.round(action.astype(float), 4).tolist()} (seed {int(reply['seed'])}, "
               f"energy {float(reply['energies'][-1]):.4f}, {t['infer_ms']:.0f} ms on the server) -> pose "
-              f"{np.round(robot.pose, 3).tolist()}", flush=True)
+              f"{np.round(robot.pose.astype(float), 3).tolist()}", flush=True)
         next_tick += period
         late = time.monotonic() - next_tick
         if late < 0:
