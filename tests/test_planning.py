@@ -244,3 +244,41 @@ def test_input_errors(mpc, mpc_artifact):
         plan(rt, mpc.current, np.full_like(mpc.goal, np.nan), mpc.pose, opts)
     with pytest.raises(VitacError, match="actions must be a real array of shape"):
         energies(rt, mpc.current, mpc.goal, mpc.pose, np.zeros((4, 7)))
+
+
+@pytest.mark.parametrize("max_batch", [None, 5])
+def test_plan_many_is_each_robot_alone(mpc, mpc_artifact, max_batch):
+    """Several robots in one batch (chunks that span robots when max_batch is 5): each robot's plan,
+    energies and distribution are the ones `plan` gives it alone; `noise` and `seed` robots mixed."""
+    from vitac_deploy.planning import PlanRequest, plan_many
+
+    opts = CEMOptions(samples=6, topk=3, cem_steps=2)
+    rng = np.random.default_rng(3)
+    feats = [mpc.current, mpc.goal]
+    reqs = []
+    for r in range(3):
+        pose = mpc.pose + np.float32(0.01 * r) * np.ones_like(mpc.pose)
+        noise = rng.standard_normal((4, 6, 4)) if r == 1 else None
+        reqs.append(PlanRequest(feats[r % 2], feats[(r + 1) % 2], pose, seed=10 + r, noise=noise))
+    rt = _runtime("onnxruntime", mpc, mpc_artifact, max_batch=max_batch)
+    many = plan_many(rt, reqs, opts)
+    for req, got in zip(reqs, many):
+        alone = plan(_runtime("onnxruntime", mpc, mpc_artifact), req.current, req.goal, req.pose, opts,
+                     noise=req.noise, seed=req.seed)
+        assert np.abs(got.actions - alone.actions).max() <= 1e-6
+        assert np.abs(got.energies - alone.energies).max() <= 1e-6
+    assert not np.allclose(many[0].actions, many[2].actions)   # the robots did plan differently
+
+
+def test_plan_many_on_a_runtime_without_groups(mpc, mpc_artifact):
+    """The upstream way (no per-row goals): chunks never span robots, the plans are the same."""
+    from vitac_deploy.planning import PlanRequest, plan_many
+
+    opts = CEMOptions(samples=4, topk=2, cem_steps=1)
+    reqs = [PlanRequest(mpc.current, mpc.goal, mpc.pose, seed=1), PlanRequest(mpc.goal, mpc.current, mpc.pose, seed=2)]
+    many = plan_many(FullRecompute(mpc.model, max_batch=3), reqs, opts)
+    for req, got in zip(reqs, many):
+        alone = plan(FullRecompute(mpc.model), req.current, req.goal, req.pose, opts, seed=req.seed)
+        assert np.abs(got.actions - alone.actions).max() <= 1e-6
+    with pytest.raises(VitacError, match="at least one"):
+        plan_many(FullRecompute(mpc.model), [], opts)

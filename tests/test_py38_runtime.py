@@ -12,7 +12,7 @@ NEWER_THAN_38 = {"list", "dict", "tuple", "set", "frozenset", "type"}
 
 def _runtime_modules() -> list[Path]:
     code = ("import sys, vitac_deploy.runtimes, vitac_deploy.runtimes.onnxruntime, vitac_deploy.runtimes.gpu, "
-            "vitac_deploy.runtimes.tensorrt.backend, vitac_deploy.planning; "
+            "vitac_deploy.runtimes.tensorrt.backend, vitac_deploy.planning, vitac_deploy.client; "
             "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('vitac_deploy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return [Path(p) for p in out.split()]

@@ -16,6 +16,7 @@ from .engine import build_engine
 from .export import export, inspect
 from .info import info
 from .plan import energy_landscape, plan
+from .serve import serve
 from .run import rollout, validate
 
 def _flags_as_flags(params: list) -> list:
@@ -74,6 +75,7 @@ app.command(cls=_Command)(bench)
 app.command(name="export-encoder", cls=_Command)(export_encoder)
 app.command(cls=_Command)(plan)
 app.command(name="energy-landscape", cls=_Command)(energy_landscape)
+app.command(cls=_Command)(serve)
 app.command(name="build-engine", cls=_Command)(build_engine)
 app.command(cls=_Command)(demo)
 app.command(name="debug-precision", cls=_Command)(debug_precision)

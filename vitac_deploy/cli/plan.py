@@ -42,14 +42,16 @@ def parse_pose(text: str, action_dim: int) -> np.ndarray:
     return np.array([values], np.float32)
 
 
-def open_scene(artifact: Path, observation: list[Path], goal: list[Path], pose: str, encoder: Optional[Path],
-               backend: str, device: str, precision: Optional[str], max_batch: Optional[int] = None) -> Scene:
-    from ..encoder import read_images
+def open_models(artifact: Path, encoder: Optional[Path], backend: str, device: str, precision: Optional[str],
+                max_batch: Optional[int] = None, max_frames: Optional[int] = None) -> tuple:
+    """The predictor runtime and the encoder that `plan` and `serve` use: (runtime, encoder, encoder path).
+    The encoder is ARTIFACT/encoder (or what the artifact points to) unless `encoder` names it."""
     from ..encoder.manifest import find_encoder
     from ..runtimes import open_runtime
     from ..runtimes.encoder import open_encoder
 
-    rt = open_runtime(artifact, backend=backend, device=device, precision=precision, max_batch=max_batch)
+    rt = open_runtime(artifact, backend=backend, device=device, precision=precision, max_batch=max_batch,
+                      max_frames=max_frames)
     enc_path = find_encoder(artifact, encoder)
     enc_backend = backend if backend in ("onnxruntime", "torch") else "auto"
     enc = open_encoder(enc_path, backend=enc_backend, device=device, precision=rt.precision)
@@ -59,6 +61,14 @@ def open_scene(artifact: Path, observation: list[Path], goal: list[Path], pose: 
     if enc.cfg.tokens_per_frame != rt.cfg.tokens_per_frame:
         raise VitacError(f"the encoder at {enc_path} gives {enc.cfg.tokens_per_frame} tokens per frame but the "
                          f"predictor takes {rt.cfg.tokens_per_frame}")
+    return rt, enc, enc_path
+
+
+def open_scene(artifact: Path, observation: list[Path], goal: list[Path], pose: str, encoder: Optional[Path],
+               backend: str, device: str, precision: Optional[str], max_batch: Optional[int] = None) -> Scene:
+    from ..encoder import read_images
+
+    rt, enc, enc_path = open_models(artifact, encoder, backend, device, precision, max_batch)
     obs, target = read_images(observation), read_images(goal)
     t0 = time.perf_counter()
     # the last frame of each is the one planned from / towards (upstream plans from one frame);

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from ..errors import VitacError
 from .energy import (PoseUpdate, check_features, check_pose, chunk_size, default_pose_update, graph_context,
-                     rollout_energies, runtime_lock)
+                     rollout_energies_many, runtime_lock)
 
 
 @dataclass
@@ -125,6 +125,18 @@ def _per_entry(space: ActionSpace, opts: CEMOptions):
             pick(opts.momentum_mean_gripper, opts.momentum_mean), pick(opts.momentum_std_gripper, opts.momentum_std))
 
 
+@dataclass
+class PlanRequest:
+    """One robot's planning problem for `plan_many`: normalized features [1, N, D] of its current
+    observation and goal, its pose [1, A], and its draws (`seed`, or `noise` as `plan` takes it)."""
+
+    current: np.ndarray
+    goal: np.ndarray
+    pose: np.ndarray
+    seed: int = 0
+    noise: Optional[np.ndarray] = None
+
+
 def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noise: Optional[np.ndarray] = None,
          seed: int = 0, space: Optional[ActionSpace] = None, chunk: Optional[int] = None,
          memory_budget: Optional[int] = None,
@@ -138,15 +150,53 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     runtime's max_batch; the plan does not depend on it). `memory_budget` (bytes): the chunk is at
     most the largest the memory model fits in it (planning/memory.py; a runtime allocates for its
     max_batch, or for its first chunk when opened without one). `on_step(step, steps, best_energy)`.
+    It is `plan_many` with one robot.
     """
+    return plan_many(runtime, [PlanRequest(current, goal, pose, seed, noise)], options, space, chunk,
+                     memory_budget, on_step)[0]
+
+
+def plan_many(runtime, requests: Sequence[PlanRequest], options: Optional[CEMOptions] = None,
+              space: Optional[ActionSpace] = None, chunk: Optional[int] = None,
+              memory_budget: Optional[int] = None,
+              on_step: Optional[Callable[[int, int, float], None]] = None) -> list[PlanResult]:
+    """Plan for several robots at once: every CEM step rolls out the samples of all of them in one
+    batch (R * samples rows, chunked to `chunk` / the runtime's max_batch), each robot with its own
+    context, goal, pose, draws, elites and distribution. Each robot's PlanResult is the one `plan`
+    returns for it alone (same draws, same per-row rollout and energy). `on_step` gets the best
+    energy over all robots."""
     opts = options or CEMOptions()
     opts.check()
     cfg = runtime.cfg
     space = space or ActionSpace.for_dim(cfg.action_dim)
     space.check(cfg.action_dim)
-    current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
-    pose = check_pose(pose, cfg.action_dim)
-    H, S, K, k = opts.rollout, opts.samples, opts.topk, len(space.sampled)
+    if opts.close_gripper is not None and space.gripper is None:
+        raise VitacError("close_gripper needs an action space with a gripper entry")
+    if len(requests) < 1:
+        raise VitacError("plan_many needs at least one request")
+    robots = [_robot(r, opts, space, cfg) for r in requests]
+    n = chunk_size(runtime, opts.samples * len(robots), chunk)
+    if memory_budget is not None:
+        n = min(n, _fitting_chunk(runtime, memory_budget, opts.rollout, opts.samples * len(robots)))
+    with runtime_lock(runtime):
+        return _cem(runtime, opts, space, robots, n, on_step)
+
+
+@dataclass
+class _Robot:
+    context: np.ndarray      # graph input [1, 1, N, D]
+    goal: np.ndarray         # [1, N, D]
+    pose: np.ndarray         # [1, A]
+    noise: Optional[np.ndarray]
+    rng: np.random.Generator
+
+
+def _robot(req: PlanRequest, opts: CEMOptions, space: ActionSpace, cfg) -> _Robot:
+    """Check one robot's inputs as `plan` always has."""
+    current, goal = check_features("current", req.current, cfg), check_features("goal", req.goal, cfg)
+    pose = check_pose(req.pose, cfg.action_dim)
+    H, S, k = opts.rollout, opts.samples, len(space.sampled)
+    noise = req.noise
     if noise is not None:
         noise = np.asarray(noise)
         if noise.shape != (opts.cem_steps * H, S, k) or noise.dtype.kind not in "fiu":
@@ -155,55 +205,54 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
         if not np.isfinite(noise).all():
             raise VitacError("noise contains NaN or inf")
         noise = noise.astype(np.float64)
-    if not _is_int(seed) or seed < 0:
-        raise VitacError(f"seed must be an integer >= 0, got {seed!r}")
-    if opts.close_gripper is not None and space.gripper is None:
-        raise VitacError("close_gripper needs an action space with a gripper entry")
-    rng = np.random.default_rng(seed)
-    n = chunk_size(runtime, S, chunk)
-    if memory_budget is not None:
-        n = min(n, _fitting_chunk(runtime, memory_budget, H, S))
-    with runtime_lock(runtime):
-        return _cem(runtime, opts, space, graph_context(current, cfg), goal, pose, noise, rng, n, on_step)
+    if not _is_int(req.seed) or req.seed < 0:
+        raise VitacError(f"seed must be an integer >= 0, got {req.seed!r}")
+    return _Robot(graph_context(current, cfg), goal, pose, noise, np.random.default_rng(req.seed))
 
 
-def _cem(runtime, opts: CEMOptions, space: ActionSpace, context: np.ndarray, goal: np.ndarray, pose: np.ndarray,
-         noise: Optional[np.ndarray], rng, n: int, on_step) -> PlanResult:
+def _cem(runtime, opts: CEMOptions, space: ActionSpace, robots: list, n: int, on_step) -> list[PlanResult]:
     cfg = runtime.cfg
-    H, S, K, k = opts.rollout, opts.samples, opts.topk, len(space.sampled)
+    H, S, K, k, R = opts.rollout, opts.samples, opts.topk, len(space.sampled), len(robots)
     std0, bound, m_mean, m_std = _per_entry(space, opts)
-    mean, std = np.zeros((H, k)), np.tile(std0, (H, 1))
+    means, stds = [np.zeros((H, k)) for _ in robots], [np.tile(std0, (H, 1)) for _ in robots]
     sampled = list(space.sampled)
-    runtime.set_goal(goal)
-    result = PlanResult(np.zeros((H, cfg.action_dim), np.float32), np.empty((opts.cem_steps, S), np.float32),
-                        mean, std, n)
+    results = [PlanResult(np.zeros((H, cfg.action_dim), np.float32), np.empty((opts.cem_steps, S), np.float32),
+                          means[r], stds[r], n) for r in range(R)]
     t_start = time.perf_counter()
     for step in range(opts.cem_steps):
         t0 = time.perf_counter()
-        # one [S, k] draw per horizon step, in upstream's order
-        eps = noise[step * H:(step + 1) * H] if noise is not None else \
-            np.stack([rng.standard_normal((S, k)) for _ in range(H)])
-        a = np.clip(eps * std[:, None] + mean[:, None], -bound, bound)            # [H, S, k]
-        actions = np.zeros((S, H, cfg.action_dim))
-        actions[:, :, sampled] = a.transpose(1, 0, 2)
+        actions = np.zeros((R, S, H, cfg.action_dim))
+        for r, robot in enumerate(robots):
+            # one [S, k] draw per horizon step, in upstream's order, from the robot's own generator
+            eps = robot.noise[step * H:(step + 1) * H] if robot.noise is not None else \
+                np.stack([robot.rng.standard_normal((S, k)) for _ in range(H)])
+            a = np.clip(eps * stds[r][:, None] + means[r][:, None], -bound, bound)      # [H, S, k]
+            actions[r][:, :, sampled] = a.transpose(1, 0, 2)
         if opts.close_gripper is not None:
-            actions[:, opts.close_gripper:, space.gripper] = 1.0
-        e = rollout_energies(runtime, context, pose, actions.astype(np.float32), space.pose_update, n)
-        result.energies[step] = e
-        elites = actions[np.argsort(e, kind="stable")[:K]][:, :, sampled]        # [K, H, k], as rolled out
-        mean = (1 - m_mean) * elites.mean(0) + m_mean * mean
-        std = (1 - m_std) * elites.std(0, ddof=1) + m_std * std
-        result.step_seconds.append(time.perf_counter() - t0)
+            actions[:, :, opts.close_gripper:, space.gripper] = 1.0
+        e_all = rollout_energies_many(runtime, [r.context for r in robots], [r.goal for r in robots],
+                                      [r.pose for r in robots], actions.reshape(R * S, H, -1).astype(np.float32),
+                                      S, space.pose_update, n)
+        for r in range(R):
+            e = e_all[r * S:(r + 1) * S]
+            results[r].energies[step] = e
+            elites = actions[r][np.argsort(e, kind="stable")[:K]][:, :, sampled]   # [K, H, k], as rolled out
+            means[r] = (1 - m_mean) * elites.mean(0) + m_mean * means[r]
+            stds[r] = (1 - m_std) * elites.std(0, ddof=1) + m_std * stds[r]
+        dt = time.perf_counter() - t0
+        for res in results:
+            res.step_seconds.append(dt)
         if on_step:
-            on_step(step + 1, opts.cem_steps, float(e.min()))
-    plan_actions = np.zeros((H, cfg.action_dim))
-    plan_actions[:, sampled] = mean
-    if space.gripper is not None:
-        g = plan_actions[:, space.gripper]
-        plan_actions[:, space.gripper] = np.where(np.abs(g) >= space.gripper_threshold, g, 0.0)
-    result.actions, result.mean, result.std = plan_actions.astype(np.float32), mean, std
-    result.seconds = time.perf_counter() - t_start
-    return result
+            on_step(step + 1, opts.cem_steps, float(e_all.min()))
+    for r, res in enumerate(results):
+        plan_actions = np.zeros((H, cfg.action_dim))
+        plan_actions[:, sampled] = means[r]
+        if space.gripper is not None:
+            g = plan_actions[:, space.gripper]
+            plan_actions[:, space.gripper] = np.where(np.abs(g) >= space.gripper_threshold, g, 0.0)
+        res.actions, res.mean, res.std = plan_actions.astype(np.float32), means[r], stds[r]
+        res.seconds = time.perf_counter() - t_start
+    return results
 
 
 def _fitting_chunk(runtime, budget, horizon: int, samples: int) -> int:

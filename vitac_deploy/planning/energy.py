@@ -108,6 +108,48 @@ def rollout_energies(runtime, context: np.ndarray, pose: np.ndarray, actions: np
     return out
 
 
+def rollout_energies_many(runtime, contexts: list, goals: list, poses: list, actions: np.ndarray, samples: int,
+                          pose_update: PoseUpdate, chunk: int) -> np.ndarray:
+    """Energies [R * S] of the samples of R robots rolled out together: actions [R * S, H, A], robot r's
+    S samples at rows r*S..(r+1)*S-1, each from its own context [1, 1, N, D], pose [1, A] and goal
+    [1, N, D]. The rows are chunked to `chunk` regardless of robot; a chunk that holds one robot runs
+    exactly as `rollout_energies` runs it, one that holds several scores each robot's rows against its
+    goal (`Runtime.rollout_energy_groups`). Each row's energy is the one it gets alone."""
+    R = len(contexts)
+    if R == 1:   # one robot: the single-robot path itself, the goal staged once
+        runtime.set_goal(goals[0])
+        return rollout_energies(runtime, contexts[0], poses[0], actions, pose_update, chunk)
+    S, H, A = samples, actions.shape[1], actions.shape[2]
+    owner = np.repeat(np.arange(R), S)
+    all_ctx, all_pose = np.concatenate(contexts), np.concatenate(poses)            # [R, 1, N, D], [R, A]
+    grouped = hasattr(runtime, "rollout_energy_groups")
+    out = np.empty(R * S, np.float32)
+    lo = 0
+    while lo < R * S:
+        hi = min(R * S, lo + chunk)
+        if not grouped:   # a runtime without per-row goals (full recompute): a chunk never spans robots
+            hi = min(hi, (owner[lo] + 1) * S)
+        rows = owner[lo:hi]
+        states = np.ascontiguousarray(all_pose[rows][:, None], np.float32)          # [n, 1, A]
+        if rows[0] == rows[-1]:
+            r = int(rows[0])
+            runtime.set_goal(goals[r])
+            out[lo:hi] = runtime.rollout_energy(contexts[r], actions[lo:hi], states, H, state_update=pose_update)
+        else:
+            present = np.unique(rows)
+            groups = [(int(np.searchsorted(rows, r)), int(np.searchsorted(rows, r, "right")), i)
+                      for i, r in enumerate(present)]
+            out[lo:hi] = runtime.rollout_energy_groups(
+                np.ascontiguousarray(all_ctx[rows]), actions[lo:hi], states, H,
+                np.concatenate([goals[r] for r in present]), groups, state_update=pose_update)
+        lo = hi
+    if not np.isfinite(out).all():
+        describe = getattr(runtime, "describe", lambda: type(runtime).__name__)()
+        raise VitacError(f"{int((~np.isfinite(out)).sum())} of {R * S} energies are NaN or inf on {describe}: the "
+                         f"predictions overflowed; check the artifact with `vitac-deploy validate`")
+    return out
+
+
 def energies(runtime, current, goal, pose, actions, pose_update: Optional[PoseUpdate] = None,
              chunk: Optional[int] = None) -> np.ndarray:
     """The energy of given action sequences [S, H, A] from the current features [1, N, D]

@@ -220,6 +220,40 @@ class Runtime:
                    lambda j: out.append(self._energy()) if j == horizon - 1 else None)
         return out[0]
 
+    @serialized
+    def rollout_energy_groups(self, context, actions, states, horizon: int, goals, groups,
+                              extrinsics=None, state_update: StateUpdate = None) -> np.ndarray:
+        """`rollout_energy` with a goal per group of rows (several robots in one batch): rows
+        lo:hi are scored against goals[g] for each (lo, hi, g) in `groups`, which must cover every
+        row. goals: normalized features [G, N, D]. Each row's energy is the one `rollout_energy`
+        gives it with goals[g] staged (the energy is per row); the last goal stays staged."""
+        N, D = self.cfg.tokens_per_frame, self.cfg.embed_dim
+        goals = np.asarray(goals)
+        if goals.ndim != 3 or goals.shape[1:] != (N, D):
+            raise VitacError(f"goals must have shape [G, {N}, {D}], got {list(goals.shape)}")
+        staged = [self._check("goal", g, (N, D)) for g in goals]
+        B = np.asarray(actions).shape[0] if not isinstance(actions, DeviceArray) else actions.shape[0]
+        covered = np.zeros(B, bool)
+        for lo, hi, g in groups:
+            if not (0 <= lo < hi <= B and 0 <= g < len(staged)) or covered[lo:hi].any():
+                raise VitacError(f"group ({lo}, {hi}, {g}) is out of range or overlaps another ({B} rows, "
+                                 f"{len(staged)} goals)")
+            covered[lo:hi] = True
+        if not covered.all():
+            raise VitacError("the groups must cover every row of the batch")
+        out = np.empty(B, np.float32)
+
+        def score(j: int) -> None:
+            if j != horizon - 1:
+                return
+            for lo, hi, g in groups:   # the energy is cheap beside the rollout: one pass per goal
+                self._stage_goal(staged[g])
+                out[lo:hi] = self._energy()[lo:hi]
+
+        self._roll(context, actions, states, horizon, extrinsics, state_update, None, score)
+        self._goal_staged = True
+        return out
+
     def _roll(self, context, actions, states, horizon: int, extrinsics, state_update: StateUpdate,
               on_frame: Optional[Callable[[int, int], None]], on_prediction: Callable[[int], None]) -> None:
         """The loop behind `rollout` and `rollout_energy`: checks, shared context, frames; calls

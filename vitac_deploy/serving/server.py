@@ -1,0 +1,198 @@
+"""`vitac-deploy serve`: the websocket transport (openpi's protocol) around `PlanService`.
+
+On connect: one binary frame with the metadata. Then each binary frame (one msgpack request) gets
+one binary reply, or a text frame with one line (`error: ...`) after which the connection stays
+usable. `GET /healthz` answers 200. With an API key, the handshake needs `Authorization: Api-Key
+KEY` (401 otherwise); past `max_robots` connections a handshake gets 503 with the reason. SIGINT /
+SIGTERM: stop accepting, finish the plans in flight, close the connections, return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from ..client.msgpack_numpy import WireError, packb, unpackb
+from ..errors import VitacError
+from .batching import PlanService
+from .protocol import RequestError, parse_request
+
+log = logging.getLogger("vitac_deploy.serving")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HARD_LIMIT_FACTOR = 4   # frames up to this many times the message limit get an error frame; larger ones close
+SHUTDOWN_GRACE_S = 60.0
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+class PolicyServer:
+    """Serves a PlanService on host:port (port 0: any free port, see `.port` once `ready` is set)."""
+
+    def __init__(self, service: PlanService, host: str = "127.0.0.1", port: int = 8000,
+                 api_key: Optional[str] = None, verbose: bool = False,
+                 say: Callable[[str], None] = lambda m: None) -> None:
+        self.service, self.host, self.port, self.verbose, self.say = service, host, port, verbose, say
+        self._api_key = api_key.encode() if api_key else None
+        self.ready = threading.Event()
+        self.connections: set = set()
+        self.in_flight = 0
+        self._stopping: Optional[asyncio.Event] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    # -- handshake ------------------------------------------------------------------------------------
+    def _process_request(self, connection: Any, request: Any) -> Any:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if self._api_key is not None:
+            got = request.headers.get("Authorization", "")
+            want = b"Api-Key " + self._api_key
+            if not hmac.compare_digest(got.encode("utf-8", "replace"), want):
+                log.warning("refused a connection from %s: %s API key", connection.remote_address,
+                            "missing" if not got else "wrong")
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "missing or wrong API key (send Authorization: Api-Key KEY)\n")
+        if len(self.connections) >= self.service.options.max_robots:
+            log.warning("refused a connection from %s: %d robots connected", connection.remote_address,
+                        len(self.connections))
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"server full: {len(self.connections)} robots connected (--max-robots "
+                                      f"{self.service.options.max_robots})\n")
+        if self._stopping is not None and self._stopping.is_set():
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n")
+        return None
+
+    # -- one connection -------------------------------------------------------------------------------
+    async def _handler(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        if len(self.connections) >= self.service.options.max_robots:   # two handshakes raced past the check
+            await ws.close(1013, "server full (--max-robots)")
+            return
+        self.connections.add(ws)
+        self.service.connected = len(self.connections)
+        session = self.service.new_session()
+        opts, A = self.service.options, self.service.runtime.cfg.action_dim
+        log.info("robot %d connected from %s", session.id, ws.remote_address)
+        try:
+            await ws.send(packb(self.service.metadata))
+            async for message in ws:
+                if isinstance(message, str):
+                    await ws.send("error: text frames are not requests: send a msgpack map in a binary frame")
+                    continue
+                try:
+                    request = parse_request(unpackb(message, opts.max_message_bytes), opts, A)
+                    if self._stopping.is_set():
+                        raise RequestError("the server is shutting down")
+                    reply = await self._infer(ws, session, request)
+                except (WireError, RequestError) as e:
+                    if self.verbose:
+                        self.say(f"robot {session.id}: refused: {_one_line(str(e))}")
+                    await ws.send(f"error: {_one_line(str(e))}")
+                    continue
+                if reply is None:   # the client left during its plan
+                    break
+                await ws.send(packb(reply))
+                if self.verbose:
+                    t = reply["server_timing"]
+                    self.say(f"robot {session.id}: seed {reply['seed']}, {t['infer_ms']:.0f} ms (queue "
+                             f"{t['queue_ms']:.0f}, encode {t['encode_ms']:.0f}, plan {t['plan_ms']:.0f}; batch "
+                             f"{t['batch']}), action {[round(float(v), 4) for v in reply['actions'][0]]}")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections.discard(ws)
+            self.service.connected = len(self.connections)
+            log.info("robot %d disconnected after %d plans", session.id, session.requests)
+
+    async def _infer(self, ws: Any, session: Any, request: Any) -> Optional[dict]:
+        """The reply, or None when the connection closed first (its plan dropped if not started)."""
+        fut = self.service.submit(session, request)
+        self.in_flight += 1
+        try:
+            reply = asyncio.wrap_future(fut)
+            closed = asyncio.ensure_future(ws.wait_closed())
+            done, _ = await asyncio.wait({reply, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if reply not in done:
+                fut.cancel()           # dropped if its batch has not started; ignored otherwise
+                reply.cancel()
+                return None
+            closed.cancel()
+            try:
+                return reply.result()
+            except RequestError:
+                raise
+            except Exception:  # noqa: BLE001 - no traceback leaves the server
+                log.exception("robot %d: request failed", session.id)
+                raise RequestError("internal error (see the server's log)") from None
+        finally:
+            self.in_flight -= 1
+
+    # -- lifetime -------------------------------------------------------------------------------------
+    async def serve_async(self, stop: Optional[asyncio.Event] = None, install_signals: bool = False) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stopping = stop or asyncio.Event()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stopping.set)
+        limit = self.service.options.max_message_bytes * HARD_LIMIT_FACTOR
+        async with serve(self._handler, self.host, self.port, process_request=self._process_request,
+                         compression=None, max_size=limit, ping_interval=20, ping_timeout=60,
+                         server_header="vitac-deploy") as server:
+            sock = next(iter(server.sockets))
+            self.port = sock.getsockname()[1]
+            self.ready.set()
+            await self._stopping.wait()
+            # stop accepting, let the plans in flight be answered, then close the connections
+            server.close(close_connections=False)
+            deadline = time.monotonic() + SHUTDOWN_GRACE_S
+            while (self.in_flight or self.service.pending()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.gather(*(ws.close(1001, "server shutting down") for ws in list(self.connections)),
+                                 return_exceptions=True)
+            await server.wait_closed()
+        self.service.close(timeout=SHUTDOWN_GRACE_S)
+
+    def stop(self) -> None:
+        """Ask a server running in another thread to shut down (as SIGTERM does)."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    def start_in_thread(self, timeout: float = 30.0) -> threading.Thread:
+        """Run in a daemon thread (tests, notebooks); returns once it listens."""
+        errors: list = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self.serve_async())
+            except BaseException as e:  # noqa: BLE001 - reported to the starter
+                errors.append(e)
+                self.ready.set()
+
+        t = threading.Thread(target=run, name="vitac-serve", daemon=True)
+        t.start()
+        if not self.ready.wait(timeout) or errors:
+            raise errors[0] if errors else VitacError("the server did not start in time")
+        return t
+
+
+def api_key_from_env(var: Optional[str]) -> Optional[str]:
+    """The key named by --api-key-env (an error if the variable is unset or empty)."""
+    if var is None:
+        return None
+    key = os.environ.get(var, "")
+    if not key:
+        raise VitacError(f"--api-key-env {var}: the environment variable is unset or empty")
+    return key
