@@ -119,7 +119,7 @@ def rollout_energies_many(runtime, contexts: list, goals: list, poses: list, act
     if R == 1:   # one robot: the single-robot path itself, the goal staged once
         runtime.set_goal(goals[0])
         return rollout_energies(runtime, contexts[0], poses[0], actions, pose_update, chunk)
-    S, H, A = samples, actions.shape[1], actions.shape[2]
+    S, H = samples, actions.shape[1]
     owner = np.repeat(np.arange(R), S)
     all_ctx, all_pose = np.concatenate(contexts), np.concatenate(poses)            # [R, 1, N, D], [R, A]
     grouped = hasattr(runtime, "rollout_energy_groups")

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 from ..errors import VitacError
 from ..planning.cem import CEMOptions
 from .batching import PlanService, Session
-from .protocol import DEFAULT_MAX_MESSAGE_MB, Request, RequestError, ServeOptions, parse_request
+from .protocol import Request, RequestError, ServeOptions, parse_request
 
 __all__ = ["PlanService", "Session", "ServeOptions", "Request", "RequestError", "parse_request", "open_service",
            "serve"]
