@@ -137,6 +137,12 @@ if [ -z "${QUICK:-}" ]; then
        --backend onnxruntime --backend torch --cuda-graphs both --repeats 2 --warmup 1 \
        --json "$WORK/bench_rollout_b400_gpu.json"
 fi
+if [ -z "${QUICK:-}" ]; then
+  # the serve goal: 8 robots batched at 4x or more the plans/s of one at a time, upstream sizes
+  step export-encoder 150 vd export-encoder --preset vit-l --random-init --out "$WORK/art/encoder" --no-validate
+  TAIL=20 step bench-serve 240 "$PY" -m vitac_deploy.serving.bench --artifact "$WORK/art" --clients 1,8 --requests 2 \
+       --samples 400 --topk 10 --cem-steps 10 --device cuda --backend onnxruntime --json "$WORK/bench_serve_gpu.json"
+fi
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)
 if "$PY" -c "import tensorrt" 2>/dev/null; then
   step tensorrt-build 240 vd build-engine "$WORK/art" --out "$WORK/eng.plan" --max-batch 400 --opt-batch 400 --max-frames 2
