@@ -128,3 +128,35 @@ def test_ray_healthz_and_api_key(ray_server):
         with pytest.raises(InvalidStatus, match="401"):
             PolicyClient("127.0.0.1", ray_server, api_key=key, connect_timeout=1)
         assert time.monotonic() - t0 < 30
+
+
+def test_cli_serve_ray_plans_and_stops_on_sigint(art, alone):
+    """`vitac-deploy serve ART --ray`: its own local Ray instance, the exact plan, SIGINT: exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "vitac_deploy", "serve", str(art), "--ray", "--replicas", "1",
+                          "--gpus-per-replica", "0", "--backend", "onnxruntime", "--port", str(port),
+                          "--samples", "8", "--topk", "3", "--cem-steps", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        line = p.stdout.readline()
+        assert f"serving on ws://127.0.0.1:{port} through Ray Serve" in line, line
+        with PolicyClient("127.0.0.1", port) as c:
+            req = robot_requests(1, 8)[0]
+            assert np.abs(c.infer(req)["actions"] - alone(req, req["seed"])).max() <= 1e-6
+        p.send_signal(signal.SIGINT)
+        assert p.wait(120) == 0
+        assert "stopped" in p.stdout.read()
+    finally:
+        if p.poll() is None:   # SIGINT again lets it stop its Ray instance; kill only as the last resort
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
