@@ -7,6 +7,7 @@ import http.client
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,20 @@ def test_cli_serve_ray_plans_and_stops_on_sigint(art, alone):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def test_example_serve_yaml_builds(tmp_path):
+    """examples/serve.yaml's args are what app_builder takes (unknown ones are refused: one line).
+    `serve run` on a copy (artifact, cpu, one replica) was run by hand: docs/serving.md."""
+    import yaml
+
+    from vitac_deploy.errors import VitacError
+    from vitac_deploy.serving.ray_serve import app_builder
+
+    conf = yaml.safe_load((Path(__file__).parents[1] / "examples" / "serve.yaml").read_text())
+    app = conf["applications"][0]
+    assert app["import_path"] == "vitac_deploy.serving.ray_serve:app_builder"
+    assert conf["http_options"]["host"] == "127.0.0.1"
+    assert app_builder(app["args"]) is not None
+    with pytest.raises(VitacError, match="unknown args \\['sample'\\]"):
+        app_builder({**app["args"], "sample": 8})
