@@ -65,8 +65,8 @@ class VitacPolicy:
         return PlainTextResponse("ok\n")
 
     async def _deny(self, ws: WebSocket, status: int, reason: str) -> None:
-        """Refuse the handshake with an HTTP status where the ASGI server allows it, else a close
-        before accept (the client sees HTTP 403 either way: no connection)."""
+        """Refuse the handshake with its HTTP status (401, 503) where the ASGI server has the denial
+        extension (Ray 2.60's proxy does), else with a close before accept (HTTP 403)."""
         log.warning("refused a connection from %s: %s", ws.client, reason)
         try:
             await ws.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
