@@ -1,7 +1,7 @@
 """`vitac-deploy serve --ray` on a local Ray instance (loopback, bounded, stopped at the end): the
 same protocol as the single-machine server through Ray Serve's proxy, driven by the project's own
 `PolicyClient` and by raw websocket frames. Skipped where the `ray` extra is not installed (one run
-starts Ray: about 15 s and 1 GB here)."""
+starts Ray: about 20 s here)."""
 
 import http.client
 import socket
