@@ -455,3 +455,33 @@ def test_protocol_without_a_transport():
                 ServeOptions(max_message_mb=0)):
         with pytest.raises(VitacError):
             bad.check()
+
+
+def test_client_reconnects_and_resends_its_goal(art, alone):
+    """PolicyClient(reconnect=True): the server goes away and comes back on the same port (a replica
+    restarted); the next request, without a goal, is planned toward the goal sent before, exactly."""
+    from websockets.exceptions import ConnectionClosed
+
+    s, s2 = start(art), None
+    port = s.port
+    c = PolicyClient("127.0.0.1", port, reconnect=True, connect_timeout=30)
+    plain = PolicyClient("127.0.0.1", port)
+    try:
+        req = robot_requests(1, 21)[0]
+        c.infer(req)
+        s.stop()
+        time.sleep(0.5)
+        s2 = PolicyServer(open_service(art, backend="onnxruntime", cem=CEM), port=port)
+        s2.start_in_thread()
+        again = {k: v for k, v in req.items() if k != "goal/image"}
+        rep = c.infer(again)
+        assert c.reconnects == 1
+        assert np.abs(rep["actions"] - alone(again, again["seed"], goal=req["goal/image"])).max() <= 1e-6
+        with pytest.raises(ConnectionClosed):   # without reconnect: the loss is the caller's to handle
+            plain.infer(again)
+    finally:
+        c.close()
+        if s2 is None:   # the first server is still up when the test failed before stopping it
+            s.stop()
+        else:
+            s2.stop()

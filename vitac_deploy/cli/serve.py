@@ -39,8 +39,15 @@ def serve(
     maxnorm: float = typer.Option(0.05, "--maxnorm", help="Bound (and initial std) of the xyz entries."),
     close_gripper: Optional[int] = typer.Option(None, "--close-gripper", help="Gripper closed from this step on."),
     verbose: bool = typer.Option(False, "--verbose", help="A line per request (and connection logs)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve as Ray Serve replicas (the ray extra; docs/serving.md)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="With --ray: deploy onto this Ray cluster (default: a local instance)."),
+    replicas: int = typer.Option(1, "--replicas", help="With --ray: replicas (fixed count), each with its own runtimes."),
+    gpus_per_replica: Optional[float] = typer.Option(None, "--gpus-per-replica",
+                                                     help="With --ray: GPUs per replica (default 1 on --device cuda, else 0)."),
 ) -> None:
     """Serve the planner to robots: openpi's websocket protocol, images + pose + goal in, the CEM plan out."""
+    from ..errors import VitacError
     from ..planning import CEMOptions
     from ..serving import ServeOptions, serve as run
 
@@ -51,7 +58,16 @@ def serve(
     opts = ServeOptions(image_key=image_key, batch_window_ms=batch_window_ms, max_robots=max_robots,
                         max_message_mb=max_message_mb)
     opts.check()
+    if not ray and (ray_address is not None or replicas != 1 or gpus_per_replica is not None):
+        raise VitacError("--ray-address, --replicas and --gpus-per-replica need --ray")
     err = stderr_console()
+    if ray:
+        from ..serving import serve_ray
+
+        serve_ray(artifact, encoder, backend, device, precision, host, port, api_key_env, cem, opts, max_batch,
+                  ray_address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                  say=lambda m: print(m, flush=True))
+        return
     err.print("opening the predictor and encoder")
     run(artifact, encoder, backend, device, precision, host, port, api_key_env, cem, opts, max_batch, verbose,
         say=lambda m: print(m, flush=True))

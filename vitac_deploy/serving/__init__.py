@@ -3,6 +3,7 @@
 - `protocol`: request keys and checks, metadata, replies (no transport).
 - `batching`: `PlanService`, several robots' requests planned together (no transport).
 - `server`: the websocket transport (`PolicyServer`), needs the `serve` extra (websockets, msgpack).
+- `ray_serve`: the same as Ray Serve replicas (`serve_ray`), needs the `ray` extra.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .batching import PlanService, Session
 from .protocol import Request, RequestError, ServeOptions, parse_request
 
 __all__ = ["PlanService", "Session", "ServeOptions", "Request", "RequestError", "parse_request", "open_service",
-           "serve"]
+           "serve", "serve_ray"]
 
 
 def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.PathLike]] = None,
@@ -85,3 +86,31 @@ def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.Pat
         say("stopped")
 
     asyncio.run(main())
+
+
+def serve_ray(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.PathLike]] = None,
+              backend: str = "auto", device: str = "cpu", precision: Optional[str] = None,
+              host: str = "127.0.0.1", port: int = 8000, api_key_env: Optional[str] = None,
+              cem: Optional[CEMOptions] = None, options: Optional[ServeOptions] = None,
+              max_batch: Optional[int] = None, ray_address: Optional[str] = None, replicas: int = 1,
+              gpus_per_replica: Optional[float] = None, say: Callable[[str], None] = print) -> None:
+    """`serve --ray`: the same server as Ray Serve replicas, on a local Ray instance or the cluster at
+    `ray_address`; the proxy listens on host:port. Returns after SIGINT/SIGTERM (app deleted)."""
+    try:
+        from .ray_serve import build_app, run_ray
+    except ImportError as e:
+        raise VitacError(f"vitac-deploy serve --ray needs the ray extra ({e.name} is missing): "
+                         f"pip install 'vitac-deploy[ray]'") from None
+    from .server import LOOPBACK, api_key_from_env
+
+    key = api_key_from_env(api_key_env)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise VitacError(f"port must be in 1..65535 with --ray (Ray Serve takes no port 0), got {port!r}")
+    if not Path(artifact).exists():
+        raise VitacError(f"{artifact}: no such artifact")
+    if host not in LOOPBACK and key is None:
+        say(f"warning: serving on {host} without an API key: anyone who reaches this port can drive the "
+            f"planner (use --api-key-env VAR)")
+    app = build_app(artifact, encoder, backend, device, precision, cem, options, max_batch, key, replicas,
+                    gpus_per_replica)
+    run_ray(app, host, port, ray_address, replicas, say=say)

@@ -23,7 +23,7 @@ import numpy as np
 from ..encoder.preprocess import preprocess
 from ..errors import VitacError
 from ..planning.cem import ActionSpace, CEMOptions, PlanRequest, plan_many
-from .protocol import Request, RequestError, ServeOptions, elite_energy, metadata
+from .protocol import Request, RequestError, ServeOptions, elite_energy, metadata, parse_request
 
 log = logging.getLogger("vitac_deploy.serving")
 
@@ -71,6 +71,7 @@ class PlanService:
         self._cond = threading.Condition()
         self._closing = False
         self._next_id = 0
+        self._plan_lock = threading.Lock()   # one batch on the runtimes at a time (worker or plan_now)
         self.batches: list = []          # sizes of the batches planned (for tests and benchmarks; bounded)
         self._worker = threading.Thread(target=self._run, name="vitac-plan-worker", daemon=True)
         self._worker.start()
@@ -90,6 +91,33 @@ class PlanService:
             self._queue.append(_Item(session, request, fut))
             self._cond.notify_all()
         return fut
+
+    def parse(self, message: Any) -> Request:
+        """One frame from the wire -> a checked Request; WireError or RequestError (one line, the
+        error frame's text) otherwise. Shared by every transport."""
+        from ..client.msgpack_numpy import unpackb   # msgpack: the serve extra
+
+        if isinstance(message, str):
+            raise RequestError("text frames are not requests: send a msgpack map in a binary frame")
+        return parse_request(unpackb(message, self.options.max_message_bytes), self.options,
+                             self.runtime.cfg.action_dim)
+
+    def plan_now(self, pairs: list) -> list:
+        """Plan these (session, request) pairs as one batch in the calling thread, for a transport
+        that gathers the batch itself (Ray Serve's `@serve.batch`); the worker is then idle. Returns
+        one done Future per pair (its reply dict or RequestError), exactly what `submit` would give."""
+        items = [_Item(ses, req, concurrent.futures.Future()) for ses, req in pairs]
+        for it in items:
+            it.future.set_running_or_notify_cancel()
+        with self._plan_lock:
+            try:
+                self._plan(items)
+            except Exception:  # noqa: BLE001 - as the worker: one bad batch answers with an error
+                log.exception("batch of %d failed", len(items))
+                for it in items:
+                    if not it.future.done():
+                        it.future.set_exception(RequestError("internal error while planning (see the server's log)"))
+        return [it.future for it in items]
 
     def pending(self) -> int:
         with self._cond:
@@ -137,7 +165,8 @@ class PlanService:
             if not live:
                 continue
             try:
-                self._plan(live)
+                with self._plan_lock:
+                    self._plan(live)
             except Exception:  # noqa: BLE001 - the worker must outlive any one batch
                 log.exception("batch of %d failed", len(live))
                 for it in live:

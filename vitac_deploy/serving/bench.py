@@ -109,6 +109,8 @@ def main(argv: Optional[list] = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--embed-dim", type=int, default=64, help="reduced model: feature dim")
     ap.add_argument("--depth", type=int, default=4, help="reduced model: predictor blocks")
+    ap.add_argument("--ray-replicas", default="", help="also through Ray Serve with these replica counts "
+                    "(e.g. 1,2: a local Ray instance, the batched options; needs the ray extra)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     counts = [int(c) for c in a.clients.split(",")]
@@ -131,9 +133,49 @@ def main(argv: Optional[list] = None) -> None:
                 print(f"{mode:>14}  {n} clients: {r['plans_per_s']:.2f} plans/s, p50 {r['p50_ms']:.0f} ms, "
                       f"p99 {r['p99_ms']:.0f} ms ({r['plans']} plans, {r['errors']} errors)", flush=True)
             server.stop()
+        if a.ray_replicas:
+            rows += _ray_rows(art, a, cem, counts, [int(r) for r in a.ray_replicas.split(",")])
     if a.json:
         a.json.write_text(json.dumps({"options": vars(a) | {"json": str(a.json), "artifact": str(a.artifact)},
                                       "rows": rows}, indent=1, default=str))
+
+
+def _ray_rows(art: Path, a: argparse.Namespace, cem: object, counts: list, replica_counts: list) -> list:
+    """The same clients against `serve --ray` on a local Ray instance, one deployment per replica count."""
+    import socket
+
+    import ray
+
+    from . import ServeOptions
+    from .ray_serve import build_app, run_ray
+
+    rows = []
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        for n_rep in replica_counts:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            app = build_app(art, backend=a.backend, device=a.device, cem=cem, replicas=n_rep, gpus_per_replica=0,
+                            options=ServeOptions(batch_window_ms=a.batch_window_ms, max_robots=max(counts)))
+            stop, ready = threading.Event(), threading.Event()
+            t = threading.Thread(target=run_ray, args=(app, "127.0.0.1", port, None, n_rep),
+                                 kwargs=dict(say=lambda m: None, stop=stop, ready=ready), daemon=True)
+            t.start()
+            ready.wait(300)
+            run_clients(port, 2 * n_rep, 2)                  # warm up (every replica, likely)
+            mode = f"ray {n_rep} replica" + ("s" if n_rep > 1 else "")
+            for n in counts:
+                r = run_clients(port, n, a.requests)
+                r["mode"] = mode
+                rows.append(r)
+                print(f"{mode:>14}  {n} clients: {r['plans_per_s']:.2f} plans/s, p50 {r['p50_ms']:.0f} ms, "
+                      f"p99 {r['p99_ms']:.0f} ms ({r['plans']} plans, {r['errors']} errors)", flush=True)
+            stop.set()
+            t.join(120)
+    finally:
+        ray.shutdown()
+    return rows
 
 
 if __name__ == "__main__":

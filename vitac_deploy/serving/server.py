@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..client.msgpack_numpy import WireError, packb, unpackb
+from ..client.msgpack_numpy import WireError, packb
 from ..errors import VitacError
 from .batching import PlanService
-from .protocol import RequestError, parse_request
+from .protocol import RequestError
 
 log = logging.getLogger("vitac_deploy.serving")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -82,16 +82,12 @@ class PolicyServer:
         self.connections.add(ws)
         self.service.connected = len(self.connections)
         session = self.service.new_session()
-        opts, A = self.service.options, self.service.runtime.cfg.action_dim
         log.info("robot %d connected from %s", session.id, ws.remote_address)
         try:
             await ws.send(packb(self.service.metadata))
             async for message in ws:
-                if isinstance(message, str):
-                    await ws.send("error: text frames are not requests: send a msgpack map in a binary frame")
-                    continue
                 try:
-                    request = parse_request(unpackb(message, opts.max_message_bytes), opts, A)
+                    request = self.service.parse(message)
                     if self._stopping.is_set():
                         raise RequestError("the server is shutting down")
                     reply = await self._infer(ws, session, request)
