@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 import sys
 import traceback
 from pathlib import Path
@@ -102,3 +103,20 @@ def plain(message: str):
 
 def progress_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def check_output(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before the work that would produce it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise VitacError(f"{flag} {path} is a directory")
+    if not parent.is_dir():
+        raise VitacError(f"cannot write {flag} {path}: {parent} does not exist")
+    # a real probe, not os.access: root passes access() where the filesystem (/proc, read-only
+    # mounts) still refuses, and outputs are written as a temp file beside the target anyway
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VitacError(f"cannot write {flag} {path}: {e.strerror}") from None

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, plain, stderr_console, stdout_console
+from ._common import check_output, cli_errors, plain, stderr_console, stdout_console
 
 
 def resolve_encoder_config(config: Optional[Path], preset: Optional[str]):
@@ -132,14 +132,20 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
         have = {manifest["precision"]}
         listed = {e["file"]: e.get("sha256") for e in manifest["engines"]}
     else:
-        device, precision = device or "cpu", precision or "fp32,fp16"
         have = {g["precision"] for g in manifest["graphs"].values()}
+        # default: every precision the artifact has (as validate does for the predictor)
+        device, precision = device or "cpu", precision or ",".join(p for p in ("fp32", "fp16") if p in have)
         listed = manifest["files"]
     cfg = resolve_encoder_config(config, None) if config else EncoderConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
         raise VitacError("give --checkpoint (or --random-init --seed N for an encoder exported that way)")
     if frames < 1:
         raise VitacError("--batch (frames) must be >= 1")
+    if checkpoint is not None and random_init:
+        raise VitacError("give either --checkpoint or --random-init, not both")
+    for out_path, flag in ((report, "--report"), (plot, "--plot")):
+        if out_path is not None:   # before the work: a failure to write is exit 2, never 1 (mismatch)
+            check_output(out_path, flag)
     model = load_encoder(checkpoint, cfg, encoder_key) if checkpoint is not None else random_encoder(cfg, seed)
     folder = path.parent if engine else path
     files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
@@ -171,9 +177,12 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
         console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad)}", style="red")
     console.print("PASSED" if passed else "FAILED", style="bold")
     if report:
-        write_json_atomic(report, {"passed": passed, "artifact": str(path), "kind": "encoder", "backend": backend,
-                                   "device": device, "checkpoint": str(checkpoint) if checkpoint else None,
-                                   "files_match_manifest": files_ok, "results": results})
+        try:
+            write_json_atomic(report, {"passed": passed, "artifact": str(path), "kind": "encoder", "backend": backend,
+                                       "device": device, "checkpoint": str(checkpoint) if checkpoint else None,
+                                       "files_match_manifest": files_ok, "results": results})
+        except OSError as e:   # checked before the work, but the disk can fill meanwhile: exit 2, not 1
+            raise VitacError(f"cannot write --report {report}: {e.strerror}") from None
     if plot:
         _plot_encoder(plot, results)
     if not passed:

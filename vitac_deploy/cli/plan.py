@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from ..errors import VitacError, first_line
-from ._common import cli_errors, stderr_console, stdout_console
+from ._common import check_output, cli_errors, stderr_console, stdout_console
 
 
 @dataclass
@@ -141,8 +141,8 @@ def plan(
                       momentum_std_gripper=momentum_std_gripper, maxnorm=maxnorm, close_gripper=close_gripper)
     opts.check()   # before opening anything
     draws = read_noise(noise) if noise is not None else None
-    if json_out is not None and json_out.is_dir():
-        raise VitacError(f"--json {json_out} is a directory")
+    if json_out is not None:
+        check_output(json_out, "--json")
     err = stderr_console()
     err.print("opening the predictor and encoder, encoding the observation and goal")
     sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision,
@@ -192,8 +192,8 @@ def energy_landscape(
     from ..planning.landscape import action_grid, energy_landscape as landscape, plot_landscape
 
     for flag, target in (("--plot", plot), ("--json", json_out)):
-        if target is not None and (target.is_dir() or not target.resolve().parent.is_dir()):
-            raise VitacError(f"{flag} {target}: not a writable file path")
+        if target is not None:
+            check_output(target, flag)
     err = stderr_console()
     err.print("opening the predictor and encoder, encoding the observation and goal")
     sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,24 +14,7 @@ from rich.table import Table
 from ..config import PredictorConfig
 from ..errors import ValidationError, VitacError, first_line
 from ..manifest import read_engine_manifest, read_manifest, write_json_atomic
-from ._common import cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
-
-
-def check_output(path: Path, flag: str) -> None:
-    """Refuse an output file that cannot be written, before the work that would produce it."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise VitacError(f"{flag} {path} is a directory")
-    if not parent.is_dir():
-        raise VitacError(f"cannot write {flag} {path}: {parent} does not exist")
-    # a real probe, not os.access: root passes access() where the filesystem (/proc, read-only
-    # mounts) still refuses, and outputs are written as a temp file beside the target anyway
-    try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise VitacError(f"cannot write {flag} {path}: {e.strerror}") from None
+from ._common import check_output, cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
 
 
 def _config_of(path: Path) -> PredictorConfig:

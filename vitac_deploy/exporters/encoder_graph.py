@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..encoder.config import EncoderConfig
-from ..rope import encoder_tables, pair_rotation_matrix
+from ..rope import encoder_tables
 from .step_graph import _NP, DEFAULT_OPSET, StepGraphBuilder
 
 BATCH = "batch"
@@ -54,32 +54,9 @@ class EncoderGraphBuilder(StepGraphBuilder):
         return g.one("Transpose", [y], "patch_embed.tokens", perm=[0, 2, 1])               # [B, N, D]
 
     def attention(self, x: str, i: int, cos: str, sin: str) -> str:
-        cfg, g, p = self.cfg, self.g, f"blocks.{i}.attn"
-        N, H, hd, D = cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim, cfg.embed_dim
-        qkv = self.linear(x, f"{p}.qkv")
-        q, k, v = g.op("Split", [qkv, self._ints(D, D, D)], f"{p}.split", outputs=3, axis=-1)
-        heads = self._ints(0, N, H, hd)
-
-        def split_heads(t: str, name: str) -> str:
-            return g.one("Transpose", [g.one("Reshape", [t, heads], f"{p}.{name}.reshape")],
-                         f"{p}.{name}.heads", perm=[0, 2, 1, 3])
-
-        R = g.const(f"rope_pair_rotation:{self.cd}", pair_rotation_matrix(hd).astype(_NP[self.cd]))
-
-        def rope(t: str, name: str) -> str:
-            rot = g.one("MatMul", [t, R], f"{p}.{name}.pairs")
-            return g.one("Add", [g.one("Mul", [t, cos], f"{p}.{name}.cos"),
-                                 g.one("Mul", [rot, sin], f"{p}.{name}.sin")], f"{p}.{name}.rope")
-
-        q = g.one("Mul", [rope(split_heads(q, "q"), "q"), self._scalar(hd ** -0.5)], f"{p}.q.scaled")
-        k = rope(split_heads(k, "k"), "k")
-        v = split_heads(v, "v")
-        scores = g.one("MatMul", [q, g.one("Transpose", [k], f"{p}.kT", perm=[0, 1, 3, 2])], f"{p}.scores")
-        probs = g.one("Softmax", [scores], f"{p}.softmax", axis=-1)
-        out = g.one("MatMul", [probs, v], f"{p}.context")
-        out = g.one("Reshape", [g.one("Transpose", [out], f"{p}.merge", perm=[0, 2, 1, 3]), self._ints(0, N, D)],
-                    f"{p}.merged")
-        return self.linear(out, f"{p}.proj")
+        cfg, p = self.cfg, f"blocks.{i}.attn"
+        q, k, v = self.qkv_heads(x, p, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim, cos, sin)
+        return self.attend(q, k, v, p, cfg.tokens_per_frame, cfg.embed_dim)   # full attention, no mask
 
     def mlp(self, x: str, i: int) -> str:
         p = f"blocks.{i}.mlp"

@@ -140,27 +140,45 @@ class StepGraphBuilder:
                     g.const("rope_sin_frame0", sin[None].astype(_NP[self.cd])))
         return ROPE_INPUTS
 
-    def attention(self, x: str, i: int, cos: str, sin: str) -> str:
-        cfg, g, p = self.cfg, self.g, f"predictor_blocks.{i}.attn"
-        L, H, hd, d = cfg.tokens_per_step, cfg.num_heads, cfg.head_dim, cfg.predictor_embed_dim
+    def qkv_heads(self, x: str, p: str, tokens: int, heads: int, head_dim: int, cos: str,
+                  sin: str) -> tuple[str, str, str]:
+        """q (rotated, scaled), k (rotated) and v of `x` [B, tokens, heads * head_dim], each
+        [B, heads, tokens, head_dim]: the attention front shared by the predictor and the encoder."""
+        g, d = self.g, heads * head_dim
         qkv = self.linear(x, f"{p}.qkv")
         q, k, v = g.op("Split", [qkv, self._ints(d, d, d)], f"{p}.split", outputs=3, axis=-1)
-        heads = self._ints(0, L, H, hd)
+        shape = self._ints(0, tokens, heads, head_dim)
 
         def split_heads(t: str, name: str) -> str:
-            return g.one("Transpose", [g.one("Reshape", [t, heads], f"{p}.{name}.reshape")],
+            return g.one("Transpose", [g.one("Reshape", [t, shape], f"{p}.{name}.reshape")],
                          f"{p}.{name}.heads", perm=[0, 2, 1, 3])
 
-        R = g.const(f"rope_pair_rotation:{self.cd}", pair_rotation_matrix(hd).astype(_NP[self.cd]))
+        R = g.const(f"rope_pair_rotation:{self.cd}", pair_rotation_matrix(head_dim).astype(_NP[self.cd]))
 
         def rope(t: str, name: str) -> str:
             rot = g.one("MatMul", [t, R], f"{p}.{name}.pairs")
             return g.one("Add", [g.one("Mul", [t, cos], f"{p}.{name}.cos"),
                                  g.one("Mul", [rot, sin], f"{p}.{name}.sin")], f"{p}.{name}.rope")
 
-        q = g.one("Mul", [rope(split_heads(q, "q"), "q"), self._scalar(hd ** -0.5)], f"{p}.q.scaled")
-        k = rope(split_heads(k, "k"), "k")
-        v = split_heads(v, "v")
+        q = g.one("Mul", [rope(split_heads(q, "q"), "q"), self._scalar(head_dim ** -0.5)], f"{p}.q.scaled")
+        return q, rope(split_heads(k, "k"), "k"), split_heads(v, "v")
+
+    def attend(self, q: str, k: str, v: str, p: str, tokens: int, width: int, bias: Optional[str] = None) -> str:
+        """MatMul -> (Add bias) -> Softmax -> MatMul (the pattern TensorRT fuses), heads merged, `proj`."""
+        g = self.g
+        scores = g.one("MatMul", [q, g.one("Transpose", [k], f"{p}.kT", perm=[0, 1, 3, 2])], f"{p}.scores")
+        if bias is not None:
+            scores = g.one("Add", [scores, bias], f"{p}.masked")
+        probs = g.one("Softmax", [scores], f"{p}.softmax", axis=-1)
+        out = g.one("MatMul", [probs, v], f"{p}.context")
+        out = g.one("Reshape", [g.one("Transpose", [out], f"{p}.merge", perm=[0, 2, 1, 3]),
+                                self._ints(0, tokens, width)], f"{p}.merged")
+        return self.linear(out, f"{p}.proj")
+
+    def attention(self, x: str, i: int, cos: str, sin: str) -> str:
+        cfg, g, p = self.cfg, self.g, f"predictor_blocks.{i}.attn"
+        L, d = cfg.tokens_per_step, cfg.predictor_embed_dim
+        q, k, v = self.qkv_heads(x, p, L, cfg.num_heads, cfg.head_dim, cos, sin)
         if self.first_frame:
             k = g.one("Identity", [k], out_names=[f"present_key.{i}"])
             v = g.one("Identity", [v], out_names=[f"present_value.{i}"])
@@ -171,16 +189,8 @@ class StepGraphBuilder:
         else:
             k = g.one("Concat", [f"past_key.{i}", k], out_names=[f"present_key.{i}"], axis=2)
             v = g.one("Concat", [f"past_value.{i}", v], out_names=[f"present_value.{i}"], axis=2)
-        scores = g.one("MatMul", [q, g.one("Transpose", [k], f"{p}.kT", perm=[0, 1, 3, 2])], f"{p}.scores")
-        if self.cache == "static":
-            # the whole buffer is attended: the frames not yet written are masked out (MatMul -> Add ->
-            # Softmax -> MatMul, the masked form of the pattern TensorRT fuses)
-            scores = g.one("Add", [scores, "attn_bias"], f"{p}.masked")
-        probs = g.one("Softmax", [scores], f"{p}.softmax", axis=-1)
-        out = g.one("MatMul", [probs, v], f"{p}.context")
-        out = g.one("Reshape", [g.one("Transpose", [out], f"{p}.merge", perm=[0, 2, 1, 3]), self._ints(0, L, d)],
-                    f"{p}.merged")
-        return self.linear(out, f"{p}.proj")
+        # static: the whole buffer is attended, the frames not yet written masked out
+        return self.attend(q, k, v, p, L, d, "attn_bias" if self.cache == "static" else None)
 
     def mlp(self, x: str, i: int) -> str:
         p, g = f"predictor_blocks.{i}.mlp", self.g
