@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .errors import VitacError
+from .precision import precision as get_precision
 from .manifest import now_iso, save_figure, versions
 from .planning import CEMOptions, plan, planning_problem
 from .planning.cem import ActionSpace
@@ -280,7 +281,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
     cfg = PredictorConfig.from_dict(result["config"])
     C, H = opts.context, opts.horizon
     F = C + H - 1
-    elem = 2 if opts.precision == "fp16" else 4
+    elem = get_precision(opts.precision).bytes
     for B in opts.batches:
         rows = _rows(opts)
         free = _free_device_bytes() if opts.device == "cuda" else None
@@ -383,7 +384,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
             "tflops_per_s": flops / res.seconds / 1e12,
             "actions": res.actions.tolist(), "cache": rt.cache, "cache_bytes": rt.cache_bytes,
             "peak_host_rss_mib": _peak_rss_mib(), **_device_memory(rt, opts.device),
-            "kv_cache_mib": cfg.kv_bytes_per_frame(2 if opts.precision == "fp16" else 4) * p.rollout * res.chunk / 2**20,
+            "kv_cache_mib": cfg.kv_bytes_per_frame(get_precision(opts.precision).bytes) * p.rollout * res.chunk / 2**20,
             "baseline_plan_s": base.seconds if base else None,
             "speedup_vs_baseline": base.seconds / res.seconds if base else None,
         }

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import VitacError
+from .precision import precision as get_precision
 
 
 def _median_s(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, Any]:
@@ -55,7 +56,7 @@ def bench_encoder(encoder: str | Path, backends: Sequence[str], device: str = "c
             manifest = read_encoder_manifest(path)
             cfg = EncoderConfig.from_dict(manifest["config"])
             model = encoder_from_graph(path / manifest["graphs"]["encoder.fp32"]["file"], cfg)
-        dtype = torch.float16 if precision == "fp16" else torch.float32
+        dtype = get_precision(precision).torch_dtype(torch)
         model = model.to(device=device, dtype=dtype)
         images = validation_images(cfg, max(batches), seed + 3)
         pixels = preprocess(images, cfg.img_size)[0].transpose(1, 0, 2, 3).copy()   # [M, 3, S, S]

@@ -25,6 +25,7 @@ from .contract import ROPE_INPUTS, past_names, present_names, rope_rows
 from .errors import VitacError, first_line
 from .manifest import read_manifest, verify_files, write_json_atomic
 from .metrics import TOLERANCES
+from .precision import REFERENCE_PRECISION, precision as get_precision
 from .reproduce import import_polygraphy
 from .validation import ParityInputs
 
@@ -148,10 +149,11 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     verify_files(art, manifest)   # a layer table of a damaged artifact would blame the wrong layer
     cfg = PredictorConfig.from_dict(manifest["config"])
     graphs = manifest["graphs"]
-    for p in ("fp32", precision):
+    get_precision(precision, "--precision")
+    for p in (REFERENCE_PRECISION, precision):
         if f"step.{p}" not in graphs:
             raise VitacError(f"{art} has no {p} step graph (debug-precision compares it with the fp32 one)")
-    if precision == "fp32":
+    if precision == REFERENCE_PRECISION:
         raise VitacError("debug-precision compares a lower precision with fp32: give --precision fp16")
     if not 1 <= steps <= cfg.max_frames or batch < 1:
         raise VitacError(f"--steps must be in 1..{cfg.max_frames} (the model's max_frames) and --batch >= 1")

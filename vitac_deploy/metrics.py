@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from .precision import TOLERANCES, Tolerance
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Per-frame limits against the float32 PyTorch reference (normalized features, |x| ~ 1)."""
-
-    max_abs: float
-    mean_abs: float
-    cosine_min: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-# fp32: rounding only. fp16: measured on the default model (see docs/export.md); a graph outside
-# these limits is refused at export.
-TOLERANCES = {
-    "fp32": Tolerance(max_abs=1e-4, mean_abs=1e-5, cosine_min=0.999999),
-    "fp16": Tolerance(max_abs=5e-2, mean_abs=5e-3, cosine_min=0.9995),
-}
+__all__ = ["TOLERANCES", "Tolerance", "frame_errors", "within"]
 
 
 def frame_errors(pred: np.ndarray, ref: np.ndarray) -> list[dict[str, float]]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .contract import past_names, rope_rows, static_max_len, static_rows
 from .errors import VitacError, first_line
+from .precision import precision as get_precision
 from .manifest import cache_contract, umask
 from .metrics import TOLERANCES
 from .validation import ParityInputs
@@ -214,7 +215,7 @@ def save_polygraphy(out_dir: str | os.PathLike, artifact: str | os.PathLike, mod
                 _save_run(feeds[1:], outputs[1:], sub / "inputs.trt.json", sub / "reference.trt.json")
                 lines.append(polygraphy_command(art / graph["file"], final / p / "inputs.trt.json",
                                                 final / p / "reference.trt.json", atol, tensorrt=True,
-                                                strongly_typed=p == "fp16", shapes=_profile(feeds[1:])))
+                                                strongly_typed=get_precision(p).strongly_typed, shapes=_profile(feeds[1:])))
             (sub / COMMAND_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
             commands += lines
         (tmp / COMMAND_FILE).write_text("\n".join(commands) + "\n", encoding="utf-8")

@@ -70,8 +70,9 @@ def bench(
     from ..planning import CEMOptions
     from ..reference import Predictor, random_predictor
 
-    if precision not in ("fp32", "fp16"):
-        raise VitacError(f"--precision must be fp32 or fp16, got {precision}")
+    from ..precision import precision as get_precision
+
+    get_precision(precision, "--precision")
     # flags of the other mode would be ignored without a word: refuse them
     other = {"--samples": samples, "--topk": topk, "--cem-steps": cem_steps, "--chunk": chunk} if not plan else \
         {"--batch": batch, "--repeats": repeats, "--warmup": warmup, "--plot": plot}

@@ -122,6 +122,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     from ..exporters.encoder_artifact import encoder_parity, validation_images
     from ..manifest import read_engine_manifest, sha256_file, write_json_atomic
     from ..reference import load_encoder, random_encoder
+    from ..precision import PRECISIONS
     from ..runtimes.encoder import open_encoder
 
     engine = path.suffix in (".plan", ".engine")
@@ -134,7 +135,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     else:
         have = {g["precision"] for g in manifest["graphs"].values()}
         # default: every precision the artifact has (as validate does for the predictor)
-        device, precision = device or "cpu", precision or ",".join(p for p in ("fp32", "fp16") if p in have)
+        device, precision = device or "cpu", precision or ",".join(p for p in PRECISIONS if p in have)
         listed = manifest["files"]
     cfg = resolve_encoder_config(config, None) if config else EncoderConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:

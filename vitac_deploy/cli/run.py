@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..config import PredictorConfig
 from ..errors import ValidationError, VitacError, first_line
+from ..precision import PRECISIONS
 from ..manifest import read_engine_manifest, read_manifest, write_json_atomic
 from ._common import check_output, cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
 
@@ -170,7 +171,7 @@ def validate(
         listed = {e["file"]: e["sha256"] for e in manifest["engines"]}
     else:
         manifest = read_manifest(path)
-        have = [p for p in ("fp32", "fp16") if f"step.{p}" in manifest["graphs"]]
+        have = [p for p in PRECISIONS if f"step.{p}" in manifest["graphs"]]
         listed = manifest["files"]
     precisions = [x.strip() for x in precision.split(",") if x.strip()] if precision else have
     for p in precisions:

@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..contract import CACHE_CONTRACTS, energy_io, static_max_len, step_io
 from ..errors import ValidationError, VitacError, first_line
+from ..precision import PRECISIONS as _PRECISIONS, parse_list as parse_precisions, precision as get_precision
 from ..manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, CONCAT_FORMAT_VERSION, MANIFEST, file_digest,
                         now_iso, seal, umask, versions, write_json_atomic)
 from ..metrics import TOLERANCES
@@ -28,14 +29,14 @@ from .energy_graph import build_energy_graph
 from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, STATIC_OPSET, build_step_graph
 from .weights import save_with_shared_data
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = tuple(_PRECISIONS)
 ENERGY_FILE = "energy.onnx"
 ENERGY_TOLERANCE = 1e-5   # float32 mean over N x D entries, against float64 (the golden energies' tolerance)
 Progress = Callable[[str], None]
 
 
 def graph_files(precision: str) -> dict[str, str]:
-    suffix = "" if precision == "fp32" else f".{precision}"
+    suffix = get_precision(precision).file_suffix
     return {"step": f"step{suffix}.onnx", "first": f"first{suffix}.onnx", "weights": f"weights.{precision}.bin"}
 
 
@@ -65,9 +66,7 @@ class ExportOptions:
 
 
 def _check_options(opts: ExportOptions) -> None:
-    bad = [p for p in opts.precisions if p not in PRECISIONS]
-    if bad or not opts.precisions:
-        raise VitacError(f"--precision takes a comma list of {', '.join(PRECISIONS)}, got {','.join(opts.precisions)}")
+    parse_precisions(opts.precisions)
     if opts.cache not in CACHE_CONTRACTS:
         raise VitacError(f"--cache must be one of {', '.join(CACHE_CONTRACTS)}, got {opts.cache}")
     if opts.cache == "static":
@@ -423,11 +422,11 @@ def _write_artifact(model, tmp: Path, opts: ExportOptions, say: Progress) -> dic
         save_with_shared_data(models, tmp / names["weights"])
         for role in roles:
             onnx.checker.check_model(str(tmp / names[role]), full_check=False)
-            ins, outs = step_io(cfg, "float16" if precision == "fp16" else "float32", role == "first",
+            ins, outs = step_io(cfg, get_precision(precision).dtype, role == "first",
                                 opts.cache, opts.cache_frames)
             graphs[f"{role}.{precision}"] = {
                 "file": names[role], "role": role, "precision": precision,
-                "cache_dtype": "float16" if precision == "fp16" else "float32",
+                "cache_dtype": get_precision(precision).dtype,
                 "external_data": names["weights"],
                 "inputs": [s.to_dict() for s in ins], "outputs": [s.to_dict() for s in outs],
             }

@@ -16,6 +16,7 @@ from .. import __version__
 from ..encoder.manifest import ENCODER_FORMAT, ENCODER_FORMAT_VERSION
 from ..errors import ValidationError, VitacError
 from ..errors import first_line
+from ..precision import parse_list as parse_precisions, precision as get_precision
 from ..manifest import MANIFEST, file_digest, now_iso, seal, versions, write_json_atomic
 from ..metrics import TOLERANCES, frame_errors, within
 from .artifact import PRECISIONS, Progress, _check_out, _make_tmp, _OutLock, _swap_in, _sweep_partials, check_out
@@ -25,7 +26,7 @@ from .weights import save_with_shared_data
 
 
 def encoder_files(precision: str) -> dict[str, str]:
-    suffix = "" if precision == "fp32" else f".{precision}"
+    suffix = get_precision(precision).file_suffix
     return {"graph": f"encoder{suffix}.onnx", "weights": f"encoder.weights.{precision}.bin"}
 
 
@@ -51,9 +52,7 @@ def export_encoder(model, out: str | os.PathLike, options: Optional[EncoderExpor
     ValidationError and nothing is left at `out`. `out` is replaced (with `options.force`) only if
     it is empty or an encoder artifact of ours, as `export` does."""
     opts = options or EncoderExportOptions()
-    bad = [p for p in opts.precisions if p not in PRECISIONS]
-    if bad or not opts.precisions:
-        raise VitacError(f"--precision takes a comma list of {', '.join(PRECISIONS)}, got {','.join(opts.precisions)}")
+    parse_precisions(opts.precisions)
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.opset}")
     say = progress or (lambda msg: None)

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..config import PredictorConfig
 from ..contract import ROPE_INPUTS, TensorSpec, check_cache, step_io
+from ..precision import precision as get_precision
 from ..rope import frame_tables, pair_rotation_matrix
 
 _DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
@@ -61,13 +62,12 @@ class StepGraphBuilder:
     def __init__(self, cfg: PredictorConfig, weights: Mapping[str, np.ndarray], precision: str = "fp32",
                  first_frame: bool = False, opset: int = DEFAULT_OPSET, cache: str = "concat",
                  cache_frames: Optional[int] = None):
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+        prec = get_precision(precision)
         if check_cache(cache) == "static" and opset < STATIC_OPSET:
             raise ValueError(f"the static cache contract needs opset >= {STATIC_OPSET} (TensorScatter), got {opset}")
         self.cfg, self.w, self.first_frame, self.opset = cfg, weights, first_frame, opset
         self.cache, self.cache_frames = cache, cache_frames
-        self.cd = "float16" if precision == "fp16" else "float32"   # compute + cache dtype
+        self.cd = prec.dtype   # compute + cache dtype
         self.precision = precision
         self.g = _Graph()
 

@@ -26,6 +26,7 @@ from typing import Optional
 
 from ..config import PredictorConfig
 from ..errors import VitacError
+from ..precision import PRECISIONS as _PRECISIONS, precision as get_precision
 
 __all__ = [
     "BACKENDS",
@@ -50,7 +51,7 @@ __all__ = [
 MiB = 2**20
 GiB = 2**30
 
-PRECISIONS = {"fp16": 2, "fp32": 4}          # bytes per element of the cache, weights and activations
+PRECISIONS = {name: p.bytes for name, p in _PRECISIONS.items()}   # bytes per element of cache, weights, activations
 BACKENDS = ("tensorrt", "onnxruntime")
 RESIDUAL_TENSORS = 3                          # residual stream, its LayerNorm output, the branch output
 FLOAT32 = 4
@@ -97,10 +98,7 @@ class PlanMemory:
 
 
 def _element_size(precision: str) -> int:
-    try:
-        return PRECISIONS[precision]
-    except KeyError:
-        raise VitacError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}") from None
+    return get_precision(precision).bytes
 
 
 def _check_positive(name: str, value: int) -> None:

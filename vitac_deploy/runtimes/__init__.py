@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
+from ..precision import resolve as resolve_precision
 from ..manifest import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
 from .base import Runtime
 
@@ -65,9 +66,7 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
     cfg = PredictorConfig.from_dict(manifest["config"])
     if device not in ("cpu", "cuda"):
         raise VitacError(f"device must be cpu or cuda, got {device!r}")
-    precision = precision or ("fp16" if device == "cuda" else "fp32")
-    if precision not in ("fp32", "fp16"):
-        raise VitacError(f"precision must be fp32 or fp16, got {precision!r}")
+    precision = resolve_precision(precision, device).name
     if backend == "auto":
         backend = _auto_backend(device)
         log.info("runtime backend: %s", backend)

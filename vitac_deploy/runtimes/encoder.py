@@ -18,6 +18,7 @@ from ..encoder.config import EncoderConfig
 from ..encoder.manifest import read_encoder_manifest
 from ..encoder.preprocess import preprocess
 from ..errors import BackendUnavailable, VitacError, first_line
+from ..precision import precision as get_precision, resolve as resolve_precision
 from ..manifest import graph_names, verify_files
 
 log = logging.getLogger("vitac_deploy")
@@ -114,7 +115,7 @@ class TorchEncoder(EncoderRuntime):
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch has no CUDA device here")
         self._torch = torch
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = get_precision(precision).torch_dtype(torch)
         self.model = model.to(device=device, dtype=self.dtype).eval()
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
@@ -151,9 +152,7 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "
     verify = options.pop("verify", True)
     if device not in ("cpu", "cuda"):
         raise VitacError(f"device must be cpu or cuda, got {device!r}")
-    precision = precision or ("fp16" if device == "cuda" else "fp32")
-    if precision not in ("fp32", "fp16"):
-        raise VitacError(f"precision must be fp32 or fp16, got {precision!r}")
+    precision = resolve_precision(precision, device).name
     if backend == "auto":
         import importlib.util
 

@@ -34,6 +34,7 @@ import numpy as np
 from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, check_cache, past_names, present_names, rope_rows, static_max_len, static_rows
 from ...errors import BackendUnavailable, VitacError, first_line
+from ...precision import precision as get_precision
 from ..base import Runtime
 from .memory import CudaMemory, HostMemory
 
@@ -156,7 +157,7 @@ class OnnxRuntimeRuntime(Runtime):
             raise VitacError(f"{energy_graph} is not an energy graph (inputs prediction, goal; output energy): "
                              f"re-export the artifact")
         self._energy_binding = self.energy_session.io_binding() if self.energy_session is not None else None
-        self.cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
+        self.cache_dtype = np.dtype(get_precision(precision).dtype)
         self._outputs = {o.name for o in self.session.get_outputs()}
         self._binding = self.session.io_binding()
         self._mem = CudaMemory() if device == "cuda" else HostMemory()
@@ -170,7 +171,7 @@ class OnnxRuntimeRuntime(Runtime):
         that does not describe the graph would otherwise fail deep inside ONNX Runtime, or worse."""
         from ...contract import step_io
 
-        want = {s.name: s.shape for s in step_io(self.cfg, "float16" if self.precision == "fp16" else "float32",
+        want = {s.name: s.shape for s in step_io(self.cfg, get_precision(self.precision).dtype,
                                                  cache=self.cache, cache_frames=self.cache_frames)[0]}
         got = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
         bad = sorted(set(want) ^ set(got)) or sorted(

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
 from ...errors import VitacError
+from ...precision import REFERENCE_PRECISION, precision as get_precision
 from ...manifest import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
                          now_iso, read_manifest, seal, sha256_file, verify_files, write_json_atomic)
 from ..gpu import gpu_info
@@ -223,8 +224,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     else:
         cfg = PredictorConfig.from_dict(manifest["config"])
         prof = check_profile_options(opts.profile, cfg)
-    if opts.precision not in ("fp16", "fp32"):
-        raise VitacError(f"--precision must be fp16 or fp32, got {opts.precision}")
+    prec = get_precision(opts.precision, "--precision")
     if opts.opt_level is not None and not 0 <= opts.opt_level <= 5:
         raise VitacError(f"--opt-level must be in 0..5, got {opts.opt_level}")
     if opts.workspace_mib is not None and opts.workspace_mib < 1:
@@ -243,13 +243,18 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     sm_targets = _compute_capabilities(trt, targets) if rtx and targets != ["default"] else []
     major = int(trt.__version__.split(".")[0])
     strong = opts.flavour == "tensorrt-rtx" or (major >= 9 and _strongly_typed(trt) is not None)
-    if opts.precision == "fp16" and strong:
-        source_precision, how = "fp16", "strongly typed network from the fp16 graphs (ONNX types decide precision)"
-    elif opts.precision == "fp16":
-        source_precision, how = "fp32", ("FP16 builder flag on the fp32 graphs, normalization layers pinned to float32 "
-                                         "(OBEY_PRECISION_CONSTRAINTS), cache IO float16: TensorRT < 9 has no strong typing")
+    if prec.name == REFERENCE_PRECISION:
+        source_precision, how = prec.name, "float32 network from the fp32 graphs"
+    elif strong and prec.strongly_typed:
+        source_precision, how = prec.name, (f"strongly typed network from the {prec.name} graphs (ONNX types decide "
+                                            f"precision)")
+    elif prec.name == "fp16":   # TensorRT 8.x: the builder flag is how it knows half precision
+        source_precision, how = REFERENCE_PRECISION, (
+            "FP16 builder flag on the fp32 graphs, normalization layers pinned to float32 "
+            "(OBEY_PRECISION_CONSTRAINTS), cache IO float16: TensorRT < 9 has no strong typing")
     else:
-        source_precision, how = "fp32", "float32 network from the fp32 graphs"
+        raise VitacError(f"TensorRT {trt.__version__} cannot build {prec.name} engines from this artifact "
+                         f"(it needs strong typing)")
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
 
@@ -321,7 +326,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         return step_profile(graph_of(role), cfg, ProfileOptions(prof.min_batch, prof.opt_batch, prof.max_batch,
                                                                 prof.max_frames, min_past))
 
-    half = opts.precision == "fp16"
+    half = prec.name != REFERENCE_PRECISION
     if kind == "encoder":
         jobs = [("encoder", graph_of("encoder"), encoder_profile(graph_of("encoder"), prof), out, half)]
     else:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...config import PredictorConfig
 from ...errors import BackendUnavailable, VitacError
+from ...precision import precision as get_precision
 from ..base import Runtime
 
 
@@ -36,7 +37,7 @@ class TorchRuntime(Runtime):
         super().__init__(model.cfg, precision, device, max_batch, max_frames)
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch has no CUDA device here")
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = get_precision(precision).torch_dtype(torch)
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.compiled = compile
         if compile:

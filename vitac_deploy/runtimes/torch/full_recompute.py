@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ...errors import BackendUnavailable, VitacError
+from ...precision import precision as get_precision
 from ..base import StateUpdate, host_energy
 
 
@@ -25,7 +26,7 @@ class FullRecompute:
             raise BackendUnavailable("the full-recompute baseline runs on torch, which has no CUDA device here "
                                      "(install a CUDA build of torch, or use --baseline none)")
         self._torch, self.device, self.precision = torch, device, precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = get_precision(precision).torch_dtype(torch)
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.cfg = model.cfg
         self.max_batch, self.max_frames = max_batch, model.cfg.max_frames
