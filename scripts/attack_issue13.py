@@ -496,7 +496,7 @@ def integrity_cases():
     attempt("paths", "50 GB sparse file outside, listed in files", timed)
 
     # engines
-    from vitac_deploy.manifest import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, read_engine_manifest
+    from vitac_deploy.artifacts import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, read_engine_manifest
     d = fresh("eng")
     (d / "e.plan").write_bytes(b"engine")
     base = {"format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "config": SMALL.to_dict(),

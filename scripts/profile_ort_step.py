@@ -59,7 +59,7 @@ def main() -> int:
 
     from vitac_deploy.config import PredictorConfig
     from vitac_deploy.contract import dummy_inputs
-    from vitac_deploy.manifest import read_manifest
+    from vitac_deploy.artifacts import read_manifest
     from vitac_deploy.runtimes.onnxruntime.backend import cuda_provider_options
 
     man = read_manifest(a.artifact)

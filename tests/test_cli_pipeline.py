@@ -47,7 +47,7 @@ def pipeline(tmp_path_factory):
 def test_export_writes_manifest_with_checkpoint_hash(pipeline):
     d, cfg, ckpt, art = pipeline
     m = json.loads((art / "manifest.json").read_text())
-    from vitac_deploy.manifest import sha256_file
+    from vitac_deploy.artifacts import sha256_file
 
     assert m["source"]["checkpoint_sha256"] == sha256_file(ckpt)
     assert m["validation"]["fp32"]["passed"] and m["validation"]["fp16"]["passed"]

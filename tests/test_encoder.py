@@ -315,7 +315,7 @@ def test_encoder_engine_runtime_on_fakes(one, one_artifact, tmp_path, monkeypatc
     """The TensorRT encoder runtime's bindings, pinned staging and batching, on the fakes of CUDA
     and TensorRT (their engines run the one_artifact's fp16 graph with ONNX Runtime)."""
     from tests.fakes import FakeCudart, FakeTensorRT, write_fake_engine
-    from vitac_deploy.manifest import sha256_file, write_json_atomic
+    from vitac_deploy.artifacts import sha256_file, write_json_atomic
     from vitac_deploy.runtimes import gpu
     from vitac_deploy.runtimes.tensorrt import encoder as trt_encoder
     from vitac_deploy.runtimes.tensorrt.build import EngineOptions, encoder_profile, engine_manifest
@@ -429,7 +429,7 @@ def test_reexporting_the_predictor_keeps_its_encoder(tmp_path):
     """`export --force` replaces only artifacts of ours, and a predictor artifact's encoder (ours,
     in ARTIFACT/encoder) is carried into the new one; a user's file beside it stops the export."""
     from tests.conftest import SMALL
-    from vitac_deploy.encoder.manifest import read_encoder_manifest
+    from vitac_deploy.artifacts import read_encoder_manifest
     from vitac_deploy.exporters import ExportOptions, export_artifact
     from vitac_deploy.reference import random_predictor
 

@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import SMALL
 from vitac_deploy.errors import VitacError
 from vitac_deploy.exporters import ExportOptions, export_artifact
-from vitac_deploy.exporters.artifact import _exchange, _OutLock
-from vitac_deploy.manifest import MANIFEST, read_manifest, seal, write_json_atomic
+from vitac_deploy.artifacts.publish import OutLock, _exchange
+from vitac_deploy.artifacts import MANIFEST, read_manifest, seal, write_json_atomic
 from vitac_deploy.reference import random_predictor
 from vitac_deploy.runtimes import open_runtime
 
@@ -158,7 +158,7 @@ def test_concurrent_writer_is_refused(tmp_path, model):
     finally:
         os.close(fd)
     errors: list[BaseException] = []
-    with _OutLock(out):   # held by this thread: re-entrant here, another writer for other threads
+    with OutLock(out):   # held by this thread: re-entrant here, another writer for other threads
         t = threading.Thread(target=lambda: _catch(errors, lambda: export_artifact(model, out, FAST)))
         t.start()
         t.join()
@@ -207,7 +207,7 @@ def test_exchange_swaps_two_directories(tmp_path):
 def test_failed_removal_of_the_old_artifact_keeps_the_new_one_and_names_the_rest(tmp_path):
     """The old artifact is removed only after the new one is in place: a failure while removing it
     (here a file it listed has vanished) loses neither, and says where the rest is."""
-    from vitac_deploy.exporters.artifact import _swap_in
+    from vitac_deploy.artifacts.publish import _swap_in
 
     new, target = tmp_path / ".t.1.x.partial", tmp_path / "t"
     new.mkdir()
@@ -387,7 +387,7 @@ def test_validate_fails_on_a_deleted_file(artifact, tmp_path):
 
 
 def test_engine_entry_without_sha256_is_refused(tmp_path):
-    from vitac_deploy.manifest import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, read_engine_manifest
+    from vitac_deploy.artifacts import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, read_engine_manifest
 
     (tmp_path / "e.plan").write_bytes(b"engine")
     data = {"format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "config": SMALL.to_dict(),

@@ -74,7 +74,7 @@ def test_tensorrt_command_covers_the_steps_after_the_first(exported, tmp_path):
     runs in CI): the first step (past_len 0, the first-frame engine's job) is left out."""
     from polygraphy.json import load_json
 
-    from vitac_deploy.manifest import read_manifest
+    from vitac_deploy.artifacts import read_manifest
     from vitac_deploy.reference import random_predictor
     from vitac_deploy.reproduce import save_polygraphy
     from vitac_deploy.validation import ParityInputs
@@ -165,7 +165,7 @@ def test_runtimes_import_without_polygraphy():
 def perturb_fp16_weight(artifact: Path, initializer: str, value: float, rehash: bool = True) -> None:
     """Overwrite one element of one fp16 initializer in the external weights file (and, like a
     deliberate edit, the file's sha256 in the manifest)."""
-    from vitac_deploy.manifest import seal, sha256_file
+    from vitac_deploy.artifacts import seal, sha256_file
 
     model = onnx.load(str(artifact / "step.fp16.onnx"), load_external_data=False)
     init = next(i for i in model.graph.initializer if i.name == initializer)

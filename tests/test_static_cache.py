@@ -213,7 +213,7 @@ def test_older_and_odd_manifests(small_pair, tmp_path):
     _, arts = small_pair
     old = tmp_path / "old"
     shutil.copytree(arts["concat"], old)
-    from vitac_deploy.manifest import seal
+    from vitac_deploy.artifacts import seal
 
     m = json.loads((old / "manifest.json").read_text())
     del m["cache"]

@@ -17,7 +17,7 @@ from tests.fakes import FakeCudart, FakeTensorRT, cudaError_t, write_fake_engine
 from vitac_deploy import VitacError
 from vitac_deploy.config import PredictorConfig
 from vitac_deploy.exporters import ExportOptions, export_artifact
-from vitac_deploy.manifest import read_manifest, seal, sha256_file, write_json_atomic
+from vitac_deploy.artifacts import read_manifest, seal, sha256_file, write_json_atomic
 from vitac_deploy.metrics import TOLERANCES
 from vitac_deploy.reference import random_predictor
 from vitac_deploy.runtimes import gpu, open_runtime

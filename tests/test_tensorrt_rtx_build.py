@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import SMALL, SMALL_SWIGLU_EXTR
 from vitac_deploy import VitacError
-from vitac_deploy.manifest import seal, sha256_file, write_json_atomic
+from vitac_deploy.artifacts import seal, sha256_file, write_json_atomic
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import VitacError
 from .precision import precision as get_precision
-from .manifest import now_iso, save_figure, versions
+from .artifacts import now_iso, save_figure, versions
 from .planning import CEMOptions, plan, planning_problem
 from .planning.cem import ActionSpace
 from .planning.memory import plan_flops, plan_memory, upstream_plan_flops
@@ -243,7 +243,7 @@ def run_bench(model, artifact, opts: BenchOptions, say: Callable[[str], None] = 
     False until the last row."""
     check_options(opts)
     if not isinstance(artifact, dict):
-        from .manifest import cache_contract, read_manifest
+        from .artifacts import cache_contract, read_manifest
 
         artifact = {cache_contract(read_manifest(artifact)): Path(artifact)}
     missing = [c for c in opts.caches if c not in artifact]

@@ -36,7 +36,7 @@ def bench_encoder(encoder: str | Path, backends: Sequence[str], device: str = "c
     import torch
 
     from .encoder import ENCODER_PRESETS, EncoderConfig, preprocess
-    from .encoder.manifest import read_encoder_manifest
+    from .artifacts import read_encoder_manifest
     from .exporters.encoder_artifact import EncoderExportOptions, export_encoder, validation_images
     from .reference import random_encoder
     from .runtimes.encoder import encoder_from_graph, open_encoder

@@ -23,7 +23,7 @@ import numpy as np
 from .config import PredictorConfig
 from .contract import ROPE_INPUTS, past_names, present_names, rope_rows
 from .errors import VitacError, first_line
-from .manifest import read_manifest, verify_files, write_json_atomic
+from .artifacts import read_manifest, verify_files, write_json_atomic
 from .metrics import TOLERANCES
 from .precision import REFERENCE_PRECISION, precision as get_precision
 from .reproduce import import_polygraphy

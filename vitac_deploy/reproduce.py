@@ -26,7 +26,7 @@ import numpy as np
 from .contract import past_names, rope_rows, static_max_len, static_rows
 from .errors import VitacError, first_line
 from .precision import precision as get_precision
-from .manifest import cache_contract, umask
+from .artifacts import cache_contract, umask
 from .metrics import TOLERANCES
 from .validation import ParityInputs
 

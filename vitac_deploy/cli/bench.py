@@ -66,7 +66,7 @@ def bench(
     from ..bench import BenchOptions, check_options, plot_per_frame, run_bench
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
-    from ..manifest import read_manifest, write_json_atomic
+    from ..artifacts import read_manifest, write_json_atomic
     from ..planning import CEMOptions
     from ..reference import Predictor, random_predictor
 
@@ -92,7 +92,7 @@ def bench(
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
     cem = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps) if plan else None
-    from ..manifest import cache_contract
+    from ..artifacts import cache_contract
 
     manifest = read_manifest(artifact) if artifact is not None else None
     have = cache_contract(manifest, artifact) if manifest else None
@@ -176,7 +176,7 @@ def _encoder_rows(encoder: str, opts, console) -> dict:
 
 
 def _bench_encoder_only(encoder: str, opts, json_out: Optional[Path]) -> None:
-    from ..manifest import now_iso, versions, write_json_atomic
+    from ..artifacts import now_iso, versions, write_json_atomic
 
     console = stdout_console()
     res = {"date": now_iso(), "mode": "encoder", "versions": versions(), **_encoder_rows(encoder, opts, console)}

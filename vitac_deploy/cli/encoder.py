@@ -56,7 +56,7 @@ def export_encoder(
 ) -> None:
     """Export the V-JEPA 2 encoder (per frame, the planner's way) to ONNX fp32 + strongly typed fp16."""
     from ..exporters.encoder_artifact import EncoderExportOptions, export_encoder as export
-    from ..manifest import sha256_file
+    from ..artifacts import sha256_file
 
     err = stderr_console()
     source: dict = {"checkpoint": str(checkpoint) if checkpoint else None, "encoder_key": encoder_key}
@@ -64,11 +64,11 @@ def export_encoder(
         source["checkpoint_sha256"] = sha256_file(checkpoint)
     if random_init:
         source["random_init_seed"] = seed
-    from ..encoder.manifest import ENCODER_FORMAT
-    from ..exporters import check_out, export_lock
+    from ..artifacts import ENCODER_FORMAT
+    from ..artifacts import check_out, publish_lock
 
     check_out(out, force, (ENCODER_FORMAT,))   # before the model is loaded: a refused --out costs nothing
-    with export_lock(out):   # held from here: two commands started together cannot both write --out
+    with publish_lock(out):   # held from here: two commands started together cannot both write --out
         err.print("loading the reference encoder")
         model = load_encoder_model(checkpoint, config, preset, random_init, seed, encoder_key)
         opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
@@ -98,17 +98,9 @@ def encoder_table(out: Path, manifest: dict) -> Table:
 
 def is_encoder(path: Path) -> bool:
     """Whether `path` is an encoder artifact directory or an encoder engine (by its manifest)."""
-    import json
+    from ..artifacts import artifact_kind
 
-    from ..encoder.manifest import ENCODER_FORMAT
-    from ..manifest import MANIFEST
-
-    meta = path.with_name(path.name + ".json") if path.suffix in (".plan", ".engine") else path / MANIFEST
-    try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and (data.get("format") == ENCODER_FORMAT or data.get("kind") == "encoder")
+    return artifact_kind(path) in ("encoder", "encoder-engine")
 
 
 def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Path], random_init: bool, seed: int,
@@ -117,10 +109,10 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     """`validate` for an encoder artifact or engine: its features of seeded camera-like frames
     against the reference encoder, per precision; exit 1 on a mismatch."""
     from ..encoder import EncoderConfig
-    from ..encoder.manifest import read_encoder_manifest
+    from ..artifacts import read_encoder_manifest
     from ..errors import ValidationError
     from ..exporters.encoder_artifact import encoder_parity, validation_images
-    from ..manifest import read_engine_manifest, sha256_file, write_json_atomic
+    from ..artifacts import read_engine_manifest, sha256_file, write_json_atomic
     from ..reference import load_encoder, random_encoder
     from ..precision import PRECISIONS
     from ..runtimes.encoder import open_encoder
@@ -199,7 +191,7 @@ def _plot_encoder(path: Path, results: dict) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
-    from ..manifest import save_figure
+    from ..artifacts import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for p, r in results.items():

@@ -41,10 +41,10 @@ def export(
                                         "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Export the per-step ONNX graphs (fp32 + strongly typed fp16) with a KV-cache interface."""
-    from ..exporters import check_out, export_lock
+    from ..artifacts import check_out, publish_lock
 
     check_out(out, force)   # before the model is loaded: a refused --out costs nothing
-    with export_lock(out):  # held from here: two commands started together cannot both write --out
+    with publish_lock(out):  # held from here: two commands started together cannot both write --out
         _export(out, checkpoint, config, preset, random_init, seed, precision, opset, validate, first_frame_graph,
                 force, cache, cache_frames, save_polygraphy)
 
@@ -53,7 +53,7 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
             seed: int, precision: str, opset: Optional[int], validate: bool, first_frame_graph: bool, force: bool,
             cache: str, cache_frames: Optional[int], save_polygraphy: Optional[Path]) -> None:
     from ..exporters import ExportOptions, export_artifact
-    from ..manifest import sha256_file
+    from ..artifacts import sha256_file
 
     err = stderr_console()
     source: dict = {"checkpoint": str(checkpoint) if checkpoint else None}
@@ -110,7 +110,7 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
         _inspect_engine(console, path)
         return
     if path.is_dir():
-        from ..manifest import read_manifest
+        from ..artifacts import read_manifest
 
         m = read_manifest(path)
         exporter = m.get("exporter", {})
@@ -165,7 +165,7 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx fil
 
 
 def _inspect_engine(console: Console, path: Path) -> None:
-    from ..manifest import read_engine_manifest
+    from ..artifacts import read_engine_manifest
 
     m = read_engine_manifest(path)
     # a sealed manifest is still only as well-formed as whoever wrote it: display what is there

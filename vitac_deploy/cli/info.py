@@ -211,7 +211,7 @@ def encoder_table(encoder: str, precision: str, fused: bool):
     if encoder in ENCODER_PRESETS:
         ecfg, name = EncoderConfig.preset(encoder), encoder
     else:
-        from ..encoder.manifest import read_encoder_manifest
+        from ..artifacts import read_encoder_manifest
 
         ecfg, name = EncoderConfig.from_dict(read_encoder_manifest(encoder)["config"]), encoder
     from rich.console import Group

@@ -46,7 +46,7 @@ def open_models(artifact: Path, encoder: Optional[Path], backend: str, device: s
                 max_batch: Optional[int] = None, max_frames: Optional[int] = None) -> tuple:
     """The predictor runtime and the encoder that `plan` and `serve` use: (runtime, encoder, encoder path).
     The encoder is ARTIFACT/encoder (or what the artifact points to) unless `encoder` names it."""
-    from ..encoder.manifest import find_encoder
+    from ..artifacts import find_encoder
     from ..runtimes import open_runtime
     from ..runtimes.encoder import open_encoder
 
@@ -133,7 +133,7 @@ def plan(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan and its figures here."),
 ) -> None:
     """Plan the next actions from a camera frame and pose towards a goal image (the upstream CEM)."""
-    from ..manifest import now_iso, write_json_atomic
+    from ..artifacts import now_iso, write_json_atomic
     from ..planning import CEMOptions, plan as cem_plan
 
     opts = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps, momentum_mean=momentum_mean,
@@ -188,7 +188,7 @@ def energy_landscape(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the grid and its energies here."),
 ) -> None:
     """The upstream energy-landscape example: the energy of one predicted frame per grid action."""
-    from ..manifest import now_iso, write_json_atomic
+    from ..artifacts import now_iso, write_json_atomic
     from ..planning.landscape import action_grid, energy_landscape as landscape, plot_landscape
 
     for flag, target in (("--plot", plot), ("--json", json_out)):

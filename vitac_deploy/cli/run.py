@@ -14,7 +14,7 @@ from rich.table import Table
 from ..config import PredictorConfig
 from ..errors import ValidationError, VitacError, first_line
 from ..precision import PRECISIONS
-from ..manifest import read_engine_manifest, read_manifest, write_json_atomic
+from ..artifacts import read_engine_manifest, read_manifest, write_json_atomic
 from ._common import check_output, cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
 
 
@@ -147,7 +147,7 @@ def validate(
                                         "`polygraphy run` command that reproduces the check to this directory."),
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
-    from ..manifest import file_digest
+    from ..artifacts import file_digest
     from ..metrics import TOLERANCES
     from ..reference import load_predictor, random_predictor
     from ..runtimes import open_runtime
@@ -272,7 +272,7 @@ def _matplotlib():
 
 def _plot(path: Path, results) -> None:
     plt = _matplotlib()
-    from ..manifest import save_figure
+    from ..artifacts import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for p, r in results.items():

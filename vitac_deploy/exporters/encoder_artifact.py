@@ -4,7 +4,6 @@ atomically, like the predictor's `export` (artifact.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +12,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..encoder.manifest import ENCODER_FORMAT, ENCODER_FORMAT_VERSION
 from ..errors import ValidationError, VitacError
-from ..errors import first_line
 from ..precision import parse_list as parse_precisions, precision as get_precision
-from ..manifest import MANIFEST, file_digest, now_iso, seal, versions, write_json_atomic
+from ..artifacts import (ENCODER_FORMAT, ENCODER_FORMAT_VERSION, MANIFEST, Progress, file_digest, now_iso,
+                         publishing, seal, versions, write_json_atomic)
 from ..metrics import TOLERANCES, frame_errors, within
-from .artifact import PRECISIONS, Progress, _check_out, _make_tmp, _OutLock, _swap_in, _sweep_partials, check_out
+from .artifact import PRECISIONS
 from .encoder_graph import build_encoder_graph, encoder_io
 from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .weights import save_with_shared_data
@@ -56,22 +54,8 @@ def export_encoder(model, out: str | os.PathLike, options: Optional[EncoderExpor
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.opset}")
     say = progress or (lambda msg: None)
-    out = Path(out)
-    formats = (ENCODER_FORMAT,)
-    target = check_out(out, opts.force, formats)
-    with _OutLock(target):
-        _sweep_partials(target, say)
-        tmp = _make_tmp(target)
-        try:
-            manifest = _write_encoder(model, tmp, opts, say)
-            old = _check_out(out, target, opts.force, formats)   # again, under the lock
-            _swap_in(tmp, target, old, say)
-        except OSError as e:   # full disk, read-only or vanished directory: a user-side failure
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise VitacError(f"cannot write {out}: {e.strerror or first_line(e)}") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with publishing(out, opts.force, (ENCODER_FORMAT,), say) as tmp:
+        manifest = _write_encoder(model, tmp, opts, say)
     return manifest
 
 

@@ -41,7 +41,7 @@ def plot_landscape(grid: np.ndarray, energy: np.ndarray, nsamples: int, path, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..manifest import save_figure
+    from ..artifacts import save_figure
 
     k = min(3, grid.shape[1])
     if k < 2:

@@ -12,7 +12,7 @@ from typing import Optional
 from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
 from ..precision import resolve as resolve_precision
-from ..manifest import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
+from ..artifacts import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
 from .base import Runtime
 
 __all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]

@@ -15,11 +15,11 @@ from typing import Any, Optional
 import numpy as np
 
 from ..encoder.config import EncoderConfig
-from ..encoder.manifest import read_encoder_manifest
+from ..artifacts import read_encoder_manifest
 from ..encoder.preprocess import preprocess
 from ..errors import BackendUnavailable, VitacError, first_line
 from ..precision import precision as get_precision, resolve as resolve_precision
-from ..manifest import graph_names, verify_files
+from ..artifacts import graph_names, verify_files
 
 log = logging.getLogger("vitac_deploy")
 ENCODER_BACKENDS = ("onnxruntime", "torch")
@@ -137,7 +137,7 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: str = "
     on cpu and fp16 on cuda; max_batch: frames encoded at once (default 16, an engine's profile)."""
     p = Path(path)
     if p.suffix in (".plan", ".engine"):
-        from ..manifest import read_engine_manifest
+        from ..artifacts import read_engine_manifest
 
         if backend not in ("auto", "tensorrt") or device != "cuda":
             raise VitacError(f"{p} is a TensorRT engine: it runs with backend tensorrt on device cuda")

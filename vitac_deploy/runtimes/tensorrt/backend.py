@@ -32,7 +32,7 @@ import numpy as np
 from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, past_names, rope_rows, static_max_len, static_rows
 from ...errors import VitacError, first_line
-from ...manifest import cache_contract, file_digest
+from ...artifacts import cache_contract, file_digest
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, device_to_host, gpu_info, import_cudart

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from ...config import PredictorConfig
 from ...errors import VitacError
 from ...precision import REFERENCE_PRECISION, precision as get_precision
-from ...manifest import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
+from ...artifacts import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
                          now_iso, read_manifest, seal, sha256_file, verify_files, write_json_atomic)
 from ..gpu import gpu_info
 from .compat import check_kv_cache_support
@@ -183,7 +183,7 @@ def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_vers
 
 def read_artifact_manifest(artifact: Path) -> tuple[dict[str, Any], str]:
     """The manifest of a predictor or an encoder artifact, and which it is ("predictor", "encoder")."""
-    from ...encoder.manifest import ENCODER_FORMAT, read_encoder_manifest
+    from ...artifacts import ENCODER_FORMAT, read_encoder_manifest
 
     try:
         fmt = json.loads((Path(artifact) / MANIFEST).read_text(encoding="utf-8")).get("format")

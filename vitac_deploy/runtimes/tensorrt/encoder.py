@@ -10,7 +10,7 @@ import numpy as np
 
 from ...encoder.config import EncoderConfig
 from ...errors import VitacError
-from ...manifest import sha256_file
+from ...artifacts import sha256_file
 from ..encoder import EncoderRuntime
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, gpu_info, import_cudart
 from .compat import check_engine_compat

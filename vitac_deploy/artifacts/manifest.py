@@ -1,37 +1,36 @@
-"""Manifests: every artifact carries one (config, IO contract, versions, hashes). numpy-free."""
+"""Manifests: every artifact carries one (config, IO contract, versions, hashes), sealed. Reading
+and checking the three kinds (predictor artifact, encoder artifact, engine), and what they tell:
+the cache contract, the files a graph reads, their hashes. numpy-free, for the runtime side.
+Writing them: `seal` (artifacts.seal) and `publishing` (artifacts.publish)."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import stat
 import sys
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .errors import VitacError, first_line
+from ..errors import VitacError, first_line
+from .files import check_name, file_digest, load_json
+from .seal import check_format_version, check_keys, check_seal
 
 ARTIFACT_FORMAT = "vitac-deploy/artifact"
 ARTIFACT_FORMAT_VERSION = 3   # 2: RoPE rows as step-graph inputs, energy graph; 3: the static (in-place) cache
 CONCAT_FORMAT_VERSION = 2     # concat artifacts are still written as 2: older vitac-deploy keeps reading them,
                               # and refuses a static one ("upgrade vitac-deploy") instead of misbinding it
+ENCODER_FORMAT = "vitac-deploy/encoder"
+ENCODER_FORMAT_VERSION = 1
+ENGINE_FORMAT = "vitac-deploy/engine"
+ENGINE_FORMAT_VERSION = 3     # 2: engines of format-2 artifacts, energy engine, shared activation memory; 3: static cache
+CONCAT_ENGINE_FORMAT_VERSION = 2   # concat engines still say 2 (see CONCAT_FORMAT_VERSION)
 MANIFEST = "manifest.json"
-SEAL = "manifest_sha256"   # sha256 of the manifest's own canonical JSON (every key but this one)
+ENCODER_DIR = "encoder"   # where `plan ARTIFACT` looks for the encoder: ARTIFACT/encoder
+NESTED = {ARTIFACT_FORMAT: {ENCODER_DIR: ENCODER_FORMAT}}   # artifacts an artifact may hold, by folder
 _HEX = frozenset("0123456789abcdef")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def versions(packages: Iterable[str] = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
@@ -56,120 +55,27 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename: never a half-written file."""
+ENGINE_SUFFIXES = (".plan", ".engine")
+
+
+def artifact_kind(path: str | os.PathLike) -> Optional[str]:
+    """What `path` is by its manifest's own word, unchecked (for choosing what to open, never for
+    trusting it): "predictor" or "encoder" for artifact directories, "engine" or "encoder-engine"
+    for engines; None when it is none of ours."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    engine = p.suffix in ENGINE_SUFFIXES
+    meta = p.with_name(p.name + ".json") if engine else p / MANIFEST
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # NaN/Infinity are not JSON and strict parsers reject them: written as strings (a report
-            # of a broken graph still gets written); allow_nan=False guards what slips through
-            json.dump(strict_json(data), f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def strict_json(x: Any) -> Any:
-    """`x` with non-finite floats as the strings "nan", "inf", "-inf" (JSON has no such numbers)."""
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict_json(v) for v in x]
-    return x
-
-
-def _canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in data.items() if k != SEAL}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, allow_nan=False).encode("ascii")
-
-
-def seal(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with its seal: the sha256 of its canonical JSON. It detects an edited or damaged
-    manifest; it is not a signature (whoever can write the file can recompute it)."""
-    out = {k: v for k, v in data.items() if k != SEAL}
-    out[SEAL] = hashlib.sha256(_canonical(out)).hexdigest()
-    return out
-
-
-def check_seal(path: Path, data: dict[str, Any], redo: str) -> None:
-    """Refuse a manifest without its seal, or whose content no longer matches it."""
-    got = data.get(SEAL)
-    if not isinstance(got, str):
-        raise VitacError(f"{path} has no {SEAL}, so its integrity cannot be established "
-                         f"(written by an older vitac-deploy, or edited): {redo}")
-    try:
-        want = hashlib.sha256(_canonical(data)).hexdigest()
-    except (TypeError, ValueError):   # non-finite numbers cannot have been written by us
-        want = ""
-    if got != want:
-        raise VitacError(f"{path} was modified after it was written (its {SEAL} does not match): {redo}")
-
-
-def check_name(root: Path, name: Any, what: str) -> str:
-    """A file name a manifest gives: a plain name inside the artifact directory (no path, no `..`),
-    so that nothing outside the artifact is ever read, hashed or handed to a runtime."""
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name \
-            or name != name.strip() or Path(name).is_absolute():
-        raise VitacError(f"{root}: the manifest names {what} {name!r}, which is not a plain file name inside "
-                         f"the artifact (edited?): refusing it")
-    return name
-
-
-# Hashes already computed in this process, by file identity: (device, inode, size, mtime, ctime).
-# Any write to a file changes its ctime, which no user can set back, so an entry stays valid for
-# exactly as long as the file is unchanged; a reopened runtime does not hash gigabytes again.
-_DIGESTS: dict[tuple[int, ...], str] = {}
-_DIGESTS_LOCK = threading.Lock()
-
-
-def file_digest(path: Path, st: Optional[os.stat_result] = None) -> str:
-    """sha256 of a file, cached in-process by its identity and change times."""
-    st = st or os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _DIGESTS_LOCK:
-        hit = _DIGESTS.get(key)
-    if hit is not None:
-        return hit
-    digest = sha256_file(path)
-    after = os.stat(path)
-    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-        with _DIGESTS_LOCK:   # not cached when the file changed while it was read
-            _DIGESTS[key] = digest
-    return digest
-
-
-def umask() -> int:
-    """The process umask (read without changing it for longer than a call)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def save_figure(fig, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, p)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
-def _load_json(path: Path) -> Any:
-    """Strict JSON: NaN/Infinity refused, nesting bounded (RecursionError is a user error here)."""
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-    return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
+        data = load_json(meta)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if engine:
+        if data.get("format") != ENGINE_FORMAT:
+            return None
+        return "encoder-engine" if data.get("kind") == "encoder" else "engine"
+    return {ARTIFACT_FORMAT: "predictor", ENCODER_FORMAT: "encoder"}.get(data.get("format"))
 
 
 def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
@@ -184,16 +90,16 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
     path = p / MANIFEST
     redo = "re-export it with `vitac-deploy export`"
     try:
-        data = _load_json(path)
+        data = load_json(path)
     except FileNotFoundError:
         raise VitacError(f"{p} is not an export artifact (no {MANIFEST}); create one with `vitac-deploy export`") from None
     except (OSError, ValueError, RecursionError) as e:   # ValueError: bad JSON or not UTF-8
         raise VitacError(f"cannot read manifest {path}: {first_line(e)}") from None
     if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
         raise VitacError(f"{path} is not a vitac-deploy artifact manifest")
-    _check_format_version(path, data, ARTIFACT_FORMAT_VERSION, redo, oldest=CONCAT_FORMAT_VERSION)
+    check_format_version(path, data, ARTIFACT_FORMAT_VERSION, redo, oldest=CONCAT_FORMAT_VERSION)
     check_seal(path, data, redo)
-    _check_keys(path, data, {"config": dict, "graphs": dict, "files": dict}, redo)
+    check_keys(path, data, {"config": dict, "graphs": dict, "files": dict}, redo)
     _check_structure(p, path, data, redo)
     _check_config(path, data, redo)
     cache_contract(data, path)
@@ -218,8 +124,8 @@ def _positive_int(x: Any) -> bool:
 
 
 def _check_config(path: Path, data: dict[str, Any], redo: str) -> None:
-    from .config import PredictorConfig
-    from .encoder.config import EncoderConfig
+    from ..config import PredictorConfig
+    from ..encoder.config import EncoderConfig
 
     try:   # an encoder engine's manifest holds the encoder's config
         (EncoderConfig if data.get("kind") == "encoder" else PredictorConfig).from_dict(data["config"])
@@ -304,28 +210,56 @@ def graph_names(manifest: dict[str, Any], keys: Iterable[str]) -> list[str]:
     return out
 
 
-def _check_keys(path: Path, data: dict[str, Any], keys: dict[str, type], redo: str) -> None:
-    for key, kind in keys.items():
-        if not isinstance(data.get(key), kind):
-            raise VitacError(f"{path} has no valid '{key}' entry (edited or damaged?): {redo}")
+def read_encoder_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an encoder artifact directory, checked for its format."""
+    p = Path(path)
+    if not p.exists():
+        raise VitacError(f"encoder artifact not found: {p}")
+    m = p / MANIFEST if p.is_dir() else p
+    try:
+        data = load_json(m)
+    except FileNotFoundError:
+        raise VitacError(f"{p} is not an encoder artifact (no {MANIFEST}); create one with "
+                         f"`vitac-deploy export-encoder`") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise VitacError(f"cannot read manifest {m}: {first_line(e)}") from None
+    redo = "re-export it with `vitac-deploy export-encoder`"
+    if not isinstance(data, dict) or data.get("format") != ENCODER_FORMAT:
+        raise VitacError(f"{m} is not a vitac-deploy encoder manifest ({redo})")
+    check_format_version(m, data, ENCODER_FORMAT_VERSION, redo)
+    check_seal(m, data, redo)
+    check_keys(m, data, {"config": dict, "graphs": dict, "files": dict}, redo)
+    for key, g in data["graphs"].items():
+        if not isinstance(g, dict) or not all(isinstance(g.get(k), str) for k in ("file", "precision")):
+            raise VitacError(f"{m}: graph {key!r} has no file or precision (edited or damaged?): {redo}")
+        for name in (g["file"], g.get("external_data")):
+            if name is not None:
+                check_name(p, name, f"as {key}")
+                if name not in data["files"]:
+                    raise VitacError(f"{m}: {name} ({key}) has no sha256 in 'files': {redo}")
+    from ..encoder.config import EncoderConfig
+
+    try:
+        EncoderConfig.from_dict(data["config"])
+    except VitacError as e:
+        raise VitacError(f"{m}: invalid config ({e}): {redo}") from None
+    return data
 
 
-def _check_format_version(path: Path, data: dict[str, Any], current: int, redo: str,
-                          oldest: Optional[int] = None) -> None:
-    version = data.get("format_version", 0)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise VitacError(f"{path} has no valid format_version: {redo}")
-    if version > current:
-        raise VitacError(f"{path} has format version {version}; this vitac-deploy reads up to {current}: "
-                         f"upgrade vitac-deploy")
-    if version < (current if oldest is None else oldest):
-        raise VitacError(f"{path} has format version {version}, written by an older vitac-deploy whose graphs "
-                         f"this one no longer runs (version {current}): {redo}")
-
-
-ENGINE_FORMAT = "vitac-deploy/engine"
-ENGINE_FORMAT_VERSION = 3     # 2: engines of format-2 artifacts, energy engine, shared activation memory; 3: static cache
-CONCAT_ENGINE_FORMAT_VERSION = 2   # concat engines still say 2 (see CONCAT_FORMAT_VERSION)
+def find_encoder(artifact: str | os.PathLike, encoder: Optional[str | os.PathLike] = None) -> Path:
+    """The encoder for a predictor artifact: `encoder` if given (an encoder artifact directory or
+    engine), else ARTIFACT/encoder."""
+    if encoder is None and Path(artifact).is_file():
+        raise VitacError(f"{artifact} is an engine, not an artifact directory: name the encoder with --encoder "
+                         f"(an encoder artifact directory or an encoder engine)")
+    p = Path(encoder) if encoder is not None else Path(artifact) / ENCODER_DIR
+    if p.suffix in ENGINE_SUFFIXES and p.is_file():
+        return p
+    if not (p / MANIFEST).is_file():
+        where = "--encoder" if encoder is not None else f"{Path(artifact) / ENCODER_DIR} (the default)"
+        raise VitacError(f"no encoder artifact at {where}: export one with `vitac-deploy export-encoder "
+                         f"--out {p}` or pass --encoder DIR")
+    return p
 
 
 def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
@@ -337,7 +271,7 @@ def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
     meta = p.with_name(p.name + ".json")
     redo = "rebuild it with `vitac-deploy build-engine`"
     try:
-        data = _load_json(meta)
+        data = load_json(meta)
     except FileNotFoundError:
         raise VitacError(f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
                          f"writes beside them (it says where and how the engine was built)") from None
@@ -349,9 +283,9 @@ def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
     if data.get("format") != ENGINE_FORMAT or not isinstance(engines, list) or not isinstance(engines[0], dict) \
             or engines[0].get("file") != p.name:
         raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
-    _check_format_version(meta, data, ENGINE_FORMAT_VERSION, redo, oldest=CONCAT_ENGINE_FORMAT_VERSION)
+    check_format_version(meta, data, ENGINE_FORMAT_VERSION, redo, oldest=CONCAT_ENGINE_FORMAT_VERSION)
     check_seal(meta, data, redo)
-    _check_keys(meta, data, {"config": dict, "tensorrt": dict, "build_flags": dict}, redo)
+    check_keys(meta, data, {"config": dict, "tensorrt": dict, "build_flags": dict}, redo)
     if not all(isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("role"), str)
                for e in engines):
         raise VitacError(f"{meta} lists engines without a file or role (edited?): {redo}")
