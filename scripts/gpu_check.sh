@@ -140,7 +140,7 @@ fi
 if [ -z "${QUICK:-}" ]; then
   # the serve goal: 8 robots batched at 4x or more the plans/s of one at a time, upstream sizes
   step export-encoder 150 vd export-encoder --preset vit-l --random-init --out "$WORK/art/encoder" --no-validate
-  TAIL=20 step bench-serve 240 "$PY" -m vitac_deploy.serving.bench --artifact "$WORK/art" --clients 1,8 --requests 2 \
+  TAIL=20 step bench-serve 240 "$PY" -m vitac_deploy.benchmarks.serving --artifact "$WORK/art" --clients 1,8 --requests 2 \
        --samples 400 --topk 10 --cem-steps 10 --device cuda --backend onnxruntime --json "$WORK/bench_serve_gpu.json"
 fi
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)

@@ -78,7 +78,7 @@ def test_bench_rows_reach_disk_one_by_one_and_misfits_are_named():
     model says cannot fit the free GPU memory is skipped with the reason, not attempted."""
     import numpy as np
 
-    from vitac_deploy.bench import BenchOptions, does_not_fit, run_bench
+    from vitac_deploy.benchmarks.rollouts import BenchOptions, does_not_fit, run_bench
     from vitac_deploy.config import PredictorConfig
     from vitac_deploy.exporters.artifact import ExportOptions, export_artifact
     from vitac_deploy.planning.memory import plan_memory

@@ -11,7 +11,7 @@ from tests.conftest import SMALL, SMALL_SWIGLU_EXTR
 from vitac_deploy import ValidationError, VitacError
 from vitac_deploy.contract import dummy_inputs, past_names, rope_rows, step_io
 from vitac_deploy.exporters import ExportOptions, export_artifact
-from vitac_deploy.metrics import TOLERANCES
+from vitac_deploy.validation import TOLERANCES
 from vitac_deploy.reference import random_predictor
 from vitac_deploy.runtimes import open_runtime
 

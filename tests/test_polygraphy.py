@@ -76,7 +76,7 @@ def test_tensorrt_command_covers_the_steps_after_the_first(exported, tmp_path):
 
     from vitac_deploy.artifacts import read_manifest
     from vitac_deploy.reference import random_predictor
-    from vitac_deploy.reproduce import save_polygraphy
+    from vitac_deploy.validation.polygraphy import save_polygraphy
     from vitac_deploy.validation import ParityInputs
 
     d, cfg, art, pg = exported
@@ -148,7 +148,7 @@ def test_save_polygraphy_input_errors(exported, tmp_path):
 
 def test_without_polygraphy_one_line_names_the_extra(monkeypatch, tmp_path):
     from vitac_deploy.errors import VitacError
-    from vitac_deploy.reproduce import check_save_target
+    from vitac_deploy.validation.polygraphy import check_save_target
 
     monkeypatch.setitem(sys.modules, "polygraphy", None)   # as if not installed
     with pytest.raises(VitacError, match=r"vitac-deploy\[polygraphy\]"):
@@ -217,7 +217,7 @@ def test_debug_precision_names_the_perturbed_block_first(exported, tmp_path):
 
 
 def test_debug_precision_python_api_on_an_attention_weight(exported, tmp_path):
-    from vitac_deploy.layerwise import compare_layers, write_report
+    from vitac_deploy.validation.layerwise import compare_layers, write_report
 
     d, cfg, art, pg = exported
     bad = tmp_path / "perturbed"
@@ -235,7 +235,7 @@ def test_debug_precision_input_errors(exported, tmp_path):
     assert_one_line_error(cli("debug-precision", tmp_path / "nothing", ok=False))
     assert_one_line_error(cli("debug-precision", art, "--precision", "fp32", ok=False))
     from vitac_deploy.errors import VitacError
-    from vitac_deploy.layerwise import compare_layers
+    from vitac_deploy.validation.layerwise import compare_layers
 
     for kwargs in ({"steps": 0}, {"batch": 0}, {"atol": 0.0}, {"precision": "int8"}):
         with pytest.raises(VitacError):

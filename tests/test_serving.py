@@ -27,7 +27,7 @@ from vitac_deploy.planning import CEMOptions, plan  # noqa: E402
 from vitac_deploy.runtimes import open_runtime  # noqa: E402
 from vitac_deploy.runtimes.encoder import open_encoder  # noqa: E402
 from vitac_deploy.serving import ServeOptions, open_service  # noqa: E402
-from vitac_deploy.serving.bench import robot_requests, tiny_artifact  # noqa: E402
+from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact  # noqa: E402
 from vitac_deploy.serving.server import PolicyServer  # noqa: E402
 
 def connect(uri, **kw):

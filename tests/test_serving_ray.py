@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus  # noqa: E402
 
 from vitac_deploy.client import PolicyClient, PolicyError, packb, unpackb  # noqa: E402
 from vitac_deploy.serving import ServeOptions  # noqa: E402
-from vitac_deploy.serving.bench import robot_requests, tiny_artifact  # noqa: E402
+from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact  # noqa: E402
 
 pytestmark = pytest.mark.ray
 KEY = "s3cret"

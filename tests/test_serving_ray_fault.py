@@ -17,7 +17,7 @@ from tests.test_serving_ray import _free_port  # noqa: E402
 from vitac_deploy.client import PolicyClient  # noqa: E402
 from vitac_deploy.planning import CEMOptions  # noqa: E402
 from vitac_deploy.serving import ServeOptions  # noqa: E402
-from vitac_deploy.serving.bench import robot_requests, tiny_artifact  # noqa: E402
+from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact  # noqa: E402
 
 pytestmark = pytest.mark.ray
 SLOW = CEMOptions(samples=8, topk=3, cem_steps=300)   # a plan long enough to be killed in the middle

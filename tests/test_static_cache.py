@@ -308,7 +308,7 @@ def test_reference_steps_feed_the_static_graph(small_pair):
     step graph run on them step by step gives the reference's predictions."""
     import onnxruntime as ort
 
-    from vitac_deploy.reproduce import COMPARED_OUTPUT, reference_steps
+    from vitac_deploy.validation.polygraphy import COMPARED_OUTPUT, reference_steps
     from vitac_deploy.validation import ParityInputs
 
     model, arts = small_pair

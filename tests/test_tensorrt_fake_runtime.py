@@ -18,7 +18,7 @@ from vitac_deploy import VitacError
 from vitac_deploy.config import PredictorConfig
 from vitac_deploy.exporters import ExportOptions, export_artifact
 from vitac_deploy.artifacts import read_manifest, seal, sha256_file, write_json_atomic
-from vitac_deploy.metrics import TOLERANCES
+from vitac_deploy.validation import TOLERANCES
 from vitac_deploy.reference import random_predictor
 from vitac_deploy.runtimes import gpu, open_runtime
 from vitac_deploy.runtimes.tensorrt import backend as trt_backend

@@ -55,7 +55,7 @@ def _engine(tmp_path, cfg, flavour, first_frame=1):
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("cfg", [SMALL, SMALL_SWIGLU_EXTR], ids=["small", "swiglu_extr"])
 def test_rollout_matches_reference_fp16(tmp_path, flavour, cfg):
-    from vitac_deploy.metrics import TOLERANCES, within
+    from vitac_deploy.validation import TOLERANCES, within
     from vitac_deploy.runtimes import open_runtime
     from vitac_deploy.validation import ParityInputs, check_parity
 

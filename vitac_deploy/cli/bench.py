@@ -63,7 +63,7 @@ def bench(
 ) -> None:
     """Per-frame and rollout latency (or one CEM plan), throughput, memory and agreement of each
     backend against the upstream way, measured in the same run."""
-    from ..bench import BenchOptions, check_options, plot_per_frame, run_bench
+    from ..benchmarks.rollouts import BenchOptions, check_options, plot_per_frame, run_bench
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
     from ..artifacts import read_manifest, write_json_atomic
@@ -162,8 +162,8 @@ def bench(
 
 
 def _encoder_rows(encoder: str, opts, console) -> dict:
-    from ..bench import _machine
-    from ..bench_encoder import bench_encoder, encoder_rows_table
+    from ..benchmarks.rollouts import _machine
+    from ..benchmarks.encoder import bench_encoder, encoder_rows_table
 
     err = stderr_console()
     with err.status("benchmarking the encoder") as status:

@@ -31,7 +31,7 @@ def debug_precision(
 
     Both graphs run on the same feeds with every intermediate tensor marked as an output; each
     tensor's error is printed in graph order, the first one past the tolerance on top."""
-    from ..layerwise import compare_layers, write_report
+    from ..validation.layerwise import compare_layers, write_report
 
     report = compare_layers(path, precision=precision, steps=steps, batch=batch, seed=seed, atol=atol)
     console = stdout_console()

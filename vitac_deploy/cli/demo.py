@@ -33,7 +33,7 @@ def demo(
 
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
-    from ..metrics import TOLERANCES, frame_errors, within
+    from ..validation.metrics import TOLERANCES, frame_errors, within
     from ..reference import random_predictor
     from ..runtimes import open_runtime
     from ..validation import ParityInputs
@@ -102,7 +102,8 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
 
     from ..encoder import ENCODER_PRESETS, EncoderConfig, preprocess
     from ..exporters import ExportOptions, export_artifact
-    from ..exporters.encoder_artifact import EncoderExportOptions, encoder_parity, export_encoder, validation_images
+    from ..exporters import EncoderExportOptions, export_encoder
+    from ..validation import encoder_parity, validation_images
     from ..planning import ActionSpace, CEMOptions, plan
     from ..reference import random_encoder
     from ..runtimes import open_runtime

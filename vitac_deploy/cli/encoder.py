@@ -111,7 +111,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     from ..encoder import EncoderConfig
     from ..artifacts import read_encoder_manifest
     from ..errors import ValidationError
-    from ..exporters.encoder_artifact import encoder_parity, validation_images
+    from ..validation import encoder_parity, validation_images
     from ..artifacts import read_engine_manifest, sha256_file, write_json_atomic
     from ..reference import load_encoder, random_encoder
     from ..precision import PRECISIONS

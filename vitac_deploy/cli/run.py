@@ -148,7 +148,7 @@ def validate(
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
     from ..artifacts import file_digest
-    from ..metrics import TOLERANCES
+    from ..validation.metrics import TOLERANCES
     from ..reference import load_predictor, random_predictor
     from ..runtimes import open_runtime
     from ..validation import ParityInputs, check_parity
@@ -183,7 +183,7 @@ def validate(
         if engine:
             raise VitacError("--save-polygraphy takes an artifact directory (the engine's ONNX graphs are in the "
                              "artifact it was built from)")
-        from ..reproduce import check_save_target
+        from ..validation.polygraphy import check_save_target
 
         check_save_target(save_polygraphy)
     folder = path.parent if engine else path
@@ -240,7 +240,7 @@ def validate(
             "tolerances": {p: TOLERANCES[p].to_dict() for p in results},
             "results": {p: r.to_dict() for p, r in results.items()}}
     if save_polygraphy is not None:   # also, and above all, when the check failed
-        from ..reproduce import save_polygraphy as save
+        from ..validation.polygraphy import save_polygraphy as save
 
         commands = save(save_polygraphy, path, model, inputs, list(results), manifest)
         data["polygraphy_commands"] = commands

@@ -16,7 +16,7 @@ from ..errors import ValidationError, VitacError
 from ..precision import PRECISIONS as _PRECISIONS, parse_list as parse_precisions, precision as get_precision
 from ..artifacts import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, CONCAT_FORMAT_VERSION, ENCODER_DIR, MANIFEST,
                          Progress, file_digest, now_iso, publishing, seal, versions, write_json_atomic)
-from ..metrics import TOLERANCES
+from ..validation.metrics import TOLERANCES
 from .energy_graph import build_energy_graph
 from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, STATIC_OPSET, build_step_graph
 from .weights import save_with_shared_data
@@ -92,14 +92,14 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
     if opts.save_polygraphy is not None:
         if not opts.validate:
             raise VitacError("--save-polygraphy saves what validation checks: drop --no-validate")
-        from ..reproduce import check_save_target
+        from ..validation.polygraphy import check_save_target
 
         check_save_target(opts.save_polygraphy)
     with publishing(out, opts.force, (ARTIFACT_FORMAT,), say, carry=(ENCODER_DIR,)) as tmp:
         manifest = _write_artifact(model, tmp, opts, say)
     if opts.save_polygraphy is not None:
         # after the swap: the commands name the artifact where it now is
-        from ..reproduce import save_polygraphy
+        from ..validation.polygraphy import save_polygraphy
 
         say(f"writing the validated steps for `polygraphy run` to {opts.save_polygraphy}")
         save_polygraphy(opts.save_polygraphy, out, model, _validation_inputs(model.cfg, opts), opts.precisions,

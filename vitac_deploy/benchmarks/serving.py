@@ -3,7 +3,7 @@ same requests batched (`--batch-window-ms W`) and one at a time (window 0, max o
 in one run: plans per second and p50/p99 latency. Also `tiny_artifact`, the reduced-size model the
 tests and the CPU benchmark serve (export side: needs torch).
 
-    python -m vitac_deploy.serving.bench --clients 1,2,4,8 --requests 12 --samples 32 --cem-steps 3
+    python -m vitac_deploy.benchmarks.serving --clients 1,2,4,8 --requests 12 --samples 32 --cem-steps 3
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def main(argv: Optional[list] = None) -> None:
     import tempfile
 
     from ..planning import CEMOptions
-    from . import PlanService, ServeOptions
+    from ..serving import PlanService, ServeOptions
     from ..cli.plan import open_models
-    from .server import PolicyServer
+    from ..serving.server import PolicyServer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifact", type=Path, help="serve this artifact (default: a reduced-size random model)")
@@ -146,8 +146,8 @@ def _ray_rows(art: Path, a: argparse.Namespace, cem: object, counts: list, repli
 
     import ray
 
-    from . import ServeOptions
-    from .ray_serve import build_app, run_ray
+    from ..serving import ServeOptions
+    from ..serving.ray_serve import build_app, run_ray
 
     rows = []
     ray.init(include_dashboard=False, log_to_driver=False)

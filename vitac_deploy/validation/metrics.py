@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .precision import TOLERANCES, Tolerance
+from ..precision import TOLERANCES, Tolerance
 
 __all__ = ["TOLERANCES", "Tolerance", "frame_errors", "within"]
 

@@ -22,14 +22,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import VitacError
-from .precision import precision as get_precision
-from .artifacts import now_iso, save_figure, versions
-from .planning import CEMOptions, plan, planning_problem
-from .planning.cem import ActionSpace
-from .planning.memory import plan_flops, plan_memory, upstream_plan_flops
-from .runtimes.torch.full_recompute import FullRecompute
-from .validation import ParityInputs
+from ..errors import VitacError
+from ..precision import precision as get_precision
+from ..artifacts import now_iso, save_figure, versions
+from ..planning import CEMOptions, plan, planning_problem
+from ..planning.cem import ActionSpace
+from ..planning.memory import plan_flops, plan_memory, upstream_plan_flops
+from ..runtimes.torch.full_recompute import FullRecompute
+from ..validation import ParityInputs
 
 BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile", "tensorrt")
 CONTRACT_BACKENDS = ("onnxruntime", "tensorrt")   # run the exported graphs: a row per cache contract
@@ -113,11 +113,11 @@ def _variants(backend: str, opts: BenchOptions) -> list[bool]:
 
 def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, workdir: Path,
           say: Callable[[str], None], graphs: bool = False, max_frames: Optional[int] = None, cache: str = "concat"):
-    from .runtimes import open_runtime
+    from ..runtimes import open_runtime
 
     if backend == "tensorrt":
-        from .runtimes.tensorrt.build import EngineOptions, build_engine
-        from .runtimes.tensorrt.profiles import ProfileOptions
+        from ..runtimes.tensorrt.build import EngineOptions, build_engine
+        from ..runtimes.tensorrt.profiles import ProfileOptions
 
         import importlib.util
 
@@ -145,7 +145,7 @@ def _free_device_bytes() -> Optional[int]:
     except ImportError:
         pass
     try:
-        from .runtimes.gpu import import_cudart
+        from ..runtimes.gpu import import_cudart
 
         err, free, _ = import_cudart().cudaMemGetInfo()
         return int(free) if int(err) == 0 else None
@@ -197,7 +197,7 @@ def _machine(device: str) -> dict[str, Any]:
                             "cpu_count": os.cpu_count()}
     if device == "cuda":
         try:
-            from .runtimes.gpu import gpu_info
+            from ..runtimes.gpu import gpu_info
 
             g = gpu_info()
             info.update(gpu=g["name"], compute_capability=g["compute_capability"], gpu_memory_mib=g.get("memory_mib"))
@@ -222,7 +222,7 @@ def check_options(opts: BenchOptions) -> None:
     if opts.cuda_graphs != "off" and opts.device != "cuda":
         raise VitacError("--cuda-graphs needs --device cuda")
     if opts.device == "cuda":
-        from .runtimes.gpu import gpu_info
+        from ..runtimes.gpu import gpu_info
 
         gpu_info(required=True)   # one line, before minutes of export, when there is no GPU
     bad = [c for c in opts.caches if c not in ("concat", "static")]
@@ -243,7 +243,7 @@ def run_bench(model, artifact, opts: BenchOptions, say: Callable[[str], None] = 
     False until the last row."""
     check_options(opts)
     if not isinstance(artifact, dict):
-        from .artifacts import cache_contract, read_manifest
+        from ..artifacts import cache_contract, read_manifest
 
         artifact = {cache_contract(read_manifest(artifact)): Path(artifact)}
     missing = [c for c in opts.caches if c not in artifact]
@@ -276,7 +276,7 @@ def run_bench(model, artifact, opts: BenchOptions, say: Callable[[str], None] = 
 
 
 def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Path, say, on_row) -> None:
-    from .config import PredictorConfig
+    from ..config import PredictorConfig
 
     cfg = PredictorConfig.from_dict(result["config"])
     C, H = opts.context, opts.horizon
@@ -341,7 +341,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
 def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, say, on_row) -> None:
     """One plan of the upstream planner per backend, after an untimed one-step warm-up, and the
     baseline's: the same problem and the same standard-normal draws, so the same plan is expected."""
-    from .config import PredictorConfig
+    from ..config import PredictorConfig
 
     cfg = PredictorConfig.from_dict(result["config"])
     p = opts.plan

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import PredictorConfig
+from ..config import PredictorConfig
 from .metrics import TOLERANCES, Tolerance, frame_errors, within
 
 

@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import VitacError
-from .precision import precision as get_precision
+from ..errors import VitacError
+from ..precision import precision as get_precision
 
 
 def _median_s(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, Any]:
@@ -35,11 +35,12 @@ def bench_encoder(encoder: str | Path, backends: Sequence[str], device: str = "c
     (seeded random weights, exported to a temp artifact). Returns JSON-ready figures."""
     import torch
 
-    from .encoder import ENCODER_PRESETS, EncoderConfig, preprocess
-    from .artifacts import read_encoder_manifest
-    from .exporters.encoder_artifact import EncoderExportOptions, export_encoder, validation_images
-    from .reference import random_encoder
-    from .runtimes.encoder import encoder_from_graph, open_encoder
+    from ..encoder import ENCODER_PRESETS, EncoderConfig, preprocess
+    from ..artifacts import read_encoder_manifest
+    from ..exporters import EncoderExportOptions, export_encoder
+    from ..validation import validation_images
+    from ..reference import random_encoder
+    from ..runtimes.encoder import encoder_from_graph, open_encoder
 
     backends = [b for b in backends if b in ("onnxruntime", "torch", "tensorrt")] or ["onnxruntime"]
     if any(b < 1 for b in batches):

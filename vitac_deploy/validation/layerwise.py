@@ -7,7 +7,7 @@ the same values in its own dtypes. Each tensor found in both graphs under the sa
 (the fp16 graph's own Casts have no fp32 counterpart and are skipped); the first one in graph order
 past the tolerance is where precision is lost, and its name carries the upstream module.
 
-Polygraphy is imported only here and in reproduce.py (the `polygraphy` extra).
+Polygraphy is imported only here and in validation/polygraphy.py (the `polygraphy` extra).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import PredictorConfig
-from .contract import ROPE_INPUTS, past_names, present_names, rope_rows
-from .errors import VitacError, first_line
-from .artifacts import read_manifest, verify_files, write_json_atomic
+from ..config import PredictorConfig
+from ..contract import ROPE_INPUTS, past_names, present_names, rope_rows
+from ..errors import VitacError, first_line
+from ..artifacts import read_manifest, verify_files, write_json_atomic
 from .metrics import TOLERANCES
-from .precision import REFERENCE_PRECISION, precision as get_precision
-from .reproduce import import_polygraphy
-from .validation import ParityInputs
+from ..precision import REFERENCE_PRECISION, precision as get_precision
+from .polygraphy import import_polygraphy
+from .parity import ParityInputs
 
 
 

@@ -23,12 +23,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .contract import past_names, rope_rows, static_max_len, static_rows
-from .errors import VitacError, first_line
-from .precision import precision as get_precision
-from .artifacts import cache_contract, umask
+from ..contract import past_names, rope_rows, static_max_len, static_rows
+from ..errors import VitacError, first_line
+from ..precision import precision as get_precision
+from ..artifacts import cache_contract, umask
 from .metrics import TOLERANCES
-from .validation import ParityInputs
+from .parity import ParityInputs
 
 REFERENCE_RUNNER = "pytorch-reference"
 COMMAND_FILE = "command.txt"
