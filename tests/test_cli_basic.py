@@ -41,7 +41,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
         ["info", "--checkpoint", str(tmp_path / "missing.pt")],
         ["info", "--config", str(tmp_path / "missing.json")],
         # usage errors too: one line, not click's boxed message
-        ["info", "--plan-samples", "abc"],
+        ["info", "--samples", "abc"],
         ["info", "--budget"],
         ["export", "--bogus"],
         ["nosuch"],
@@ -107,5 +107,5 @@ def test_piped_help_and_tables_are_whole():
     """Not a terminal (a pipe, a log, CI): nothing is cut to fit 80 columns."""
     out = _piped("export", "--help")
     assert "--no-first-frame-graph" in out and "(.pt/.pth/.safetensors)" in out and "…" not in out, out
-    out = _piped("info", "--preset", "vitac-l384", "--plan-samples", "400")
+    out = _piped("info", "--preset", "vitac-l384", "--samples", "400")
     assert "unified total (device + pinned host, Jetson)" in out and "…" not in out, out

@@ -19,7 +19,7 @@ from vitac_deploy import VitacError
 from vitac_deploy.encoder import EncoderConfig, preprocess, read_images
 from vitac_deploy.exporters.encoder_artifact import EncoderExportOptions, export_encoder
 from vitac_deploy.reference import Encoder, load_encoder, recipe_state_dict, random_encoder
-from vitac_deploy.runtimes.encoder import open_encoder
+from vitac_deploy.runtimes import open_encoder
 
 # every test here reads the golden files or stands beside those that do: a skip fails the run
 pytestmark = pytest.mark.golden
@@ -195,7 +195,7 @@ class Block:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 import numpy as np
-from vitac_deploy.runtimes.encoder import open_encoder
+from vitac_deploy.runtimes import open_encoder
 enc = open_encoder({str(one_artifact)!r}, backend='onnxruntime')
 f = enc.encode(np.zeros((1, 2, 70, 90, 3), np.uint8))
 assert f.shape == (1, 2 * {one.cfg.tokens_per_frame}, {one.cfg.embed_dim}), f.shape

@@ -247,7 +247,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_plan_with_budget():
-    p = _cli("info", "--preset", "vjepa2-ac-vitg", "--plan-samples", "400", "--budget", "8GiB")
+    p = _cli("info", "--preset", "vjepa2-ac-vitg", "--samples", "400", "--budget", "8GiB")
     assert p.returncode == 0, p.stderr
     cfg = PRESETS["vjepa2-ac-vitg"]
     best = largest_chunk(cfg, 8 * GiB, horizon=2, samples=400, engines=2)
@@ -258,24 +258,24 @@ def test_cli_plan_with_budget():
 
 
 def test_cli_device_budget_and_onnxruntime():
-    p = _cli("info", "--plan-samples", "400", "--device-budget", "h100-80gb", "--chunk", "100")
+    p = _cli("info", "--samples", "400", "--device-budget", "h100-80gb", "--chunk", "100")
     assert p.returncode == 0, p.stderr
     assert "compute limit" in p.stdout and "989.4" in p.stdout
-    p = _cli("info", "--plan-samples", "8", "--backend", "onnxruntime", "--precision", "fp32")
+    p = _cli("info", "--samples", "8", "--backend", "onnxruntime", "--precision", "fp32")
     assert p.returncode == 0, p.stderr
     text = " ".join(p.stdout.split())   # the title wraps
     assert "(fp32, onnxruntime, 1 engine," in text and "largest chunk" not in text
 
 
 @pytest.mark.parametrize("args", [
-    ["--plan-samples", "400", "--budget", "junk"],
-    ["--plan-samples", "400", "--device-budget", "nope"],
-    ["--plan-samples", "400", "--budget", "8GiB", "--device-budget", "h100-80gb"],
-    ["--plan-samples", "0"],
-    ["--plan-samples", "4", "--chunk", "5"],
-    ["--plan-samples", "4", "--precision", "int8"],
-    ["--plan-samples", "4", "--backend", "onnxruntime", "--engines", "2"],
-    ["--plan-samples", "4", "--plan-horizon", "9"],
+    ["--samples", "400", "--budget", "junk"],
+    ["--samples", "400", "--device-budget", "nope"],
+    ["--samples", "400", "--budget", "8GiB", "--device-budget", "h100-80gb"],
+    ["--samples", "0"],
+    ["--samples", "4", "--chunk", "5"],
+    ["--samples", "4", "--precision", "int8"],
+    ["--samples", "4", "--backend", "onnxruntime", "--engines", "2"],
+    ["--samples", "4", "--horizon", "9"],
     ["--budget", "8GiB"],
 ])
 def test_cli_bad_plan_options_are_one_line_exit_2(args):

@@ -25,7 +25,7 @@ from websockets.sync.client import connect as _connect  # noqa: E402
 from vitac_deploy.client import PolicyClient, PolicyError, packb, unpackb  # noqa: E402
 from vitac_deploy.planning import CEMOptions, plan  # noqa: E402
 from vitac_deploy.runtimes import open_runtime  # noqa: E402
-from vitac_deploy.runtimes.encoder import open_encoder  # noqa: E402
+from vitac_deploy.runtimes import open_encoder  # noqa: E402
 from vitac_deploy.serving import ServeOptions, open_service  # noqa: E402
 from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact  # noqa: E402
 from vitac_deploy.serving.server import PolicyServer  # noqa: E402

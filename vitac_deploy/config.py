@@ -10,7 +10,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .errors import VitacError
 
@@ -120,6 +120,11 @@ class PredictorConfig:
             return PRESETS[name]
         except KeyError:
             raise VitacError(f"unknown preset '{name}' (known: {', '.join(sorted(PRESETS))})") from None
+
+    @classmethod
+    def resolve(cls, config: Optional[str | os.PathLike] = None, preset: Optional[str] = None) -> "PredictorConfig":
+        """A config JSON (ours or upstream kwargs) wins over a preset; the default preset otherwise."""
+        return cls.from_json(config) if config is not None else cls.preset(preset or DEFAULT_PRESET)
 
     @classmethod
     def from_upstream(cls, kwargs: Mapping[str, Any]) -> "PredictorConfig":

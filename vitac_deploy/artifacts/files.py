@@ -14,7 +14,7 @@ from typing import Any, Optional
 from ..errors import VitacError
 
 __all__ = ["sha256_file", "file_digest", "write_json_atomic", "strict_json", "load_json", "check_name", "umask",
-           "save_figure"]
+           "save_figure", "check_output"]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -114,3 +114,19 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
 
 
+def check_output(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written (`flag` names it in the message), before the
+    work that would produce it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise VitacError(f"{flag} {path} is a directory")
+    if not parent.is_dir():
+        raise VitacError(f"cannot write {flag} {path}: {parent} does not exist")
+    # a real probe, not os.access: root passes access() where the filesystem (/proc, read-only
+    # mounts) still refuses, and outputs are written as a temp file beside the target anyway
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VitacError(f"cannot write {flag} {path}: {e.strerror}") from None

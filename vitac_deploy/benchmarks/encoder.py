@@ -40,9 +40,14 @@ def bench_encoder(encoder: str | Path, backends: Sequence[str], device: str = "c
     from ..exporters import EncoderExportOptions, export_encoder
     from ..validation import validation_images
     from ..reference import random_encoder
-    from ..runtimes.encoder import encoder_from_graph, open_encoder
+    from ..reference import encoder_from_graph
+    from ..runtimes import open_encoder
 
-    backends = [b for b in backends if b in ("onnxruntime", "torch", "tensorrt")] or ["onnxruntime"]
+    from ..runtimes import registry
+
+    # backends with an encoder runtime (a variant such as torch-compile times as its backend does not)
+    backends = [b for b in backends if b in registry.backends() and {registry.ENCODER, registry.ENCODER_ENGINE}
+                & set(registry.backends()[b].opens)] or ["onnxruntime"]
     if any(b < 1 for b in batches):
         raise VitacError("encoder batches must be >= 1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +82,9 @@ def bench_encoder(encoder: str | Path, backends: Sequence[str], device: str = "c
             result["reference"][str(B)] = {"call_ms": ref_s * 1e3, "frame_ms": ref_s * 1e3 / B}
             for backend in backends:
                 say(f"encoder batch {B}: {backend}")
-                enc = open_encoder(path, backend=backend, device=device, precision=precision, max_batch=max(batches))
+                target = registry.backends()[backend].prepare(path, precision, max(batches), Path(tmp), say)
+                enc = open_encoder(target, backend=backend, device=device,
+                                   precision=precision if target == path else None, max_batch=max(batches))
                 secs, got = _median_s(lambda: enc.encode_pixels(pixels[:B]), repeats, warmup)
                 result["entries"].append({
                     "backend": backend, "runtime": enc.describe(), "batch": B, "call_ms": secs * 1e3,

@@ -28,11 +28,9 @@ from ..artifacts import now_iso, save_figure, versions
 from ..planning import CEMOptions, plan, planning_problem
 from ..planning.cem import ActionSpace
 from ..planning.memory import plan_flops, plan_memory, upstream_plan_flops
+from ..runtimes import registry
 from ..runtimes.torch.full_recompute import FullRecompute
 from ..validation import ParityInputs
-
-BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile", "tensorrt")
-CONTRACT_BACKENDS = ("onnxruntime", "tensorrt")   # run the exported graphs: a row per cache contract
 
 
 @dataclass
@@ -101,12 +99,9 @@ def _time_rollout(fn: Callable[[Optional[Callable]], np.ndarray], repeats: int, 
     return float(np.median(totals)), (np.median(per_frame, axis=0) if per_frame else None), per_frame, out
 
 
-GRAPH_BACKENDS = ("onnxruntime", "tensorrt")   # where CUDA graphs are an option
-
-
 def _variants(backend: str, opts: BenchOptions) -> list[bool]:
     """The CUDA-graph settings a backend is timed with: one row each."""
-    if opts.device != "cuda" or backend not in GRAPH_BACKENDS:
+    if opts.device != "cuda" or not registry.get(backend)[0].cuda_graphs:
         return [False]
     return {"off": [False], "on": [True], "both": [False, True]}[opts.cuda_graphs]
 
@@ -115,21 +110,11 @@ def _open(artifact: Path, backend: str, opts: BenchOptions, max_batch: int, work
           say: Callable[[str], None], graphs: bool = False, max_frames: Optional[int] = None, cache: str = "concat"):
     from ..runtimes import open_runtime
 
-    if backend == "tensorrt":
-        from ..runtimes.tensorrt.build import EngineOptions, build_engine
-        from ..runtimes.tensorrt.profiles import ProfileOptions
-
-        import importlib.util
-
-        flavour = "tensorrt" if importlib.util.find_spec("tensorrt") or not importlib.util.find_spec("tensorrt_rtx") \
-            else "tensorrt-rtx"
-        plan = workdir / f"bench-{cache}-b{max_batch}.plan"
-        if not plan.is_file():
-            say(f"building a {flavour} engine for batch <= {max_batch}")
-            build_engine(artifact, plan, EngineOptions(precision=opts.precision, flavour=flavour,
-                                                       profile=ProfileOptions(1, max_batch, max_batch)), say=say)
-        return open_runtime(plan, cuda_graphs=graphs, max_frames=max_frames)
+    b = registry.get(backend)[0]
+    target = b.prepare(Path(artifact), opts.precision, max_batch, workdir, say)
     extra = {"cuda_graphs": True} if graphs else {}
+    if target != Path(artifact):   # what the backend built (an engine) runs as it was built
+        return open_runtime(target, backend=backend, max_frames=max_frames, **extra)
     return open_runtime(artifact, backend=backend, device=opts.device, precision=opts.precision,
                         max_batch=max_batch, max_frames=max_frames, **extra)
 
@@ -161,8 +146,10 @@ def does_not_fit(cfg, backend: str, batch: int, horizon: int, context: int, prec
     if free_bytes is None:
         return None
     double = cache == "concat"
-    need = plan_memory(cfg, batch, horizon, context, precision, backend="tensorrt" if backend == "tensorrt" else
-                       "onnxruntime", double_buffered=double).device_total
+    layout = registry.get(backend)[0].memory_layout
+    if layout is None:   # no model to judge by: let it try
+        return None
+    need = plan_memory(cfg, batch, horizon, context, precision, backend=layout, double_buffered=double).device_total
     if need <= free_bytes:
         return None
     return (f"does not fit: needs about {need / 2**30:.1f} GiB by the memory model (KV cache "
@@ -177,7 +164,7 @@ def _label(backend: str, graphs: bool, opts: BenchOptions, cache: str = "concat"
 def _rows(opts: BenchOptions) -> list[tuple[str, bool, str]]:
     """(backend, CUDA graphs, cache contract) of every row; contracts side by side per backend."""
     return [(b, g, c) for b in opts.backends for g in _variants(b, opts)
-            for c in (opts.caches if b in CONTRACT_BACKENDS else ("concat",))]
+            for c in (opts.caches if registry.get(b)[0].runs_exported_graphs else ("concat",))]
 
 
 def _device_memory(rt, device: str) -> dict[str, Any]:
@@ -208,11 +195,10 @@ def _machine(device: str) -> dict[str, Any]:
 
 def check_options(opts: BenchOptions) -> None:
     """Refuse bad options before any work (export, baseline) is done."""
-    for b in opts.backends:
-        if b not in BENCH_BACKENDS:
-            raise VitacError(f"unknown backend {b!r} (choose from {', '.join(BENCH_BACKENDS)})")
-    if "tensorrt" in opts.backends and opts.device != "cuda":
-        raise VitacError("the tensorrt backend runs on --device cuda")
+    for name in opts.backends:
+        b = registry.get(name)[0]   # an unknown name: one line listing the known ones
+        if opts.device not in b.devices:
+            raise VitacError(f"the {b.name} backend runs on --device {' or '.join(b.devices)}")
     if opts.baseline not in ("full-recompute", "none"):
         raise VitacError(f"--baseline must be full-recompute or none, got {opts.baseline}")
     if opts.device not in ("cpu", "cuda"):

@@ -94,7 +94,7 @@ def main(argv: Optional[list] = None) -> None:
 
     from ..planning import CEMOptions
     from ..serving import PlanService, ServeOptions
-    from ..cli.plan import open_models
+    from ..runtimes import open_models
     from ..serving.server import PolicyServer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import cli_errors, plain, resolve_config, stderr_console, stdout_console
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -31,8 +31,9 @@ def bench(
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig or upstream kwargs JSON."),
     backend: list[str] = typer.Option(["onnxruntime", "torch"], "--backend",
                                       help="onnxruntime, torch, torch-compile, tensorrt (repeatable)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (baseline uses the same)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on "
+                                                                      "cuda; the baseline uses the same)."),
     batch: Optional[str] = typer.Option(None, "--batch", help="Comma list of batch sizes (default 1)."),
     horizon: Optional[int] = typer.Option(None, "--horizon",
                                           help="Frames predicted per rollout (default 7; with --plan the planner's rollout, default 2)."),
@@ -63,16 +64,17 @@ def bench(
 ) -> None:
     """Per-frame and rollout latency (or one CEM plan), throughput, memory and agreement of each
     backend against the upstream way, measured in the same run."""
+    from ..artifacts import cache_contract, check_output, read_manifest, write_json_atomic
     from ..benchmarks.rollouts import BenchOptions, check_options, plot_per_frame, run_bench
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
-    from ..artifacts import read_manifest, write_json_atomic
     from ..planning import CEMOptions
-    from ..reference import Predictor, random_predictor
+    from ..precision import resolve as resolve_precision
+    from ..reference import predictor_from_graph, random_predictor
+    from ..runtimes import registry
 
-    from ..precision import precision as get_precision
-
-    get_precision(precision, "--precision")
+    device = device or "cpu"
+    precision = resolve_precision(precision, device).name
     # flags of the other mode would be ignored without a word: refuse them
     other = {"--samples": samples, "--topk": topk, "--cem-steps": cem_steps, "--chunk": chunk} if not plan else \
         {"--batch": batch, "--repeats": repeats, "--warmup": warmup, "--plot": plot}
@@ -92,8 +94,6 @@ def bench(
     if artifact is not None and (preset or config):
         raise VitacError("give an ARTIFACT or --preset/--config, not both")
     cem = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps) if plan else None
-    from ..artifacts import cache_contract
-
     manifest = read_manifest(artifact) if artifact is not None else None
     have = cache_contract(manifest, artifact) if manifest else None
     caches = [c.strip() for c in (cache or have or "concat").split(",") if c.strip()]
@@ -102,10 +102,8 @@ def bench(
                         seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs, caches=caches)
     check_options(opts)
     for flag, target in (("--json", json_out), ("--plot", plot)):   # before minutes of benchmarking
-        if target is not None and not target.parent.is_dir():
-            raise VitacError(f"cannot write {flag} {target}: {target.parent} does not exist")
-        if target is not None and target.is_dir():
-            raise VitacError(f"cannot write {flag} {target}: it is a directory (give a file name)")
+        if target is not None:
+            check_output(target, flag)
     if encoder_only and encoder is None:
         raise VitacError("--encoder-only needs --encoder")
     if encoder is not None:
@@ -116,7 +114,7 @@ def bench(
                              f"nor an encoder artifact directory")
     if encoder_only:
         return _bench_encoder_only(encoder, opts, json_out)
-    cfg = PredictorConfig.from_dict(manifest["config"]) if manifest else resolve_config(config, preset)
+    cfg = PredictorConfig.from_dict(manifest["config"]) if manifest else PredictorConfig.resolve(config, preset)
     if context + horizon - 1 > cfg.max_frames:
         raise VitacError(f"--context {context} + --horizon {horizon} - 1 exceeds the model's max_frames {cfg.max_frames}")
     if manifest is not None and "step.fp32" not in manifest["graphs"]:
@@ -126,27 +124,21 @@ def bench(
     console = stdout_console()
     with tempfile.TemporaryDirectory() as tmp:
         if artifact is not None:
-            import torch
-
-            from ..exporters.weights import state_dict_from_graph
-
-            model = Predictor(cfg)
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in
-                                   state_dict_from_graph(artifact / manifest["graphs"]["step.fp32"]["file"], cfg).items()})
-            model.eval()
+            model = predictor_from_graph(artifact / manifest["graphs"]["step.fp32"]["file"], cfg)
             arts = {have: artifact}
         else:
             model = random_predictor(cfg, seed)
             arts = {}
             err.print("exporting seeded random weights to a temp artifact")
         # fp32 carries the weights the torch backends read; TensorRT 8.x builds fp16 from it too
-        precisions = sorted({precision, "fp32"} | ({"fp16"} if "tensorrt" in backend else set()))
+        first_frame = any(registry.get(b)[0].needs_first_frame_graph for b in backend)
+        precisions = sorted({precision, "fp32"} | ({"fp16"} if first_frame else set()))
         frames = context + horizon - 1
         for c in [c for c in caches if c not in arts] or ([] if arts else ["concat"]):
             arts[c] = Path(tmp) / f"artifact-{c}"
             # the static cache holds the rollout and no more: attention reads the whole buffer
             export_artifact(model, arts[c], ExportOptions(precisions=precisions, validate=False, cache=c,
-                                                          first_frame_graph="tensorrt" in backend,
+                                                          first_frame_graph=first_frame,
                                                           cache_frames=frames if c == "static" else None))
         with err.status("benchmarking") as status:
             result = run_bench(model, arts, opts, say=lambda m: (status.update(plain(m)), err.print(f"  {m}")),

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import VitacError
+from . import options as o
 from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
@@ -24,8 +25,10 @@ def demo(
     batch: int = typer.Option(1, "--batch", help="Trajectories rolled out at once."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and inputs."),
     encoder: str = typer.Option("vit-l-demo", "--encoder", help="Encoder preset of the camera stage (random weights)."),
-    plan_samples: int = typer.Option(8, "--plan-samples", help="CEM samples of the planning stage (0: skip it)."),
-    plan_steps: int = typer.Option(2, "--plan-steps", help="CEM steps of the planning stage."),
+    samples: int = typer.Option(8, "--samples", help="CEM samples of the planning stage (0: skip it)."),
+    cem_steps: int = typer.Option(2, "--cem-steps", help="CEM steps of the planning stage."),
+    plan_samples: Optional[int] = o.hidden("--plan-samples"),   # the old names of --samples and --cem-steps
+    plan_steps: Optional[int] = o.hidden("--plan-steps"),
 ) -> None:
     """export -> rollout with ONNX Runtime -> parity and speed against the PyTorch reference; then
     camera frames -> encoder -> the upstream CEM planner -> action, against PyTorch and the upstream way."""
@@ -39,6 +42,8 @@ def demo(
     from ..validation import ParityInputs
     from .export import summary_table
 
+    plan_samples = o.alias(samples, plan_samples, "--samples", "--plan-samples", 8)
+    plan_steps = o.alias(cem_steps, plan_steps, "--cem-steps", "--plan-steps", 2)
     console, err = stdout_console(), stderr_console()
     cfg = PredictorConfig.preset(preset)
     console.print(Text.assemble((str(preset), "bold"), f": {cfg.num_parameters():,} parameters, seeded random weights "
@@ -107,7 +112,7 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
     from ..planning import ActionSpace, CEMOptions, plan
     from ..reference import random_encoder
     from ..runtimes import open_runtime
-    from ..runtimes.encoder import open_encoder
+    from ..runtimes import open_encoder
     from ..runtimes.torch.full_recompute import FullRecompute
     from .encoder import encoder_table
 

@@ -9,32 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import VitacError
-from ._common import check_output, cli_errors, plain, stderr_console, stdout_console
-
-
-def resolve_encoder_config(config: Optional[Path], preset: Optional[str]):
-    """--config JSON (ours, upstream kwargs, or a golden file's `encoder_kwargs`) wins over --preset
-    (default vit-l)."""
-    from ..encoder import EncoderConfig
-
-    if config is not None:
-        return EncoderConfig.from_json(config)
-    return EncoderConfig.preset(preset or "vit-l")
-
-
-def load_encoder_model(checkpoint: Optional[Path], config: Optional[Path], preset: Optional[str],
-                       random_init: bool, seed: int, key: str = "encoder"):
-    """The reference encoder from a checkpoint (its `key` part), or seeded random weights."""
-    from ..reference import load_encoder, random_encoder
-
-    if checkpoint is not None and random_init:
-        raise VitacError("give either --checkpoint or --random-init, not both")
-    cfg = resolve_encoder_config(config, preset)
-    if checkpoint is not None:
-        return load_encoder(checkpoint, cfg, key)
-    if not random_init:
-        raise VitacError("no weights: give --checkpoint PATH, or --random-init for seeded random weights")
-    return random_encoder(cfg, seed)
+from . import options as o
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -47,16 +23,17 @@ def export_encoder(
     config: Optional[Path] = typer.Option(None, "--config",
                                           help="EncoderConfig JSON, upstream kwargs or a golden file."),
     preset: Optional[str] = typer.Option(None, "--preset", help="vit-l (default), vit-g or vit-l-demo."),
-    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    random_init: bool = o.RANDOM_INIT, seed: int = o.WEIGHT_SEED,
     precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of fp32, fp16."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13..21)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every graph against PyTorch."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
 ) -> None:
     """Export the V-JEPA 2 encoder (per frame, the planner's way) to ONNX fp32 + strongly typed fp16."""
-    from ..exporters.encoder_artifact import EncoderExportOptions, export_encoder as export
-    from ..artifacts import sha256_file
+    from ..artifacts import ENCODER_FORMAT, check_out, publish_lock, sha256_file
+    from ..encoder import EncoderConfig
+    from ..exporters import EncoderExportOptions, export_encoder as export
+    from ..reference import encoder_from_source
 
     err = stderr_console()
     source: dict = {"checkpoint": str(checkpoint) if checkpoint else None, "encoder_key": encoder_key}
@@ -64,13 +41,11 @@ def export_encoder(
         source["checkpoint_sha256"] = sha256_file(checkpoint)
     if random_init:
         source["random_init_seed"] = seed
-    from ..artifacts import ENCODER_FORMAT
-    from ..artifacts import check_out, publish_lock
 
     check_out(out, force, (ENCODER_FORMAT,))   # before the model is loaded: a refused --out costs nothing
     with publish_lock(out):   # held from here: two commands started together cannot both write --out
         err.print("loading the reference encoder")
-        model = load_encoder_model(checkpoint, config, preset, random_init, seed, encoder_key)
+        model = encoder_from_source(checkpoint, EncoderConfig.resolve(config, preset), random_init, seed, encoder_key)
         opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                                     validate=validate, force=force, source=source)
         with err.status("exporting the encoder") as status:
@@ -108,19 +83,19 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
                      report: Optional[Path], plot: Optional[Path], encoder_key: str = "encoder") -> None:
     """`validate` for an encoder artifact or engine: its features of seeded camera-like frames
     against the reference encoder, per precision; exit 1 on a mismatch."""
+    from ..artifacts import (ENGINE_SUFFIXES, check_output, read_encoder_manifest, read_engine_manifest, sha256_file,
+                             write_json_atomic)
     from ..encoder import EncoderConfig
-    from ..artifacts import read_encoder_manifest
     from ..errors import ValidationError
-    from ..validation import encoder_parity, validation_images
-    from ..artifacts import read_engine_manifest, sha256_file, write_json_atomic
-    from ..reference import load_encoder, random_encoder
     from ..precision import PRECISIONS
-    from ..runtimes.encoder import open_encoder
+    from ..reference import encoder_from_source
+    from ..runtimes import open_encoder
+    from ..validation import encoder_parity, validation_images
 
-    engine = path.suffix in (".plan", ".engine")
+    engine = path.suffix in ENGINE_SUFFIXES
     manifest = read_engine_manifest(path) if engine else read_encoder_manifest(path)
-    if engine:
-        backend, device = "tensorrt", device or "cuda"
+    if engine:   # an engine runs on the backend that opens engines, on the GPU
+        backend, device = "auto", device or "cuda"
         precision = precision or manifest["precision"]
         have = {manifest["precision"]}
         listed = {e["file"]: e.get("sha256") for e in manifest["engines"]}
@@ -129,7 +104,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
         # default: every precision the artifact has (as validate does for the predictor)
         device, precision = device or "cpu", precision or ",".join(p for p in PRECISIONS if p in have)
         listed = manifest["files"]
-    cfg = resolve_encoder_config(config, None) if config else EncoderConfig.from_dict(manifest["config"])
+    cfg = EncoderConfig.resolve(config) if config else EncoderConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
         raise VitacError("give --checkpoint (or --random-init --seed N for an encoder exported that way)")
     if frames < 1:
@@ -139,7 +114,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     for out_path, flag in ((report, "--report"), (plot, "--plot")):
         if out_path is not None:   # before the work: a failure to write is exit 2, never 1 (mismatch)
             check_output(out_path, flag)
-    model = load_encoder(checkpoint, cfg, encoder_key) if checkpoint is not None else random_encoder(cfg, seed)
+    model = encoder_from_source(checkpoint, cfg, random_init, seed, encoder_key)
     folder = path.parent if engine else path
     files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
     images = validation_images(cfg, frames, seed + 1)

@@ -12,17 +12,16 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import VitacError, first_line
-from ._common import cli_errors, load_model, plain, stderr_console, stdout_console
+from . import options as o
+from ._common import cli_errors, plain, stderr_console, stdout_console
 
 
 @cli_errors
 def export(
     out: Path = typer.Option(..., "--out", help="Artifact directory to create."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights (.pt/.pth/.safetensors)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig JSON or upstream kwargs JSON."),
+    checkpoint: Optional[Path] = o.CHECKPOINT, config: Optional[Path] = o.CONFIG,
     preset: Optional[str] = typer.Option(None, "--preset", help="Named config (default vitac-l384)."),
-    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    random_init: bool = o.RANDOM_INIT, seed: int = o.WEIGHT_SEED,
     precision: str = typer.Option("fp32,fp16", "--precision", help="Comma list of fp32, fp16."),
     opset: Optional[int] = typer.Option(None, "--opset",
                                         help="ONNX opset (concat: 13..21, default 17; static: 24, TensorScatter)."),
@@ -52,8 +51,10 @@ def export(
 def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], preset: Optional[str], random_init: bool,
             seed: int, precision: str, opset: Optional[int], validate: bool, first_frame_graph: bool, force: bool,
             cache: str, cache_frames: Optional[int], save_polygraphy: Optional[Path]) -> None:
-    from ..exporters import ExportOptions, export_artifact
     from ..artifacts import sha256_file
+    from ..config import PredictorConfig
+    from ..exporters import ExportOptions, export_artifact
+    from ..reference import predictor_from_source
 
     err = stderr_console()
     source: dict = {"checkpoint": str(checkpoint) if checkpoint else None}
@@ -62,7 +63,7 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
     if random_init:
         source["random_init_seed"] = seed
     err.print("loading the reference model")
-    model = load_model(checkpoint, config, preset, random_init, seed)
+    model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
                          cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)

@@ -12,19 +12,20 @@ from rich.table import Table
 from ..config import PredictorConfig
 from ..errors import VitacError
 from ..planning.memory import (
-    BACKENDS,
     DEVICES,
-    PRECISIONS,
     affine_terms,
     chunks_needed,
     device,
     largest_chunk,
+    memory_layout,
     parse_bytes,
     plan_flops,
     plan_memory,
     upstream_plan_flops,
 )
-from ._common import cli_errors, resolve_config, stdout_console
+from ..precision import precision as get_precision
+from . import options as opt
+from ._common import cli_errors, stdout_console
 
 
 def _mib(n: int) -> str:
@@ -50,7 +51,7 @@ def config_table(cfg: PredictorConfig, title: str, n_params: Optional[int] = Non
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """The --plan-* options of `info`, as given (None: not given)."""
+    """The plan options of `info` (--samples, --horizon, ...), as given (None: not given)."""
 
     samples: Optional[int]
     horizon: Optional[int]
@@ -66,11 +67,11 @@ class PlanOptions:
     fused_attention: Optional[bool]
 
     def requested(self) -> bool:
-        """True with --plan-samples; any other plan option without it is an error (it would be ignored)."""
+        """True with --samples; any other plan option without it is an error (it would be ignored)."""
         if self.samples is not None:
             return True
         if any(v is not None for v in astuple(self)):
-            raise VitacError("the plan options (--plan-horizon, --chunk, --budget, ...) need --plan-samples")
+            raise VitacError("the plan options (--horizon, --chunk, --budget, ...) need --samples")
         return False
 
 
@@ -84,22 +85,19 @@ def _positive(flag: str, value: Optional[int], default: int) -> int:
 def plan_table(cfg: PredictorConfig, o: PlanOptions) -> Table:
     """Memory of a chunk of a CEM plan by component (MiB), totals, FLOPs, and against a budget the
     largest chunk that fits. Raises VitacError on a bad option, before anything is printed."""
-    S = _positive("--plan-samples", o.samples, 1)
-    H = _positive("--plan-horizon", o.horizon, 2)
-    C = _positive("--plan-context", o.context, 1)
-    steps = _positive("--plan-cem-steps", o.cem_steps, 10)
+    S = _positive("--samples", o.samples, 1)
+    H = _positive("--horizon", o.horizon, 2)
+    C = _positive("--context", o.context, 1)
+    steps = _positive("--cem-steps", o.cem_steps, 10)
     chunk = _positive("--chunk", o.chunk, S)
     if chunk > S:
-        raise VitacError(f"--chunk {chunk} is more than --plan-samples {S}")
-    precision = o.precision or "fp16"
-    if precision not in PRECISIONS:
-        raise VitacError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        raise VitacError(f"--chunk {chunk} is more than --samples {S}")
+    precision = get_precision(o.precision or "fp16", "--precision").name
     backend = o.backend or "tensorrt"
-    if backend not in BACKENDS:
-        raise VitacError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-    engines = o.engines if o.engines is not None else (2 if backend == "tensorrt" else 1)
-    if engines not in (1, 2):
-        raise VitacError(f"--engines must be 1 or 2, got {engines}")
+    layout = memory_layout(backend)   # a backend without a memory model: one line naming those with one
+    engines = o.engines if o.engines is not None else layout.default_weight_copies
+    if engines not in layout.weight_copies:
+        raise VitacError(f"--engines must be {' or '.join(map(str, layout.weight_copies))} for {backend}, got {engines}")
     if o.budget is not None and o.device_budget is not None:
         raise VitacError("give either --budget or --device-budget, not both")
     if o.device_budget is not None and o.unified is not None:
@@ -153,11 +151,11 @@ def info(
     preset: Optional[str] = typer.Option(None, "--preset", help="A named config (vitac-l384, vjepa2-ac-vitg)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint to inspect (.pt/.pth/.safetensors)."),
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig JSON or upstream kwargs JSON."),
-    plan_samples: Optional[int] = typer.Option(
-        None, "--plan-samples", help="Also print the memory of a CEM plan of this many samples (upstream: 400)."),
-    plan_horizon: Optional[int] = typer.Option(None, "--plan-horizon", help="Predicted frames per sample (default 2)."),
-    plan_context: Optional[int] = typer.Option(None, "--plan-context", help="Observed context frames (default 1)."),
-    plan_cem_steps: Optional[int] = typer.Option(None, "--plan-cem-steps", help="CEM steps, for FLOPs (default 10)."),
+    samples: Optional[int] = typer.Option(
+        None, "--samples", help="Also print the memory of a CEM plan of this many samples (upstream: 400)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", help="Predicted frames per sample (default 2)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Observed context frames (default 1)."),
+    cem_steps: Optional[int] = typer.Option(None, "--cem-steps", help="CEM steps, for FLOPs (default 10)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples per runtime call, its max batch (default all)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Memory budget, e.g. 8GiB, 7.5GB, 6000MiB."),
     device_budget: Optional[str] = typer.Option(
@@ -167,7 +165,8 @@ def info(
                                            "host buffers count (default --discrete)."),
     precision: Optional[str] = typer.Option(
         None, "--precision", help="fp16 or fp32: cache, weights, activations (default fp16)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="tensorrt or onnxruntime (default tensorrt)."),
+    backend: Optional[str] = opt.backend(None, "The backend whose memory layout is counted: tensorrt (default), "
+                                             "onnxruntime or torch."),
     engines: Optional[int] = typer.Option(
         None, "--engines", help="Copies of the weights: 2 for TensorRT with its first-frame engine (the default "
                                 "build), 1 for ONNX Runtime (the defaults)."),
@@ -177,12 +176,19 @@ def info(
     encoder: Optional[str] = typer.Option(
         None, "--encoder", help="Also print an encoder's size, FLOPs and memory: a preset (vit-l, vit-g) or an "
                                 "encoder artifact directory."),
+    plan_samples: Optional[int] = opt.hidden("--plan-samples"),     # the old names of --samples, --horizon,
+    plan_horizon: Optional[int] = opt.hidden("--plan-horizon"),     # --context and --cem-steps
+    plan_context: Optional[int] = opt.hidden("--plan-context"),
+    plan_cem_steps: Optional[int] = opt.hidden("--plan-cem-steps"),
 ) -> None:
     """Config table, parameter count, tokens per frame and KV-cache bytes of a preset or checkpoint;
-    with --plan-samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows."""
-    cfg = resolve_config(config, preset)
-    plan = PlanOptions(plan_samples, plan_horizon, plan_context, plan_cem_steps, chunk, budget, device_budget,
-                       unified, precision, backend, engines, fused_attention)
+    with --samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows."""
+    cfg = PredictorConfig.resolve(config, preset)
+    plan = PlanOptions(opt.alias(samples, plan_samples, "--samples", "--plan-samples"),
+                       opt.alias(horizon, plan_horizon, "--horizon", "--plan-horizon"),
+                       opt.alias(context, plan_context, "--context", "--plan-context"),
+                       opt.alias(cem_steps, plan_cem_steps, "--cem-steps", "--plan-cem-steps"),
+                       chunk, budget, device_budget, unified, precision, backend, engines, fused_attention)
     plan_table_ = plan_table(cfg, plan) if plan.requested() else None  # bad options fail before any output
     title = f"preset {preset}" if preset and not config else (str(config) if config else "vitac-l384 (default)")
     n_params = None

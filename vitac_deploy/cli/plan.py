@@ -4,142 +4,40 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from ..errors import VitacError, first_line
-from ._common import check_output, cli_errors, stderr_console, stdout_console
-
-
-@dataclass
-class Scene:
-    """What both commands start from: runtimes, the encoded observation and goal, the pose."""
-
-    runtime: Any
-    encoder: Any
-    current: np.ndarray     # [1, N, D] normalized
-    goal: np.ndarray        # [1, N, D] normalized
-    pose: np.ndarray        # [1, A]
-    encode_s: float
-    encoder_path: Path
-
-
-def parse_pose(text: str, action_dim: int) -> np.ndarray:
-    """'x,y,z,rx,ry,rz,g' (action_dim numbers) -> [1, action_dim] float32."""
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise VitacError(f"--pose must be {action_dim} comma-separated numbers, got {text!r}") from None
-    if len(values) != action_dim:
-        raise VitacError(f"--pose must have {action_dim} numbers (the model's state dim), got {len(values)}")
-    if not np.isfinite(values).all():
-        raise VitacError(f"--pose must be finite numbers, got {text!r}")
-    return np.array([values], np.float32)
-
-
-def open_models(artifact: Path, encoder: Optional[Path], backend: str, device: str, precision: Optional[str],
-                max_batch: Optional[int] = None, max_frames: Optional[int] = None) -> tuple:
-    """The predictor runtime and the encoder that `plan` and `serve` use: (runtime, encoder, encoder path).
-    The encoder is ARTIFACT/encoder (or what the artifact points to) unless `encoder` names it."""
-    from ..artifacts import find_encoder
-    from ..runtimes import open_runtime
-    from ..runtimes.encoder import open_encoder
-
-    rt = open_runtime(artifact, backend=backend, device=device, precision=precision, max_batch=max_batch,
-                      max_frames=max_frames)
-    enc_path = find_encoder(artifact, encoder)
-    enc_backend = backend if backend in ("onnxruntime", "torch") else "auto"
-    enc = open_encoder(enc_path, backend=enc_backend, device=device, precision=rt.precision)
-    if enc.cfg.embed_dim != rt.cfg.embed_dim:
-        raise VitacError(f"the encoder at {enc_path} gives {enc.cfg.embed_dim}-dim features but the predictor "
-                         f"takes {rt.cfg.embed_dim}")
-    if enc.cfg.tokens_per_frame != rt.cfg.tokens_per_frame:
-        raise VitacError(f"the encoder at {enc_path} gives {enc.cfg.tokens_per_frame} tokens per frame but the "
-                         f"predictor takes {rt.cfg.tokens_per_frame}")
-    return rt, enc, enc_path
-
-
-def open_scene(artifact: Path, observation: list[Path], goal: list[Path], pose: str, encoder: Optional[Path],
-               backend: str, device: str, precision: Optional[str], max_batch: Optional[int] = None) -> Scene:
-    from ..encoder import read_images
-
-    rt, enc, enc_path = open_models(artifact, encoder, backend, device, precision, max_batch)
-    obs, target = read_images(observation), read_images(goal)
-    t0 = time.perf_counter()
-    # the last frame of each is the one planned from / towards (upstream plans from one frame);
-    # one batch of two frames when the cameras agree in size
-    if obs.shape[1:] == target.shape[1:]:
-        feats = enc.encode(np.stack([obs[-1:], target[-1:]]))          # [2, N, D]
-        current, goal_f = feats[0:1], feats[1:2]
-    else:
-        current, goal_f = enc.encode(obs[-1:]), enc.encode(target[-1:])
-    encode_s = time.perf_counter() - t0
-    N = rt.cfg.tokens_per_frame
-    return Scene(rt, enc, current.reshape(1, N, -1), goal_f.reshape(1, N, -1), parse_pose(pose, rt.cfg.action_dim),
-                 encode_s, enc_path)
-
-
-def read_noise(path: Path) -> np.ndarray:
-    """Standard normal draws to replay (an .npz with `cem_noise`, or its only array; or an .npy)."""
-    if not path.is_file():
-        raise VitacError(f"--noise file not found: {path}")
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as z:
-            key = "cem_noise" if "cem_noise" in z.files else (z.files[0] if len(z.files) == 1 else None)
-            if key is None:
-                raise VitacError(f"{path}: expected an array named cem_noise (or a single array)")
-            return z[key]
-    except VitacError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise VitacError(f"cannot read --noise {path}: {first_line(e)}") from None
-
-
-_OBS = typer.Option(..., "--observation", help="Current camera frame: PNG/JPEG, or .npz/.npy of uint8 [T, H, W, 3] "
-                                                "(the last frame is planned from). Repeatable.")
-_GOAL = typer.Option(..., "--goal", help="Goal image (same forms). Repeatable; the last frame is the goal.")
-_POSE = typer.Option(..., "--pose", help="Current pose (state), comma list: x,y,z,rx,ry,rz,g for 7-dim models.")
-_ENC = typer.Option(None, "--encoder", help="Encoder artifact (default ARTIFACT/encoder).")
-_BACKEND = typer.Option("auto", "--backend", help="auto, onnxruntime or torch (or an ENGINE.plan as ARTIFACT).")
-_DEVICE = typer.Option("cpu", "--device", help="cpu or cuda.")
-_PREC = typer.Option(None, "--precision", help="fp32 or fp16 (default fp32 on cpu, fp16 on cuda).")
+from . import options as o
+from ._common import cli_errors, stderr_console, stdout_console
 
 
 @cli_errors
 def plan(
-    artifact: Path = typer.Argument(..., help="Predictor artifact directory (with its encoder in ARTIFACT/encoder)."),
-    observation: list[Path] = _OBS, goal: list[Path] = _GOAL, pose: str = _POSE, encoder: Optional[Path] = _ENC,
-    backend: str = _BACKEND, device: str = _DEVICE, precision: Optional[str] = _PREC,
-    horizon: int = typer.Option(2, "--horizon", help="rollout: actions planned (and frames predicted)."),
-    samples: int = typer.Option(400, "--samples", help="Action sequences per CEM step."),
-    topk: int = typer.Option(10, "--topk", help="Elites per CEM step."),
-    cem_steps: int = typer.Option(10, "--cem-steps", help="CEM steps."),
-    momentum_mean: float = typer.Option(0.15, "--momentum-mean"),
-    momentum_mean_gripper: float = typer.Option(0.15, "--momentum-mean-gripper"),
-    momentum_std: float = typer.Option(0.15, "--momentum-std"),
-    momentum_std_gripper: float = typer.Option(0.15, "--momentum-std-gripper"),
-    maxnorm: float = typer.Option(0.05, "--maxnorm", help="Bound (and initial std) of the xyz entries."),
-    close_gripper: Optional[int] = typer.Option(None, "--close-gripper", help="Gripper closed from this step on."),
+    artifact: Path = o.artifact_argument(),
+    observation: list[Path] = o.OBSERVATION, goal: list[Path] = o.GOAL, pose: str = o.POSE,
+    encoder: Optional[Path] = o.ENCODER, backend: str = o.backend(), device: Optional[str] = o.DEVICE,
+    precision: Optional[str] = o.PRECISION,
+    horizon: int = o.HORIZON, samples: int = o.SAMPLES, topk: int = o.TOPK, cem_steps: int = o.CEM_STEPS,
+    momentum_mean: float = o.MOMENTUM_MEAN, momentum_mean_gripper: float = o.MOMENTUM_MEAN_GRIPPER,
+    momentum_std: float = o.MOMENTUM_STD, momentum_std_gripper: float = o.MOMENTUM_STD_GRIPPER,
+    maxnorm: float = o.MAXNORM, close_gripper: Optional[int] = o.CLOSE_GRIPPER,
     seed: int = typer.Option(0, "--seed", help="Seed of the CEM draws."),
     noise: Optional[Path] = typer.Option(None, "--noise", help="Replay these draws (.npz cem_noise) instead of --seed."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples rolled out at once (default: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan and its figures here."),
 ) -> None:
     """Plan the next actions from a camera frame and pose towards a goal image (the upstream CEM)."""
-    from ..artifacts import now_iso, write_json_atomic
-    from ..planning import CEMOptions, plan as cem_plan
+    from ..artifacts import check_output, now_iso, write_json_atomic
+    from ..inputs import read_noise
+    from ..planning import plan as cem_plan
+    from ..planning.scene import open_scene
 
-    opts = CEMOptions(rollout=horizon, samples=samples, topk=topk, cem_steps=cem_steps, momentum_mean=momentum_mean,
-                      momentum_mean_gripper=momentum_mean_gripper, momentum_std=momentum_std,
-                      momentum_std_gripper=momentum_std_gripper, maxnorm=maxnorm, close_gripper=close_gripper)
-    opts.check()   # before opening anything
+    opts = o.cem_options(horizon, samples, topk, cem_steps, momentum_mean, momentum_mean_gripper, momentum_std,
+                         momentum_std_gripper, maxnorm, close_gripper)   # before opening anything
     draws = read_noise(noise) if noise is not None else None
     if json_out is not None:
         check_output(json_out, "--json")
@@ -179,17 +77,19 @@ def plan(
 
 @cli_errors
 def energy_landscape(
-    artifact: Path = typer.Argument(..., help="Predictor artifact directory (with its encoder in ARTIFACT/encoder)."),
-    observation: list[Path] = _OBS, goal: list[Path] = _GOAL, pose: str = _POSE, encoder: Optional[Path] = _ENC,
-    backend: str = _BACKEND, device: str = _DEVICE, precision: Optional[str] = _PREC,
+    artifact: Path = o.artifact_argument(),
+    observation: list[Path] = o.OBSERVATION, goal: list[Path] = o.GOAL, pose: str = o.POSE,
+    encoder: Optional[Path] = o.ENCODER, backend: str = o.backend(), device: Optional[str] = o.DEVICE,
+    precision: Optional[str] = o.PRECISION,
     grid: int = typer.Option(5, "--grid", help="Values per axis (x, y, z)."),
     size: float = typer.Option(0.075, "--size", help="Grid half-width: actions in [-size, size]."),
     plot: Path = typer.Option(..., "--plot", help="Heatmap PNG to write."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the grid and its energies here."),
 ) -> None:
     """The upstream energy-landscape example: the energy of one predicted frame per grid action."""
-    from ..artifacts import now_iso, write_json_atomic
+    from ..artifacts import check_output, now_iso, write_json_atomic
     from ..planning.landscape import action_grid, energy_landscape as landscape, plot_landscape
+    from ..planning.scene import open_scene
 
     for flag, target in (("--plot", plot), ("--json", json_out)):
         if target is not None:

@@ -11,68 +11,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..artifacts import ENGINE_SUFFIXES, check_output, read_engine_manifest, read_manifest, write_json_atomic
 from ..config import PredictorConfig
-from ..errors import ValidationError, VitacError, first_line
+from ..errors import ValidationError, VitacError
 from ..precision import PRECISIONS
-from ..artifacts import read_engine_manifest, read_manifest, write_json_atomic
-from ._common import check_output, cli_errors, progress_enabled, resolve_config, stderr_console, stdout_console
-
-
-def _config_of(path: Path) -> PredictorConfig:
-    """The config of an artifact or engine, from its manifest (cheap: no graph is loaded)."""
-    if path.suffix in (".plan", ".engine"):
-        return PredictorConfig.from_dict(read_engine_manifest(path)["config"])
-    return PredictorConfig.from_dict(read_manifest(path)["config"])
-
-
-def _npy_header(z, key: str, source: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of an array in an npz, read from its header without decompressing the data."""
-    try:
-        with z.zip.open(f"{key}.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-    except Exception as e:  # noqa: BLE001 - zip and npy headers fail in many ways, all "damaged"
-        raise VitacError(f"cannot read '{key}' in {source}: {first_line(e)}") from None
-    return tuple(shape), dtype
-
-
-def load_inputs(path: Path, cfg: PredictorConfig) -> dict[str, np.ndarray]:
-    """The arrays a rollout needs from an npz, and only those: each header is checked against the
-    shapes the model expects (frames bounded by max_frames, N, D, A fixed) before its data is
-    decompressed, so that a small file cannot inflate to gigabytes."""
-    if not path.is_file():
-        raise VitacError(f"inputs not found: {path}")
-    N, D, A, T = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim, cfg.max_frames
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise VitacError(f"cannot read {path}: {first_line(e)}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise VitacError(f"{path} is not an npz archive (np.savez) of arrays")
-    with z:
-        keys = ["features", "actions", "states"] + (["extrinsics"] if cfg.use_extrinsics else [])
-        for key in keys[:3]:
-            if key not in z.files:
-                raise VitacError(f"{path} has no '{key}' array (has: {', '.join(sorted(z.files)) or 'nothing'})")
-        heads = {k: _npy_header(z, k, path) for k in keys if k in z.files}
-        want = {"features": f"[B, C <= {T}, {N}, {D}]", "actions": f"[B, T <= {T}, {A}]",
-                "states": f"[B, T <= {T}, {A}]", "extrinsics": f"[B, T <= {T}, {A - 1}]"}
-        last = {"features": (N, D), "actions": (A,), "states": (A,), "extrinsics": (A - 1,)}
-        for key, (shape, dtype) in heads.items():
-            if dtype.kind != "f":
-                raise VitacError(f"'{key}' in {path} must be a float array, got dtype {dtype}")
-            rank = 4 if key == "features" else 3
-            if len(shape) != rank or tuple(shape[2:]) != last[key] or not 1 <= shape[1] <= T:
-                raise VitacError(f"'{key}' in {path} must have shape {want[key]}, got {list(shape)}")
-        B = heads["actions"][0][0]
-        if heads["features"][0][0] not in (1, B) or any(heads[k][0][0] != B for k in heads if k != "features"):
-            raise VitacError(f"the arrays in {path} disagree on the batch: " +
-                             ", ".join(f"{k} {list(heads[k][0])}" for k in heads))
-        try:
-            return {k: z[k] for k in heads}
-        except Exception as e:  # noqa: BLE001
-            raise VitacError(f"cannot read {path}: {first_line(e)}") from None
+from . import options as o
+from ._common import cli_errors, progress_enabled, stderr_console, stdout_console
 
 
 @cli_errors
@@ -80,20 +24,19 @@ def rollout(
     path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     inputs: Path = typer.Option(..., "--inputs", help="NPZ with features [B,C,N,D] (raw), actions, states[, extrinsics]."),
     out: Path = typer.Option(..., "--out", help="NPZ to write: predictions [B,H,N,D] and timing."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch, tensorrt."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on cuda)."),
+    backend: str = o.backend(), device: Optional[str] = o.DEVICE, precision: Optional[str] = o.PRECISION,
     horizon: Optional[int] = typer.Option(None, "--horizon", help="Frames to predict (default: from the actions)."),
     state_update: str = typer.Option("given", "--state-update", help="given or delta (state[t+1] = state[t] + action[t])."),
 ) -> None:
     """Roll the world model forward from context frames through a runtime."""
-    from ..runtimes import open_runtime
+    from ..inputs import load_inputs
+    from ..runtimes import config_of, open_runtime
 
     err = stderr_console()
     if state_update not in ("given", "delta"):
         raise VitacError(f"--state-update must be given or delta, got {state_update}")
     check_output(out, "--out")
-    data = load_inputs(inputs, _config_of(path))
+    data = load_inputs(inputs, config_of(path))
     feats = data["features"]
     C = feats.shape[1]
     H = horizon if horizon is not None else data["actions"].shape[1] - C + 1
@@ -133,9 +76,10 @@ def validate(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the artifact was exported from."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or torch (engines: tensorrt)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
+    seed: int = o.WEIGHT_SEED,
+    # the deployment gate checks the exported graphs: ONNX Runtime unless told otherwise
+    backend: Optional[str] = o.backend(None, "onnxruntime (default) or torch; an ENGINE.plan runs on tensorrt."),
+    device: Optional[str] = o.DEVICE,
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="Comma list of precisions to check (default: every one the artifact has; an engine's own)."),
     steps: int = typer.Option(4, "--steps", help="Frames of the closed-loop rollout (including the context)."),
@@ -148,10 +92,9 @@ def validate(
 ) -> None:
     """Parity of an artifact against its PyTorch reference: exit 0 pass, 1 mismatch, 2 bad input."""
     from ..artifacts import file_digest
-    from ..validation.metrics import TOLERANCES
-    from ..reference import load_predictor, random_predictor
+    from ..reference import predictor_from_source
     from ..runtimes import open_runtime
-    from ..validation import ParityInputs, check_parity
+    from ..validation import TOLERANCES, ParityInputs, check_parity
 
     from .encoder import is_encoder, validate_encoder
 
@@ -159,18 +102,19 @@ def validate(
         if save_polygraphy is not None:
             raise VitacError("--save-polygraphy reproduces the predictor's step graphs; for an encoder, run "
                              "`polygraphy run ENCODER/encoder.onnx --onnxrt` on your own frames")
-        return validate_encoder(path, checkpoint, config, random_init, seed, backend, device, precision, batch,
-                                report, plot)
+        return validate_encoder(path, checkpoint, config, random_init, seed, backend or "auto", device, precision,
+                                batch, report, plot)
     console = stdout_console()
-    engine = path.suffix in (".plan", ".engine")
+    engine = path.suffix in ENGINE_SUFFIXES
     # read_*manifest refuse a manifest whose seal does not match (edited) or that has none, names
     # outside the folder, and files without a sha256
     if engine:
         manifest = read_engine_manifest(path)
-        backend, have = "tensorrt", [manifest["precision"]]
+        backend, have = backend or "auto", [manifest["precision"]]
         listed = {e["file"]: e["sha256"] for e in manifest["engines"]}
     else:
         manifest = read_manifest(path)
+        backend = backend or "onnxruntime"
         have = [p for p in PRECISIONS if f"step.{p}" in manifest["graphs"]]
         listed = manifest["files"]
     precisions = [x.strip() for x in precision.split(",") if x.strip()] if precision else have
@@ -187,7 +131,7 @@ def validate(
 
         check_save_target(save_polygraphy)
     folder = path.parent if engine else path
-    cfg = resolve_config(config, None) if config else PredictorConfig.from_dict(manifest["config"])
+    cfg = PredictorConfig.resolve(config) if config else PredictorConfig.from_dict(manifest["config"])
     if checkpoint is None and not random_init:
         raise VitacError("give --checkpoint (or --random-init --seed N for an artifact exported that way)")
     if checkpoint is not None and random_init:
@@ -201,7 +145,7 @@ def validate(
             check_output(out_path, flag)
     if plot is not None:
         _matplotlib()
-    model = load_predictor(checkpoint, cfg) if checkpoint is not None else random_predictor(cfg, seed)
+    model = predictor_from_source(checkpoint, cfg, random_init, seed)
 
     def matches(name: str, digest: str) -> bool:
         f = folder / name

@@ -7,15 +7,15 @@ from typing import Optional
 
 import typer
 
+from . import options as o
 from ._common import cli_errors, stderr_console
-from .plan import _BACKEND, _DEVICE, _ENC, _PREC
 
 
 @cli_errors
 def serve(
-    artifact: Path = typer.Argument(..., help="Predictor artifact directory (with its encoder in ARTIFACT/encoder)."),
-    encoder: Optional[Path] = _ENC, backend: str = _BACKEND, device: str = _DEVICE,
-    precision: Optional[str] = _PREC,
+    artifact: Path = o.artifact_argument(),
+    encoder: Optional[Path] = o.ENCODER, backend: str = o.backend(), device: Optional[str] = o.DEVICE,
+    precision: Optional[str] = o.PRECISION,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless you say otherwise)."),
     port: int = typer.Option(8000, "--port", help="Port (0: any free port, printed)."),
     image_key: str = typer.Option("observation/image", "--image-key",
@@ -28,16 +28,11 @@ def serve(
     max_message_mb: float = typer.Option(16.0, "--max-message-mb", help="Largest request accepted (MiB)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch",
                                             help="Rows rolled out at once (default samples x max-robots)."),
-    rollout: int = typer.Option(2, "--rollout", help="Actions planned (and frames predicted) per sample."),
-    samples: int = typer.Option(400, "--samples", help="Action sequences per CEM step."),
-    topk: int = typer.Option(10, "--topk", help="Elites per CEM step."),
-    cem_steps: int = typer.Option(10, "--cem-steps", help="CEM steps."),
-    momentum_mean: float = typer.Option(0.15, "--momentum-mean"),
-    momentum_mean_gripper: float = typer.Option(0.15, "--momentum-mean-gripper"),
-    momentum_std: float = typer.Option(0.15, "--momentum-std"),
-    momentum_std_gripper: float = typer.Option(0.15, "--momentum-std-gripper"),
-    maxnorm: float = typer.Option(0.05, "--maxnorm", help="Bound (and initial std) of the xyz entries."),
-    close_gripper: Optional[int] = typer.Option(None, "--close-gripper", help="Gripper closed from this step on."),
+    horizon: int = o.HORIZON, samples: int = o.SAMPLES, topk: int = o.TOPK, cem_steps: int = o.CEM_STEPS,
+    momentum_mean: float = o.MOMENTUM_MEAN, momentum_mean_gripper: float = o.MOMENTUM_MEAN_GRIPPER,
+    momentum_std: float = o.MOMENTUM_STD, momentum_std_gripper: float = o.MOMENTUM_STD_GRIPPER,
+    maxnorm: float = o.MAXNORM, close_gripper: Optional[int] = o.CLOSE_GRIPPER,
+    rollout: Optional[int] = o.hidden("--rollout"),   # the old name of --horizon
     verbose: bool = typer.Option(False, "--verbose", help="A line per request (and connection logs)."),
     ray: bool = typer.Option(False, "--ray", help="Serve as Ray Serve replicas (the ray extra; docs/serving.md)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address",
@@ -48,13 +43,11 @@ def serve(
 ) -> None:
     """Serve the planner to robots: openpi's websocket protocol, images + pose + goal in, the CEM plan out."""
     from ..errors import VitacError
-    from ..planning import CEMOptions
     from ..serving import ServeOptions, serve as run
 
-    cem = CEMOptions(rollout=rollout, samples=samples, topk=topk, cem_steps=cem_steps, momentum_mean=momentum_mean,
-                     momentum_mean_gripper=momentum_mean_gripper, momentum_std=momentum_std,
-                     momentum_std_gripper=momentum_std_gripper, maxnorm=maxnorm, close_gripper=close_gripper)
-    cem.check()
+    horizon = o.alias(horizon, rollout, "--horizon", "--rollout", o.HORIZON.default)
+    cem = o.cem_options(horizon, samples, topk, cem_steps, momentum_mean, momentum_mean_gripper, momentum_std,
+                        momentum_std_gripper, maxnorm, close_gripper)
     opts = ServeOptions(image_key=image_key, batch_window_ms=batch_window_ms, max_robots=max_robots,
                         max_message_mb=max_message_mb)
     opts.check()

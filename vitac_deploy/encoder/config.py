@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from ..errors import VitacError
 
@@ -105,6 +105,12 @@ class EncoderConfig:
             raise VitacError(f"unknown encoder preset '{name}' (known: {', '.join(sorted(ENCODER_PRESETS))})") from None
 
     @classmethod
+    def resolve(cls, config: Optional[str | os.PathLike] = None, preset: Optional[str] = None) -> "EncoderConfig":
+        """A config JSON (ours, upstream kwargs, or a golden file's `encoder_kwargs`) wins over a
+        preset; vit-l otherwise."""
+        return cls.from_json(config) if config is not None else cls.preset(preset or DEFAULT_ENCODER)
+
+    @classmethod
     def from_upstream(cls, kwargs: Mapping[str, Any]) -> "EncoderConfig":
         """Map upstream `VisionTransformer(**kwargs)` arguments (the golden files' `encoder_kwargs`)."""
         kw = dict(kwargs)
@@ -164,4 +170,5 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
     "vit-l-demo": EncoderConfig(embed_dim=1024, depth=4, num_heads=16),
 }
 # which encoder preset goes with a predictor preset (same feature width)
+DEFAULT_ENCODER = "vit-l"
 ENCODER_FOR_PREDICTOR = {"vitac-l384": "vit-l", "vjepa2-ac-vitg": "vit-g"}

@@ -115,7 +115,7 @@ def validate_encoder_graphs(model, artifact: Path, manifest: dict[str, Any], opt
                             say: Progress) -> dict[str, Any]:
     """Every precision's encoder graph through the encoder runtime (ONNX Runtime, CPU) against the
     reference on the same frames."""
-    from ..runtimes.encoder import open_encoder
+    from ..runtimes import open_encoder
 
     images = validation_images(model.cfg, opts.validation_frames, opts.validation_seed)
     results: dict[str, Any] = {"inputs": {"frames": opts.validation_frames, "seed": opts.validation_seed,

@@ -262,12 +262,14 @@ def _fitting_chunk(runtime, budget, horizon: int, samples: int) -> int:
 
     if not _is_real(budget) or budget < 0:
         raise VitacError(f"memory_budget must be a finite number of bytes >= 0, got {budget!r}")
-    layout = "tensorrt" if runtime.backend == "tensorrt" else "onnxruntime"
+    layout = getattr(runtime, "memory_layout", None)
+    if layout is None:
+        raise VitacError(f"{runtime.describe()} has no memory model: give chunk instead of memory_budget")
     frames = max(horizon, getattr(runtime, "max_frames", horizon))
-    # TensorRT's pinned host buffers count on a Jetson (unified memory): counted always, a few MiB
-    # of caution on a discrete GPU
+    # pinned host buffers (TensorRT's) count on a Jetson (unified memory): counted always, a few
+    # MiB of caution on a discrete GPU
     kw = {"precision": runtime.precision, "backend": layout, "engines": getattr(runtime, "weight_copies", 1),
-          "unified": layout == "tensorrt",
+          "unified": layout.pinned_staging,
           # the static contract's cache is written in place: one arena, not two
           "double_buffered": getattr(runtime, "cache", "concat") != "static"}
     fit = largest_chunk(runtime.cfg, int(budget), frames, samples, **kw)

@@ -22,14 +22,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..config import PredictorConfig
 from ..errors import VitacError
 from ..precision import PRECISIONS as _PRECISIONS, precision as get_precision
 
+if TYPE_CHECKING:   # pragma: no cover - the registry imports numpy; this module stays pure Python
+    from ..runtimes.registry import MemoryLayout
+
 __all__ = [
-    "BACKENDS",
     "DEVICES",
     "PRECISIONS",
     "Device",
@@ -42,6 +44,7 @@ __all__ = [
     "device",
     "frame_flops",
     "largest_chunk",
+    "memory_layout",
     "parse_bytes",
     "plan_flops",
     "plan_memory",
@@ -52,7 +55,6 @@ MiB = 2**20
 GiB = 2**30
 
 PRECISIONS = {name: p.bytes for name, p in _PRECISIONS.items()}   # bytes per element of cache, weights, activations
-BACKENDS = ("tensorrt", "onnxruntime")
 RESIDUAL_TENSORS = 3                          # residual stream, its LayerNorm output, the branch output
 FLOAT32 = 4
 
@@ -117,13 +119,21 @@ def _frames(cfg: PredictorConfig, horizon: int, context: int) -> int:
     return frames
 
 
-def _check_build(backend: str, engines: int) -> None:
-    if backend not in BACKENDS:
-        raise VitacError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if engines not in (1, 2):
-        raise VitacError(f"engines must be 1 or 2, got {engines!r}")
-    if backend == "onnxruntime" and engines != 1:
-        raise VitacError("onnxruntime holds the weights once: engines must be 1")
+def memory_layout(backend: "str | MemoryLayout") -> "MemoryLayout":
+    """The memory layout a backend declares (`runtimes.registry`), by its name or as given."""
+    if not isinstance(backend, str):
+        return backend
+    from ..runtimes.registry import backends, get
+
+    layout = get(backend)[0].memory_layout
+    if layout is None:
+        have = [b.name for b in backends().values() if b.memory_layout is not None]
+        raise VitacError(f"the {backend} backend has no memory model (backends with one: {', '.join(have)})")
+    return layout
+
+
+def _check_build(layout: "MemoryLayout", engines: int, backend: "str | MemoryLayout") -> None:
+    layout.check_weight_copies(engines, backend if isinstance(backend, str) else "this backend")
 
 
 def activation_terms(cfg: PredictorConfig, batch: int, cache_frames: int, element_size: int,
@@ -155,12 +165,14 @@ def activation_terms(cfg: PredictorConfig, batch: int, cache_frames: int, elemen
 
 
 def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1, precision: str = "fp16",
-                backend: str = "tensorrt", double_buffered: bool = True, engines: int = 1,
+                backend: "str | MemoryLayout" = "tensorrt", double_buffered: bool = True, engines: int = 1,
                 fused_attention: bool = False) -> PlanMemory:
     """Bytes a runtime opened with max_batch = `chunk`, max_frames = context + horizon - 1 holds.
 
     With B = chunk, F = context + horizon - 1, e = element size of `precision`, N patch tokens,
     D = embed_dim, L = tokens_per_step, A = action_dim:
+    `backend` names a registered backend (or is its `MemoryLayout`): its layout says how many
+    frame buffers and weight copies it holds, and whether it stages inputs in pinned host memory.
     - weights = num_parameters x e x engines (a TensorRT build with a separate first-frame
       engine stores them twice; ONNX Runtime once).
     - kv_cache = 2 x B x F x kv_bytes_per_frame(e): two arenas (past and present) because the
@@ -181,25 +193,25 @@ def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1
     """
     _check_positive("chunk", chunk)
     e = _element_size(precision)
-    _check_build(backend, engines)
+    layout = memory_layout(backend)
+    _check_build(layout, engines, backend)
     F = _frames(cfg, horizon, context)
     B, N, D, L, A = chunk, cfg.tokens_per_frame, cfg.embed_dim, cfg.tokens_per_step, cfg.action_dim
-    trt = backend == "tensorrt"
     frame = B * N * D * FLOAT32
     cond = B * (2 * A + (A - 1 if cfg.use_extrinsics else 0)) * FLOAT32
     activations = activation_terms(cfg, B, F, e, fused_attention)["peak"]
     return PlanMemory(
         weights=cfg.num_parameters() * e * engines,
         kv_cache=(2 if double_buffered else 1) * B * F * cfg.kv_bytes_per_frame(e),
-        frame_buffers=(4 if trt else 3) * frame,
-        host_pinned=(frame + cond) if trt else 0,
+        frame_buffers=layout.frame_buffers * frame,
+        host_pinned=(frame + cond) if layout.pinned_staging else 0,
         activations=activations,
         small=2 * cfg.max_frames * L * cfg.head_dim * e + N * D * FLOAT32 + B * FLOAT32 + cond,
     )
 
 
 def affine_terms(cfg: PredictorConfig, horizon: int, context: int = 1, precision: str = "fp16",
-                 backend: str = "tensorrt", double_buffered: bool = True, engines: int = 1,
+                 backend: "str | MemoryLayout" = "tensorrt", double_buffered: bool = True, engines: int = 1,
                  fused_attention: bool = False, unified: bool = False) -> tuple[int, int]:
     """(fixed, per_sample) bytes with total(chunk) = fixed + per_sample x chunk, exactly."""
     kw = {"horizon": horizon, "context": context, "precision": precision, "backend": backend,
@@ -210,7 +222,7 @@ def affine_terms(cfg: PredictorConfig, horizon: int, context: int = 1, precision
 
 
 def largest_chunk(cfg: PredictorConfig, budget_bytes: int, horizon: int, samples: int, context: int = 1,
-                  precision: str = "fp16", backend: str = "tensorrt", double_buffered: bool = True,
+                  precision: str = "fp16", backend: "str | MemoryLayout" = "tensorrt", double_buffered: bool = True,
                   engines: int = 1, fused_attention: bool = False, unified: bool = False) -> int:
     """The largest chunk <= `samples` whose `total(unified)` fits `budget_bytes`; 0 if not even one
     sample fits. Closed form (memory is affine in the chunk), then checked against `plan_memory`."""

@@ -189,6 +189,38 @@ def load_encoder(path: str | os.PathLike, config=None, key: str = "encoder"):
     return model.eval()
 
 
+def _from_source(checkpoint: Optional[str | os.PathLike], random_init: bool, load, random):
+    if checkpoint is not None and random_init:
+        raise VitacError("give either --checkpoint or --random-init, not both")
+    if checkpoint is not None:
+        return load()
+    if not random_init:
+        raise VitacError("no weights: give --checkpoint PATH, or --random-init for seeded random weights")
+    return random()
+
+
+def predictor_from_source(checkpoint: Optional[str | os.PathLike] = None, config: Optional[PredictorConfig] = None,
+                          random_init: bool = False, seed: int = 0):
+    """The reference predictor from a checkpoint, or with seeded random weights (`random_init`),
+    as `export` and `validate` take them (--checkpoint, or --random-init --seed N)."""
+    from .init import random_predictor
+
+    cfg = config or PredictorConfig.resolve()
+    return _from_source(checkpoint, random_init, lambda: load_predictor(checkpoint, cfg),
+                        lambda: random_predictor(cfg, seed))
+
+
+def encoder_from_source(checkpoint: Optional[str | os.PathLike] = None, config=None, random_init: bool = False,
+                        seed: int = 0, key: str = "encoder"):
+    """The reference encoder from a checkpoint (its `key` part), or with seeded random weights."""
+    from ..encoder.config import EncoderConfig
+    from .encoder import random_encoder
+
+    cfg = config or EncoderConfig.resolve()
+    return _from_source(checkpoint, random_init, lambda: load_encoder(checkpoint, cfg, key),
+                        lambda: random_encoder(cfg, seed))
+
+
 def save_checkpoint(model, path: str | os.PathLike) -> None:
     """Write `model`'s weights (upstream key names) to `.safetensors` or `.pt`, atomically."""
     import torch

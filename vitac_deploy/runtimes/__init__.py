@@ -1,116 +1,17 @@
-"""Runtimes: roll the world model forward on a KV cache. Imports with numpy alone; each backend
-imports its own library (onnxruntime, torch, tensorrt) only when opened."""
+"""Runtimes: roll the world model forward on a KV cache, and encode camera frames.
+
+`open_runtime` (predictor) and `open_encoder` (camera frames -> features) open what export and
+build-engine wrote, with the backend the registry names (`registry.py`: each backend folder
+declares what it can do). Imports with numpy alone; each backend imports its own library
+(onnxruntime, torch, tensorrt) only when it opens something.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import numbers
-from pathlib import Path
-from typing import Optional
-
-from ..config import PredictorConfig
-from ..errors import BackendUnavailable, VitacError
-from ..precision import resolve as resolve_precision
-from ..artifacts import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
 from .base import Runtime
+from .encoder_base import EncoderRuntime
+from .openers import config_of, open_encoder, open_models, open_runtime
+from .registry import Backend, MemoryLayout, available_backends, backends
 
-__all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]
-
-log = logging.getLogger("vitac_deploy")
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-
-
-def available_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(b)]
-
-
-def _auto_backend(device: str) -> str:
-    have = available_backends()
-    if device == "cuda":
-        if "onnxruntime" in have:
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                return "onnxruntime"
-        if "torch" in have:
-            return "torch"
-        raise BackendUnavailable("no backend for device cuda: install onnxruntime-gpu or torch with CUDA")
-    for b in ("onnxruntime", "torch"):
-        if b in have:
-            return b
-    raise BackendUnavailable("no runtime backend installed: pip install 'vitac-deploy[onnxruntime]'")
-
-
-def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] = None,
-                 precision: Optional[str] = None, max_batch: Optional[int] = None,
-                 max_frames: Optional[int] = None, verify: bool = True, **options) -> Runtime:
-    """Open an export artifact directory (onnxruntime, torch) or a TensorRT engine (ENGINE.plan,
-    with its ENGINE.plan.json) with a backend; "auto" picks the best one available and logs which.
-    device defaults to cpu for artifacts and cuda for engines; precision to fp32 on cpu and fp16
-    on cuda. `options` go to the backend (e.g. cuda_graphs=True, tf32=True).
-
-    The manifest's seal is always checked; with `verify` (the default) every file the runtime reads
-    is hashed against the manifest first (cached in-process by file identity and change time, so a
-    reopen costs a stat). verify=False skips the file hashes, for callers that checked them already."""
-    p = Path(path)
-    for name, value in (("max_batch", max_batch), ("max_frames", max_frames)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            raise VitacError(f"{name} must be a positive integer or None, got {value!r}")
-    if p.suffix in (".plan", ".engine"):
-        if not verify:
-            options.setdefault("verify_files", False)
-        return _open_engine(p, backend, device or "cuda", precision, max_batch, max_frames, **options)
-    device = device or "cpu"
-    manifest = read_manifest(p)
-    cfg = PredictorConfig.from_dict(manifest["config"])
-    if device not in ("cpu", "cuda"):
-        raise VitacError(f"device must be cpu or cuda, got {device!r}")
-    precision = resolve_precision(precision, device).name
-    if backend == "auto":
-        backend = _auto_backend(device)
-        log.info("runtime backend: %s", backend)
-    if backend == "torch-compile":   # the reference under torch.compile
-        backend, options = "torch", {**options, "compile": True}
-    if backend not in BACKENDS:
-        raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)}, torch-compile)")
-    if backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeRuntime
-        from .onnxruntime.backend import energy_graph_path
-
-        key = f"step.{precision}"
-        if key not in manifest["graphs"]:
-            raise VitacError(f"{p} has no {precision} step graph (exported: "
-                             f"{', '.join(sorted(manifest['graphs']))})")
-        cache = cache_contract(manifest, p)   # concat when the manifest predates the static contract
-        if verify:
-            verify_files(p, manifest, graph_names(manifest, (key, "energy")))
-        return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
-                                  max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), cache=cache,
-                                  cache_frames=manifest["cache"]["frames"] if cache == "static" else None, **options)
-    if backend == "torch":
-        from .torch import TorchRuntime
-
-        if verify:
-            verify_files(p, manifest, graph_names(manifest, ("step.fp32",)))
-        return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames, **options)
-    raise VitacError(f"the tensorrt backend runs TensorRT engines: build one with `vitac-deploy build-engine "
-                     f"{p} --out ENGINE.plan` and open ENGINE.plan")
-
-
-def _open_engine(p: Path, backend: str, device: str, precision: Optional[str], max_batch: Optional[int],
-                 max_frames: Optional[int], **options) -> Runtime:
-    """A TensorRT engine: its manifest (ENGINE.plan.json) is read and checked before TensorRT is."""
-    if backend not in ("auto", "tensorrt"):
-        raise VitacError(f"{p} is a TensorRT engine: open it with backend tensorrt, not {backend}")
-    if device != "cuda":
-        raise VitacError(f"{p} is a TensorRT engine: it runs on device cuda, not {device}")
-    manifest = read_engine_manifest(p)
-    if manifest.get("kind") == "encoder":
-        raise VitacError(f"{p} is an encoder engine: open it with vitac_deploy.runtimes.encoder.open_encoder "
-                         f"(or pass it to `plan --encoder`)")
-    if precision is not None and precision != manifest.get("precision"):
-        raise VitacError(f"{p} was built {manifest.get('precision')}, not {precision}: rebuild with --precision {precision}")
-    from .tensorrt.backend import TensorRTRuntime
-
-    return TensorRTRuntime(p, manifest, max_batch, max_frames, **options)
+__all__ = ["Runtime", "EncoderRuntime", "open_runtime", "open_encoder", "open_models", "config_of",
+           "available_backends", "backends", "Backend", "MemoryLayout"]

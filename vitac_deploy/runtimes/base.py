@@ -44,6 +44,7 @@ class Runtime:
     backend = "base"
     accepts_device_arrays = False   # CUDA arrays (torch/CuPy) taken by pointer, without a host copy
     cache = "concat"                # the KV cache contract driven: concat (double-buffered) or static (in place)
+    memory_layout = None            # the backend's MemoryLayout (registry), for memory budgets; None: no model
 
     def __init__(self, cfg: PredictorConfig, precision: str, device: str,
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None):

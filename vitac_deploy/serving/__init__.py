@@ -23,14 +23,14 @@ __all__ = ["PlanService", "Session", "ServeOptions", "Request", "RequestError", 
 
 
 def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.PathLike]] = None,
-                 backend: str = "auto", device: str = "cpu", precision: Optional[str] = None,
+                 backend: str = "auto", device: Optional[str] = None, precision: Optional[str] = None,
                  cem: Optional[CEMOptions] = None, options: Optional[ServeOptions] = None,
                  max_batch: Optional[int] = None) -> PlanService:
     """Open ARTIFACT as `vitac-deploy plan` does (encoder in ARTIFACT/encoder or `encoder`) and wrap it
     in a PlanService. `max_batch`: rows rolled out at once (default samples x max_robots: every
     robot of a full batch in one rollout per CEM step; lower it where memory is short: see
     `vitac-deploy info --plan-samples`). The runtime's cache is sized for `cem.rollout` frames."""
-    from ..cli.plan import open_models
+    from ..runtimes import open_models
 
     cem = cem or CEMOptions()
     cem.check()
@@ -45,7 +45,7 @@ def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str,
 
 
 def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.PathLike]] = None,
-          backend: str = "auto", device: str = "cpu", precision: Optional[str] = None,
+          backend: str = "auto", device: Optional[str] = None, precision: Optional[str] = None,
           host: str = "127.0.0.1", port: int = 8000, api_key_env: Optional[str] = None,
           cem: Optional[CEMOptions] = None, options: Optional[ServeOptions] = None,
           max_batch: Optional[int] = None, verbose: bool = False,
@@ -89,7 +89,7 @@ def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.Pat
 
 
 def serve_ray(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.PathLike]] = None,
-              backend: str = "auto", device: str = "cpu", precision: Optional[str] = None,
+              backend: str = "auto", device: Optional[str] = None, precision: Optional[str] = None,
               host: str = "127.0.0.1", port: int = 8000, api_key_env: Optional[str] = None,
               cem: Optional[CEMOptions] = None, options: Optional[ServeOptions] = None,
               max_batch: Optional[int] = None, ray_address: Optional[str] = None, replicas: int = 1,
@@ -111,6 +111,10 @@ def serve_ray(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os
     if host not in LOOPBACK and key is None:
         say(f"warning: serving on {host} without an API key: anyone who reaches this port can drive the "
             f"planner (use --api-key-env VAR)")
+    if device is None:   # as open_runtime decides it: an engine runs on the GPU (the replica needs one)
+        from ..artifacts import ENGINE_SUFFIXES
+
+        device = "cuda" if Path(artifact).suffix in ENGINE_SUFFIXES else "cpu"
     app = build_app(artifact, encoder, backend, device, precision, cem, options, max_batch, key, replicas,
                     gpus_per_replica)
     run_ray(app, host, port, ray_address, replicas, say=say)

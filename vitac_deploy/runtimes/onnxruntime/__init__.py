@@ -1,5 +1,75 @@
-"""ONNX Runtime backend (CPU and CUDA execution providers)."""
+"""ONNX Runtime backend (CPU and CUDA execution providers): the step graphs driven through I/O
+binding (`backend.py`), their buffers (`memory.py`), the encoder graph (`encoder.py`)."""
 
-from .backend import OnnxRuntimeRuntime
+from __future__ import annotations
 
-__all__ = ["OnnxRuntimeRuntime"]
+import importlib
+from pathlib import Path
+from typing import Any, Optional
+
+from ...artifacts import cache_contract, graph_names, verify_files
+from ...errors import VitacError
+from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout
+
+__all__ = ["BACKEND", "OnnxRuntimeRuntime", "OnnxRuntimeEncoder"]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    library = "onnxruntime"
+    opens = (PREDICTOR, ENCODER)
+    devices = ("cpu", "cuda")
+    cache_contracts = ("concat", "static")
+    cuda_graphs = True
+    runs_exported_graphs = True
+    # a prediction and two raw predictions in device memory; the weights once (one session)
+    memory_layout = MemoryLayout(frame_buffers=3, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
+
+    def available(self, device: str) -> bool:
+        if not super().available(device):
+            return False
+        if device == "cuda":   # the CPU package installs the same module without the CUDA provider
+            import onnxruntime as ort
+
+            return "CUDAExecutionProvider" in ort.get_available_providers()
+        return True
+
+    def open_predictor(self, path: Path, manifest: dict[str, Any], precision: str, device: str,
+                       max_batch: Optional[int], max_frames: Optional[int], verify: bool, **options: Any):
+        from ...config import PredictorConfig
+        from .backend import OnnxRuntimeRuntime, energy_graph_path
+
+        key = f"step.{precision}"
+        if key not in manifest["graphs"]:
+            raise VitacError(f"{path} has no {precision} step graph (exported: {', '.join(sorted(manifest['graphs']))})")
+        cache = cache_contract(manifest, path)   # concat when the manifest predates the static contract
+        if verify:
+            verify_files(path, manifest, graph_names(manifest, (key, "energy")))
+        return OnnxRuntimeRuntime(path / manifest["graphs"][key]["file"], PredictorConfig.from_dict(manifest["config"]),
+                                  precision, device, max_batch, max_frames, energy_graph=energy_graph_path(path, manifest),
+                                  cache=cache, cache_frames=manifest["cache"]["frames"] if cache == "static" else None,
+                                  **options)
+
+    def open_encoder(self, path: Path, manifest: dict[str, Any], precision: str, device: str,
+                     max_batch: Optional[int], verify: bool, **options: Any):
+        from ...encoder.config import EncoderConfig
+        from .encoder import OnnxRuntimeEncoder
+
+        key = f"encoder.{precision}"
+        if key not in manifest["graphs"]:
+            raise VitacError(f"{path} has no {precision} encoder graph (exported: {', '.join(sorted(manifest['graphs']))})")
+        if verify:   # what ONNX Runtime reads is what the manifest's hashes vouch for
+            verify_files(path, manifest, graph_names(manifest, (key,)))
+        return OnnxRuntimeEncoder(path / manifest["graphs"][key]["file"], EncoderConfig.from_dict(manifest["config"]),
+                                  precision, device, max_batch or 16, **options)
+
+
+BACKEND = OnnxRuntimeBackend()
+
+
+def __getattr__(name: str) -> Any:   # the runtime classes load with their module, when asked for
+    if name == "OnnxRuntimeRuntime":
+        return importlib.import_module(".backend", __name__).OnnxRuntimeRuntime
+    if name == "OnnxRuntimeEncoder":
+        return importlib.import_module(".encoder", __name__).OnnxRuntimeEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,13 +36,14 @@ from ...contract import ROPE_INPUTS, check_cache, past_names, present_names, rop
 from ...errors import BackendUnavailable, VitacError, first_line
 from ...precision import precision as get_precision
 from ..base import Runtime
+from . import BACKEND
 from .memory import CudaMemory, HostMemory
 
 log = logging.getLogger("vitac_deploy")
 GRAPH_ID_MIN_VERSION = (1, 18)   # gpu_graph_id (one CUDA graph per id) arrived in ONNX Runtime 1.18
 
 
-def _import_ort():
+def import_ort():
     try:
         import onnxruntime as ort
     except ImportError:
@@ -90,7 +91,8 @@ def check_providers(requested_cuda: bool, got: list[str], why: str = "") -> None
 
 
 class OnnxRuntimeRuntime(Runtime):
-    backend = "onnxruntime"
+    backend = BACKEND.name
+    memory_layout = BACKEND.memory_layout
 
     def __init__(self, graph_path: str | Path, cfg: PredictorConfig, precision: str, device: str = "cpu",
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None,
@@ -106,7 +108,7 @@ class OnnxRuntimeRuntime(Runtime):
             max_frames = max_frames or cache_frames
         self.cache_frames = cache_frames
         super().__init__(cfg, precision, device, max_batch, max_frames)
-        ort = self._ort = _import_ort()
+        ort = self._ort = import_ort()
         if device not in ("cpu", "cuda"):
             raise VitacError(f"device must be cpu or cuda, got {device!r}")
         if cuda_graphs and device != "cuda":

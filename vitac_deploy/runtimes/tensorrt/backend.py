@@ -37,6 +37,7 @@ from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, device_to_host, gpu_info, import_cudart
 from .binding import FrameBinding, FrameBuffers, bind_frame
+from . import BACKEND
 from .compat import check_engine_compat, check_kv_cache_support
 from .contexts import ContextFactory, activation_bytes, configure
 from .module import import_tensorrt
@@ -45,7 +46,8 @@ log = logging.getLogger("vitac_deploy")
 
 
 class TensorRTRuntime(Runtime):
-    backend = "tensorrt"
+    backend = BACKEND.name
+    memory_layout = BACKEND.memory_layout
     accepts_device_arrays = True
 
     def __init__(self, engine_path: str | Path, manifest: dict[str, Any], max_batch: Optional[int] = None,

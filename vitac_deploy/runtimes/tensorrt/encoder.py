@@ -11,7 +11,8 @@ import numpy as np
 from ...encoder.config import EncoderConfig
 from ...errors import VitacError
 from ...artifacts import sha256_file
-from ..encoder import EncoderRuntime
+from ..encoder_base import EncoderRuntime
+from . import BACKEND
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, gpu_info, import_cudart
 from .compat import check_engine_compat
 from .contexts import ContextFactory, activation_bytes, configure
@@ -19,7 +20,7 @@ from .module import import_tensorrt
 
 
 class TensorRTEncoder(EncoderRuntime):
-    backend = "tensorrt"
+    backend = BACKEND.name
 
     def __init__(self, engine_path: str | Path, manifest: dict[str, Any], max_batch: Optional[int] = None,
                  verify_files: bool = True):

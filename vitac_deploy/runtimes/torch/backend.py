@@ -17,6 +17,7 @@ from ...config import PredictorConfig
 from ...errors import BackendUnavailable, VitacError
 from ...precision import precision as get_precision
 from ..base import Runtime
+from . import BACKEND
 
 
 def _import_torch():
@@ -28,7 +29,8 @@ def _import_torch():
 
 
 class TorchRuntime(Runtime):
-    backend = "torch"
+    backend = BACKEND.name
+    memory_layout = BACKEND.memory_layout
     cache = "reference"   # its own preallocated cache, written in place; no ONNX contract
 
     def __init__(self, model, precision: str = "fp32", device: str = "cpu",
@@ -52,19 +54,16 @@ class TorchRuntime(Runtime):
     def from_artifact(cls, path: Path, manifest: dict[str, Any], precision: str, device: str,
                       max_batch: Optional[int], max_frames: Optional[int], compile: bool = False) -> "TorchRuntime":
         """The reference model with the weights of the artifact's float32 graph."""
-        from ...exporters.weights import state_dict_from_graph
-        from ...reference import Predictor
+        _import_torch()
+        from ...reference import predictor_from_graph
 
-        torch = _import_torch()
         cfg = PredictorConfig.from_dict(manifest["config"])
         graph = manifest["graphs"].get("step.fp32")
         if graph is None:
             raise VitacError(f"{path}: the torch backend reads the weights of step.onnx (fp32), which is missing")
         _check_graph_contract(path / graph["file"], cfg)
-        model = Predictor(cfg)
         try:
-            sd = state_dict_from_graph(path / graph["file"], cfg)
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+            model = predictor_from_graph(path / graph["file"], cfg)
         except (KeyError, RuntimeError, ValueError) as e:   # a config that does not describe the graph
             raise VitacError(f"{path / graph['file']}: its weights do not fit the manifest's config "
                              f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}): "
