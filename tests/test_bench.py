@@ -63,7 +63,7 @@ def test_bench_option_errors(tmp_path):
                       (["--cuda-graphs", "on"], "--cuda-graphs needs --device cuda"),
                       (["--cuda-graphs", "sometimes"], "--cuda-graphs must be off, on or both"),
                       (["--json", str(tmp_path / "no" / "b.json")], "cannot write --json"),
-                      (["--json", str(tmp_path)], "it is a directory"),
+                      (["--json", str(tmp_path)], "is a directory"),
                       (["--samples", "8"], "--samples does not apply without --plan"),
                       (["--plan", "--batch", "4", "--plot", str(tmp_path / "p.png")], "--batch, --plot do not apply with --plan"),
                       (["--plan", "--horizon", "9"], "exceeds the model's max_frames"),

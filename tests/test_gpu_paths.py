@@ -1,4 +1,4 @@
-"""The GPU paths' logic that runs without a GPU (issue 10): ONNX Runtime's CUDA provider options,
+"""The GPU paths' logic that runs without a GPU: ONNX Runtime's CUDA provider options,
 its silent CPU fallback refused, the graph-id version gate, its device buffers (through the fake
 CUDA runtime: partial copies only, broadcast finished before the next run), and TensorRT's build
 switches on a real TensorRT for RTX builder (TF32 cleared, weak-typing cache IO, parser opset)."""

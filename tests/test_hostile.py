@@ -1,4 +1,4 @@
-"""Issue 13: nothing lost, nothing trusted blindly. Each test is one root cause, attacked through the
+"""Nothing lost, nothing trusted blindly. Each test is one root cause, attacked through the
 real files, the real ONNX Runtime and the real command line (no stand-ins)."""
 
 from __future__ import annotations

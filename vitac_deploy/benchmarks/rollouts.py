@@ -99,6 +99,11 @@ def _time_rollout(fn: Callable[[Optional[Callable]], np.ndarray], repeats: int, 
     return float(np.median(totals)), (np.median(per_frame, axis=0) if per_frame else None), per_frame, out
 
 
+def _graphs_of(backend: str) -> bool:
+    """Whether `backend` runs the artifact's exported graphs (a row per cache contract)."""
+    return registry.get(backend)[0].runs_exported_graphs
+
+
 def _variants(backend: str, opts: BenchOptions) -> list[bool]:
     """The CUDA-graph settings a backend is timed with: one row each."""
     if opts.device != "cuda" or not registry.get(backend)[0].cuda_graphs:
@@ -164,7 +169,7 @@ def _label(backend: str, graphs: bool, opts: BenchOptions, cache: str = "concat"
 def _rows(opts: BenchOptions) -> list[tuple[str, bool, str]]:
     """(backend, CUDA graphs, cache contract) of every row; contracts side by side per backend."""
     return [(b, g, c) for b in opts.backends for g in _variants(b, opts)
-            for c in (opts.caches if registry.get(b)[0].runs_exported_graphs else ("concat",))]
+            for c in (opts.caches if _graphs_of(b) else ("concat",))]
 
 
 def _device_memory(rt, device: str) -> dict[str, Any]:
@@ -233,7 +238,7 @@ def run_bench(model, artifact, opts: BenchOptions, say: Callable[[str], None] = 
 
         artifact = {cache_contract(read_manifest(artifact)): Path(artifact)}
     missing = [c for c in opts.caches if c not in artifact]
-    if missing and any(b in CONTRACT_BACKENDS for b in opts.backends):
+    if missing and any(_graphs_of(b) for b in opts.backends):
         raise VitacError(f"no artifact with the {', '.join(missing)} cache contract to bench")
     artifact = {**artifact, "any": next(iter(artifact.values()))}   # torch rows read the weights of any
     cfg = model.cfg
@@ -294,7 +299,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
             if opts.device == "cuda":
                 _free_device_bytes()   # torch's cached blocks (the baseline's) back to the driver first
             _reset_peak_rss()
-            rt = _open(artifact[cache if backend in CONTRACT_BACKENDS else "any"], backend, opts, B, workdir, say,
+            rt = _open(artifact[cache if _graphs_of(backend) else "any"], backend, opts, B, workdir, say,
                        graphs, max_frames=F, cache=cache)
 
             def run(cb, rt=rt):
@@ -358,7 +363,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
     for backend, graphs, cache in _rows(opts):
         label = _label(backend, graphs, opts, cache)
         _reset_peak_rss()
-        rt = _open(artifact[cache if backend in CONTRACT_BACKENDS else "any"], backend, opts, opts.chunk or p.samples,
+        rt = _open(artifact[cache if _graphs_of(backend) else "any"], backend, opts, opts.chunk or p.samples,
                    workdir, say, graphs, max_frames=p.rollout, cache=cache)
         res = timed(rt, label)
         entry = {

@@ -176,6 +176,8 @@ def info(
     encoder: Optional[str] = typer.Option(
         None, "--encoder", help="Also print an encoder's size, FLOPs and memory: a preset (vit-l, vit-g) or an "
                                 "encoder artifact directory."),
+    backends: bool = typer.Option(False, "--backends", help="Also list the runtime backends: what each opens and "
+                                                            "runs, and whether it is installed here."),
     plan_samples: Optional[int] = opt.hidden("--plan-samples"),     # the old names of --samples, --horizon,
     plan_horizon: Optional[int] = opt.hidden("--plan-horizon"),     # --context and --cem-steps
     plan_context: Optional[int] = opt.hidden("--plan-context"),
@@ -206,6 +208,26 @@ def info(
         console.print(plan_table_)
     if enc_table is not None:
         console.print(enc_table)
+    if backends:
+        console.print(backends_table())
+
+
+def backends_table() -> Table:
+    """The registered backends and their declared capabilities (runtimes/registry.py)."""
+    from ..runtimes.registry import backends
+
+    table = Table(title="runtime backends", header_style="bold")
+    for col in ("backend", "opens", "devices", "precisions", "cache contracts", "CUDA graphs", "memory model",
+                "installed"):
+        table.add_column(col)
+    for b in backends().values():
+        names = ", ".join([b.name, *b.variants])
+        layout = b.memory_layout
+        table.add_row(names, ", ".join(b.opens), ", ".join(b.devices), ", ".join(b.precisions),
+                      ", ".join(b.cache_contracts) or "its own", "yes" if b.cuda_graphs else "no",
+                      f"{layout.frame_buffers} frame buffers{', pinned staging' if layout.pinned_staging else ''}"
+                      if layout else "none", "yes" if b.installed() else "no")
+    return table
 
 
 def encoder_table(encoder: str, precision: str, fused: bool):
