@@ -78,6 +78,16 @@ def artifact_kind(path: str | os.PathLike) -> Optional[str]:
     return {ARTIFACT_FORMAT: "predictor", ENCODER_FORMAT: "encoder"}.get(data.get("format"))
 
 
+def _load(path: Path, missing: str) -> Any:
+    """A manifest's JSON, strictly parsed; `missing` is the error when there is none."""
+    try:
+        return load_json(path)
+    except FileNotFoundError:
+        raise VitacError(missing) from None
+    except (OSError, ValueError, RecursionError) as e:   # ValueError: bad JSON or not UTF-8
+        raise VitacError(f"cannot read manifest {path}: {first_line(e)}") from None
+
+
 def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
     """The manifest of an artifact directory, checked for its format, its seal and its structure:
     every file it names is a plain name inside the directory, listed in `files` with a sha256."""
@@ -89,12 +99,10 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
                          f"`vitac-deploy export --out` writes)")
     path = p / MANIFEST
     redo = "re-export it with `vitac-deploy export`"
-    try:
-        data = load_json(path)
-    except FileNotFoundError:
-        raise VitacError(f"{p} is not an export artifact (no {MANIFEST}); create one with `vitac-deploy export`") from None
-    except (OSError, ValueError, RecursionError) as e:   # ValueError: bad JSON or not UTF-8
-        raise VitacError(f"cannot read manifest {path}: {first_line(e)}") from None
+    data = _load(path, f"{p} is not an export artifact (no {MANIFEST}); create one with `vitac-deploy export`")
+    if isinstance(data, dict) and data.get("format") == ENCODER_FORMAT:
+        raise VitacError(f"{p} is an encoder artifact, not a predictor artifact: it encodes camera frames "
+                         f"(vitac_deploy.runtimes.open_encoder; `validate` and `plan --encoder` take it)")
     if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
         raise VitacError(f"{path} is not a vitac-deploy artifact manifest")
     check_format_version(path, data, ARTIFACT_FORMAT_VERSION, redo, oldest=CONCAT_FORMAT_VERSION)
@@ -216,13 +224,7 @@ def read_encoder_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise VitacError(f"encoder artifact not found: {p}")
     m = p / MANIFEST if p.is_dir() else p
-    try:
-        data = load_json(m)
-    except FileNotFoundError:
-        raise VitacError(f"{p} is not an encoder artifact (no {MANIFEST}); create one with "
-                         f"`vitac-deploy export-encoder`") from None
-    except (OSError, ValueError, RecursionError) as e:
-        raise VitacError(f"cannot read manifest {m}: {first_line(e)}") from None
+    data = _load(m, f"{p} is not an encoder artifact (no {MANIFEST}); create one with `vitac-deploy export-encoder`")
     redo = "re-export it with `vitac-deploy export-encoder`"
     if not isinstance(data, dict) or data.get("format") != ENCODER_FORMAT:
         raise VitacError(f"{m} is not a vitac-deploy encoder manifest ({redo})")
@@ -270,13 +272,8 @@ def read_engine_manifest(engine: str | os.PathLike) -> dict[str, Any]:
         raise VitacError(f"engine not found: {p}")
     meta = p.with_name(p.name + ".json")
     redo = "rebuild it with `vitac-deploy build-engine`"
-    try:
-        data = load_json(meta)
-    except FileNotFoundError:
-        raise VitacError(f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
-                         f"writes beside them (it says where and how the engine was built)") from None
-    except (OSError, ValueError, RecursionError) as e:
-        raise VitacError(f"cannot read {meta}: {first_line(e)}") from None
+    data = _load(meta, f"{meta} is missing: engines are opened with the manifest `vitac-deploy build-engine` "
+                       f"writes beside them (it says where and how the engine was built)")
     if not isinstance(data, dict):
         raise VitacError(f"{meta} is not the manifest of {p.name} (rebuild with `vitac-deploy build-engine`)")
     engines = data.get("engines") or [{}]

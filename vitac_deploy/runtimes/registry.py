@@ -99,6 +99,16 @@ class Backend:
         return f"<backend {self.name}>"
 
 
+def lazy_classes(package: str, where: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` for a backend folder: its runtime classes (name -> module) load
+    with their module, when asked for, so that the folder imports without its library."""
+    def __getattr__(name: str) -> Any:
+        if name in where:
+            return getattr(importlib.import_module(where[name], package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
+
 def backends() -> dict[str, Backend]:
     """Every registered backend by name (the folders' declarations; their libraries not imported)."""
     out = {}

@@ -3,13 +3,12 @@ binding (`backend.py`), their buffers (`memory.py`), the encoder graph (`encoder
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Optional
 
 from ...artifacts import cache_contract, graph_names, verify_files
 from ...errors import VitacError
-from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout
+from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout, lazy_classes
 
 __all__ = ["BACKEND", "OnnxRuntimeRuntime", "OnnxRuntimeEncoder"]
 
@@ -67,9 +66,4 @@ class OnnxRuntimeBackend(Backend):
 BACKEND = OnnxRuntimeBackend()
 
 
-def __getattr__(name: str) -> Any:   # the runtime classes load with their module, when asked for
-    if name == "OnnxRuntimeRuntime":
-        return importlib.import_module(".backend", __name__).OnnxRuntimeRuntime
-    if name == "OnnxRuntimeEncoder":
-        return importlib.import_module(".encoder", __name__).OnnxRuntimeEncoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, {"OnnxRuntimeRuntime": ".backend", "OnnxRuntimeEncoder": ".encoder"})

@@ -4,13 +4,12 @@ upstream way of rolling out, recomputing the whole sequence (`full_recompute.py`
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Optional
 
 from ...artifacts import graph_names, verify_files
 from ...errors import VitacError
-from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout
+from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout, lazy_classes
 
 __all__ = ["BACKEND", "TorchRuntime", "TorchEncoder"]
 
@@ -62,9 +61,4 @@ class TorchBackend(Backend):
 BACKEND = TorchBackend()
 
 
-def __getattr__(name: str) -> Any:   # the runtime classes load with their module, when asked for
-    if name == "TorchRuntime":
-        return importlib.import_module(".backend", __name__).TorchRuntime
-    if name == "TorchEncoder":
-        return importlib.import_module(".encoder", __name__).TorchEncoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, {"TorchRuntime": ".backend", "TorchEncoder": ".encoder"})
