@@ -78,7 +78,8 @@ def is_encoder(path: Path) -> bool:
     return artifact_kind(path) in ("encoder", "encoder-engine")
 
 
-def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Path], random_init: bool, seed: int,
+def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Path], random_init: bool,
+                     seed: Optional[int],
                      backend: str, device: Optional[str], precision: Optional[str], frames: int,
                      report: Optional[Path], plot: Optional[Path], encoder_key: str = "encoder") -> None:
     """`validate` for an encoder artifact or engine: its features of seeded camera-like frames
@@ -105,12 +106,15 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
         device, precision = device or "cpu", precision or ",".join(p for p in PRECISIONS if p in have)
         listed = manifest["files"]
     cfg = EncoderConfig.resolve(config) if config else EncoderConfig.from_dict(manifest["config"])
-    if checkpoint is None and not random_init:
-        raise VitacError("give --checkpoint (or --random-init --seed N for an encoder exported that way)")
+    from ..artifacts.source import engine_source_manifest, weights_source
+
+    weights = weights_source(engine_source_manifest(path, manifest) if engine else manifest, checkpoint, random_init,
+                             seed, str(path))
+    checkpoint, random_init, seed = weights.checkpoint, weights.random_init, weights.seed
+    if weights.random_init:
+        stderr_console().print(f"comparing with {weights.describe()}")
     if frames < 1:
         raise VitacError("--batch (frames) must be >= 1")
-    if checkpoint is not None and random_init:
-        raise VitacError("give either --checkpoint or --random-init, not both")
     for out_path, flag in ((report, "--report"), (plot, "--plot")):
         if out_path is not None:   # before the work: a failure to write is exit 2, never 1 (mismatch)
             check_output(out_path, flag)
@@ -168,17 +172,20 @@ def _plot_encoder(path: Path, results: dict) -> None:
         raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
     from ..artifacts import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for p, r in results.items():
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.2), layout="constrained")
+    for i, (p, r) in enumerate(results.items()):
+        colour = f"C{i}"   # one colour per precision: its errors and its tolerance
         frames = [e["frame"] + 1 for e in r["frames"]]
-        ax.semilogy(frames, [e["max_abs"] for e in r["frames"]], "o-", label=f"{p} max abs")
-        ax.semilogy(frames, [e["mean_abs"] for e in r["frames"]], "s--", label=f"{p} mean abs")
-        ax.axhline(r["tolerance"]["max_abs"], color="gray", lw=0.8, ls=":")
-        ax.set_xticks(frames)
+        ax.semilogy(frames, [e["max_abs"] for e in r["frames"]], "o-", color=colour, label=f"{p} max abs")
+        ax.semilogy(frames, [e["mean_abs"] for e in r["frames"]], "s--", color=colour, alpha=0.6, label=f"{p} mean abs")
+        tol = r["tolerance"]["max_abs"]
+        ax.axhline(tol, color=colour, lw=1.0, ls=":", label=f"{p} tolerance, max abs {tol:g}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("camera frame")
-    ax.set_ylabel("feature error vs PyTorch reference")
-    ax.set_title("encoder parity")
-    ax.legend()
+    ax.set_ylabel("feature error vs the PyTorch reference")
+    ax.set_title("encoder parity", fontsize=11)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     save_figure(fig, path)

@@ -157,7 +157,7 @@ def _write_artifact(model, tmp: Path, opts: ExportOptions, say: Progress) -> dic
         "config": cfg.to_dict(),
         "tokens": {"per_frame": cfg.tokens_per_frame, "conditioning": cfg.cond_tokens,
                    "per_cache_frame": cfg.tokens_per_step},
-        "source": opts.source,
+        "source": opts.source or dict(getattr(model, "weights_source", {})),
         "opset": opts.graph_opset,
         "exporter": {"name": "vitac_deploy.exporters.step_graph", "vitac_deploy": __version__, **versions()},
         "graphs": graphs,

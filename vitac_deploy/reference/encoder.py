@@ -123,4 +123,5 @@ def random_encoder(cfg: EncoderConfig, seed: int = 0) -> Encoder:
     model = Encoder(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in
                            recipe_state_dict(encoder_param_shapes(cfg), seed).items()})
+    model.weights_source = {"checkpoint": None, "random_init_seed": seed}   # export records it in the manifest
     return model.eval()
