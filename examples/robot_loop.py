@@ -34,10 +34,14 @@ class SimulatedRobot:
     z, rx, ry, rz, gripper), and a camera that returns a frame (seeded noise, or an image file's
     pixels)."""
 
-    def __init__(self, action_dim: int, seed: int = 0, image: Optional[str] = None, size: tuple = (120, 160)) -> None:
+    def __init__(self, action_dim: int, seed: int = 0, image: Optional[str] = None, size: tuple = (120, 160),
+                 pose: Optional[list] = None) -> None:
         self.rng = np.random.default_rng(seed)
         self.franka = action_dim == 7
-        self.pose = np.array(FRANKA_HOME, np.float32) if self.franka else np.zeros(action_dim, np.float32)
+        if pose is not None and len(pose) != action_dim:
+            raise SystemExit(f"--pose has {len(pose)} numbers; the served model takes {action_dim}")
+        home = FRANKA_HOME if self.franka else [0.0] * action_dim
+        self.pose = np.array(home if pose is None else pose, np.float32)
         self.frame = _read(image) if image else self.rng.integers(0, 256, (*size, 3), dtype=np.uint8)
 
     def observe(self) -> tuple:
@@ -68,6 +72,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--image-key", default="observation/image")
     ap.add_argument("--goal", help="goal image file (default: a seeded frame)")
     ap.add_argument("--camera", help="camera image file the simulated camera returns (default: seeded noise)")
+    ap.add_argument("--pose", help="the robot's starting pose, comma-separated (default: a Franka home pose "
+                                   "for 7-dim models, zeros otherwise)")
     ap.add_argument("--openpi", action="store_true", help="use openpi-client's WebsocketClientPolicy")
     a = ap.parse_args(argv)
     key = os.environ[a.api_key_env] if a.api_key_env else None
@@ -85,7 +91,8 @@ def main(argv: Optional[list] = None) -> int:
     print(f"connected: {metadata['server']}, {metadata['backend']} {metadata['precision']}, "
           f"{metadata['cem']['samples']} samples x {metadata['cem']['cem_steps']} CEM steps, horizon {metadata['rollout']}, "
           f"{action_dim}-dim actions")
-    robot = SimulatedRobot(action_dim, 0, a.camera)
+    start = [float(v) for v in a.pose.split(",")] if a.pose else None
+    robot = SimulatedRobot(action_dim, 0, a.camera, pose=start)
     goal = _read(a.goal) if a.goal else np.random.default_rng(1).integers(0, 256, robot.frame.shape, dtype=np.uint8)
     period = 1.0 / a.rate
     next_tick = time.monotonic()

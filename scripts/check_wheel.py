@@ -1,7 +1,8 @@
 """Build the wheel and check the runtime side installs and runs with numpy + onnxruntime alone, as
 on a robot (docs/jetson.md): no torch, no onnx.
 
-1. `pip wheel . --no-deps` builds vitac_deploy-*.whl (pure Python) into a temporary folder.
+1. `pip wheel . --no-deps` builds vitac_deploy-*.whl (pure Python) into a temporary folder (from a
+   copy of pyproject.toml, README.md and vitac_deploy/, so the clone gets no build/ folder).
 2. A fresh virtual environment gets the wheel, numpy and onnxruntime, and nothing else (the wheel's
    own dependencies, typer and rich, come with it for the CLI).
 3. This environment (which has torch) exports a small 7-dim predictor and its encoder.
@@ -76,7 +77,14 @@ def check(work: Path) -> None:
     from vitac_deploy.reference import random_encoder, random_predictor
 
     print("1. building the wheel")
-    run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "-w", work / "dist"])
+    # from a copy of what the wheel is made of: setuptools would leave build/ in the clone, and
+    # a stale build/lib can carry files the tree no longer has into a later wheel
+    src = work / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "vitac_deploy", src / "vitac_deploy", ignore=shutil.ignore_patterns("__pycache__"))
+    run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "-w", work / "dist"])
     wheel = next((work / "dist").glob("vitac_deploy-*.whl"))
     print(f"   {wheel.name} ({wheel.stat().st_size / 1e3:.0f} kB)")
     print("2. a fresh virtual environment with the wheel, numpy and onnxruntime")

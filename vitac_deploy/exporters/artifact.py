@@ -235,7 +235,7 @@ def _quiet(ort):
 
 
 def _check_energy_graph(artifact: Path, cfg, seed: int) -> dict[str, Any]:
-    """The energy graph against numpy in float64 (planner.md section 3)."""
+    """The energy graph against numpy in float64 (docs/planner.md section 3)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)

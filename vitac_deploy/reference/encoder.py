@@ -3,7 +3,7 @@
 Parameter names are the upstream ones (`patch_embed.proj`, `blocks.{i}.*`, `norm`), so the
 `"encoder"` entry of a published checkpoint loads as it is. `forward` runs a clip (consecutive
 frames as tubelets); `encode_frames` is how the planner encodes observations: every frame
-repeated into its own tubelet, one latent frame each (shared planner.md section 2).
+repeated into its own tubelet, one latent frame each (docs/planner.md section 2).
 """
 
 from __future__ import annotations
