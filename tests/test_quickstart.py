@@ -81,6 +81,9 @@ def test_readme_quickstart_runs_as_written(tmp_path):
             background.wait()
     assert "PASSED" in outputs["validate"] and "as the manifest records" in outputs["validate"]
     assert "the robot executes step 0: [" in outputs["plan"] and "gripper" in outputs["plan"]
+    # a plan of this size says up front what it costs, then each CEM step as it finishes
+    assert "this plan: " in outputs["plan"] and "GFLOP/s measured on 16 samples" in outputs["plan"]
+    assert "CEM step 1/3: " in outputs["plan"] and "CEM step 3/3: " in outputs["plan"]
     loop = outputs["robot_loop.py"]
     assert "7-dim actions" in loop and loop.count("-> pose") == 3, loop
     assert "serving franka" in outputs["serve"]

@@ -74,7 +74,7 @@ def debug_precision(
     else:
         shown = sorted(sorted(range(len(report.tensors)), key=lambda i: -report.tensors[i].rel)[:TOP])
         what = f"the {min(TOP, len(report.tensors))} largest relative errors"
-    table = Table(title=f"{path}: {report.tested} vs {report.reference}: {what}, in graph order", header_style="bold")
+    table = Table(title=f"{path}: {report.tested} vs {report.reference}", header_style="bold")
     for col, justify in (("#", "right"), ("tensor", "left"), ("module", "left"), ("max abs", "right"),
                          ("rel (vs RMS)", "right"), ("NaN", "right"), ("inf", "right"), ("max |x|", "right"),
                          ("", "left")):
@@ -87,8 +87,9 @@ def debug_precision(
                       f"{t.max_magnitude:.3g}", "FLAG" if t.flagged else "", style=style)
     console.print(table)
     if len(shown) < len(report.tensors):
-        console.print(f"{len(shown)} of {len(report.tensors)} tensors shown: --all prints every one in graph order"
-                      + (f", --json {json_out} holds them all" if json_out is not None else ", --json OUT keeps them all"))
+        console.print(f"{len(shown)} of {len(report.tensors)} tensors shown ({what}, in graph order): --all prints "
+                      f"every one" + (f", --json {json_out} holds them all" if json_out is not None
+                                      else ", --json OUT keeps them all"), soft_wrap=True)
     if json_out is not None:
         write_report(json_out, report)
     if flagged:
