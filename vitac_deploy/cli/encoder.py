@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import VitacError
 from . import options as o
-from ._common import cli_errors, plain, stderr_console, stdout_console
+from ._common import cli_errors, live_status, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -44,8 +44,9 @@ def export_encoder(
 
     check_out(out, force, (ENCODER_FORMAT,))   # before the model is loaded: a refused --out costs nothing
     with publish_lock(out):   # held from here: two commands started together cannot both write --out
-        err.print("loading the reference encoder")
-        model = encoder_from_source(checkpoint, EncoderConfig.resolve(config, preset), random_init, seed, encoder_key)
+        with live_status(err, "loading the reference encoder"):
+            model = encoder_from_source(checkpoint, EncoderConfig.resolve(config, preset), random_init, seed,
+                                        encoder_key)
         opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                                     validate=validate, force=force, source=source)
         with err.status("exporting the encoder") as status:
@@ -118,9 +119,12 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     for out_path, flag in ((report, "--report"), (plot, "--plot")):
         if out_path is not None:   # before the work: a failure to write is exit 2, never 1 (mismatch)
             check_output(out_path, flag)
-    model = encoder_from_source(checkpoint, cfg, random_init, seed, encoder_key)
+    err = stderr_console()
+    with live_status(err, "loading the reference encoder"):
+        model = encoder_from_source(checkpoint, cfg, random_init, seed, encoder_key)
     folder = path.parent if engine else path
-    files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
+    with live_status(err, f"checking {len(listed)} files against their sha256"):
+        files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
     images = validation_images(cfg, frames, seed + 1)
     results = {}
     console = stdout_console()
@@ -132,8 +136,9 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     # files that differ from the manifest are a mismatch (exit 1) and nothing of them is run
     for p in [] if bad else precisions:
         # verify=False: every listed file was hashed just above
-        enc = open_encoder(path, backend=backend, device=device, precision=p, verify=False)
-        r = results[p] = encoder_parity(enc, model, images, p)
+        with live_status(err, f"{p}: encoding {frames} frames with the graph and the reference"):
+            enc = open_encoder(path, backend=backend, device=device, precision=p, verify=False)
+            r = results[p] = encoder_parity(enc, model, images, p)
         tol = r["tolerance"]
         table = Table(title=f"encoder {p} via {enc.describe()}: tolerance max abs {tol['max_abs']:g}, "
                             f"mean abs {tol['mean_abs']:g}, cosine >= {tol['cosine_min']}", header_style="bold")

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import options as o
-from ._common import cli_errors, plain, stderr_console, stdout_console
+from ._common import cli_errors, live_status, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -61,8 +61,8 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
         source["checkpoint_sha256"] = sha256_file(checkpoint)
     if random_init:
         source["random_init_seed"] = seed
-    err.print("loading the reference model")
-    model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
+    with live_status(err, "loading the reference model"):
+        model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
                          cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)

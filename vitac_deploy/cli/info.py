@@ -161,7 +161,10 @@ def info(
     if checkpoint is not None:
         from ..reference.checkpoint import check_state_dict, read_state_dict
 
-        sd = read_state_dict(checkpoint)
+        from ._common import live_status, stderr_console
+
+        with live_status(stderr_console(), f"reading {checkpoint}"):
+            sd = read_state_dict(checkpoint)
         check_state_dict(sd, cfg, source=str(checkpoint))
         n_params = sum(int(v.numel()) for v in sd.values())
         title = f"{checkpoint} ({title})"

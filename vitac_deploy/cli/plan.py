@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 
 from . import options as o
-from ._common import action_legend, cli_errors, format_action, progress_enabled, stderr_console, stdout_console
+from ._common import (action_legend, cli_errors, format_action, live_status, progress_enabled, stderr_console,
+                      stdout_console)
 
 
 @cli_errors
@@ -42,22 +43,25 @@ def plan(
     if json_out is not None:
         check_output(json_out, "--json")
     err = stderr_console()
-    err.print("opening the predictor and encoder, encoding the observation and goal")
-    sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision,
-                    max_batch=chunk or samples)
+    with live_status(err, "opening the predictor and encoder, encoding the observation and goal"):
+        sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision,
+                        max_batch=chunk or samples)
     say_estimate(err, sc.runtime, sc.current, sc.goal, sc.pose, opts, chunk)
     with step_progress(err, opts.cem_steps) as on_step:
         res = cem_plan(sc.runtime, sc.current, sc.goal, sc.pose, opts, noise=draws, seed=seed, chunk=chunk,
                        on_step=on_step)
     best = [float(e.min()) for e in res.energies]
     console = stdout_console()
+    from rich import box
+
+    # no vertical rules and 4 decimals: 7 action columns fit an 80-column terminal without cutting a number
     table = Table(title=f"plan: {opts.samples} samples x top {opts.topk} x {opts.cem_steps} CEM steps, horizon "
-                        f"{opts.rollout} ({sc.runtime.describe()})", header_style="bold")
+                        f"{opts.rollout} ({sc.runtime.describe()})", header_style="bold", box=box.SIMPLE_HEAD)
     table.add_column("step")
     for name in action_names(res.actions.shape[1]):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for h, row in enumerate(res.actions):
-        table.add_row(str(h), *(f"{v:+.5f}" for v in row))
+        table.add_row(str(h), *(f"{v:+.4f}" for v in row))
     console.print(table)
     console.print(f"the robot executes step 0: {format_action(res.actions[0])}{action_legend(res.actions.shape[1])}")
     console.print(f"best energy per CEM step: {', '.join(f'{e:.5f}' for e in best)}")
@@ -165,11 +169,12 @@ def energy_landscape(
         if target is not None:
             check_output(target, flag)
     err = stderr_console()
-    err.print("opening the predictor and encoder, encoding the observation and goal")
-    sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision)
-    action_grid(sc.runtime.cfg.action_dim, grid, size)   # option errors before the work
+    with live_status(err, "opening the predictor and encoder, encoding the observation and goal"):
+        sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision)
+    n = len(action_grid(sc.runtime.cfg.action_dim, grid, size))   # option errors before the work
     t0 = time.perf_counter()
-    actions, energy = landscape(sc.runtime, sc.current, sc.goal, sc.pose, grid, size)
+    with live_status(err, f"scoring {n} grid actions (one predicted frame each)"):
+        actions, energy = landscape(sc.runtime, sc.current, sc.goal, sc.pose, grid, size)
     seconds = time.perf_counter() - t0
     i = int(np.argmin(energy))
     stdout_console().print(f"{len(energy)} actions in {seconds:.2f} s; lowest energy {energy[i]:.5f} at action "

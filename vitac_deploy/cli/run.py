@@ -16,7 +16,7 @@ from ..config import PredictorConfig
 from ..errors import ValidationError, VitacError
 from ..precision import PRECISIONS
 from . import options as o
-from ._common import cli_errors, progress_enabled, stderr_console, stdout_console
+from ._common import cli_errors, live_status, progress_enabled, stderr_console, stdout_console
 
 
 @cli_errors
@@ -150,7 +150,9 @@ def validate(
             check_output(out_path, flag)
     if plot is not None:
         _matplotlib()
-    model = predictor_from_source(checkpoint, cfg, random_init, seed)
+    err = stderr_console()
+    with live_status(err, "loading the reference model"):
+        model = predictor_from_source(checkpoint, cfg, random_init, seed)
 
     def matches(name: str, digest: str) -> bool:
         f = folder / name
@@ -159,15 +161,17 @@ def validate(
         except OSError:
             return False
 
-    files_ok = {name: matches(name, digest) for name, digest in listed.items()}
+    with live_status(err, f"checking {len(listed)} files against their sha256"):
+        files_ok = {name: matches(name, digest) for name, digest in listed.items()}
     bad_files = [n for n, ok in files_ok.items() if not ok]
     inputs = ParityInputs.make(cfg, batch=batch, frames=steps, seed=seed + 1)
     results = {}
     # files that differ from the manifest are a mismatch (exit 1) and nothing of them is run
     for p in [] if bad_files else precisions:
         # verify=False: every listed file was hashed just above
-        rt = open_runtime(path, backend=backend, device=device, precision=p, verify=False)
-        r = check_parity(rt, model, inputs, p)
+        with live_status(err, f"{p}: rolling out {steps} frames (batch {batch}) with the runtime and the reference"):
+            rt = open_runtime(path, backend=backend, device=device, precision=p, verify=False)
+            r = check_parity(rt, model, inputs, p)
         results[p] = r
         table = Table(title=f"{p} via {rt.describe()}: tolerance max abs {r.tolerance.max_abs:g}, "
                             f"mean abs {r.tolerance.mean_abs:g}, cosine >= {r.tolerance.cosine_min}",
