@@ -236,3 +236,27 @@ def test_actions_print_as_plain_rounded_numbers():
 
     assert format_action(np.array([-0.045, -0.0019912, 0.0, -1e-9, 0.5], np.float32)) == "[-0.045, -0.002, 0, 0, 0.5]"
     assert action_legend(7) == " (dx, dy, dz, rotation x, y, z, gripper)" and action_legend(2) == ""
+
+
+def test_long_stages_announce_themselves_in_a_log_and_quick_ones_do_not(capsys):
+    """Piped output (a log): a stage that lasts longer than LOG_AFTER_S prints one line with the time
+    so far; a quick stage, or one that fails at once, prints nothing."""
+    import time
+
+    from rich.console import Console
+
+    from vitac_deploy.cli._common import live_status
+
+    console = Console(file=sys.stderr, width=200)
+    with live_status(console, "quick") as say:
+        say("also quick")
+    live_status.LOG_AFTER_S, old = 0.2, live_status.LOG_AFTER_S
+    try:
+        with live_status(console, "slow stage") as say:
+            time.sleep(0.6)
+            say("second stage, quick")
+    finally:
+        live_status.LOG_AFTER_S = old
+    err = capsys.readouterr().err
+    assert "slow stage" in err and "quick" not in err, err
+    assert err.strip().startswith("[    0 s] slow stage"), err

@@ -91,11 +91,13 @@ def action_legend(action_dim: int) -> str:
 
 class live_status:
     """Long work in stages: on a terminal a spinner with the stage and a clock that ticks while it
-    runs (never a silent wait); in a log one line per stage with the time so far. Enter it to get
-    `say(message)`."""
+    runs (never a silent wait); in a log one line per stage that lasts more than `LOG_AFTER_S`, with
+    the time so far (quick stages and immediate errors print nothing). Enter it to get `say(message)`."""
+
+    LOG_AFTER_S = 2.0
 
     def __init__(self, console, message: str) -> None:
-        self.console, self.message, self.bar, self.t0 = console, message, None, 0.0
+        self.console, self.message, self.bar, self.t0, self.timer = console, message, None, 0.0, None
 
     def __enter__(self):
         import time
@@ -113,13 +115,21 @@ class live_status:
         return self.say
 
     def say(self, message: str) -> None:
+        import threading
         import time
 
         if self.bar is not None:
             self.bar.update(self.task, description=plain(message))
-        else:
-            self.console.print(plain(f"[{time.perf_counter() - self.t0:5.0f} s] {message}"))
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        log = lambda: self.console.print(plain(f"[{time.perf_counter() - self.t0:5.0f} s] {message}"))  # noqa: E731
+        self.timer = threading.Timer(self.LOG_AFTER_S, log)
+        self.timer.daemon = True
+        self.timer.start()
 
     def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if self.bar is not None:
             self.bar.stop()
