@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..errors import VitacError
 from . import options as o
-from ._common import action_legend, cli_errors, format_action, plain, stderr_console, stdout_console
+from ._common import action_legend, cli_errors, format_action, live_status, plain, stderr_console, stdout_console
 
 
 # what the demo's planning stage runs by default: the robot's action space at a small size
@@ -85,14 +85,17 @@ def demo(
             return res, time.perf_counter() - t0
 
         err.print(f"  timing {H}-frame rollouts (batch {batch}): reference full recompute, reference cached, runtimes")
-        ref, t_full = timed(lambda: model.rollout(*targs, use_cache=False).numpy())
-        rows = [("torch, full recompute (upstream)", "fp32", t_full, ref)]
-        cached, t_cached = timed(lambda: model.rollout(*targs, use_cache=True).numpy())
-        rows.append(("torch, KV cache", "fp32", t_cached, cached))
-        for precision in ("fp32", "fp16"):
-            rt = open_runtime(art, backend="onnxruntime", precision=precision)
-            pred, secs = timed(lambda: rt.rollout(*args))
-            rows.append(("onnxruntime, KV cache", precision, secs, pred))
+        with live_status(err, "  torch, full recompute (the upstream way): a warm-up run, then a timed one") as say:
+            ref, t_full = timed(lambda: model.rollout(*targs, use_cache=False).numpy())
+            rows = [("torch, full recompute (upstream)", "fp32", t_full, ref)]
+            say("  torch, KV cache: a warm-up run, then a timed one")
+            cached, t_cached = timed(lambda: model.rollout(*targs, use_cache=True).numpy())
+            rows.append(("torch, KV cache", "fp32", t_cached, cached))
+            for precision in ("fp32", "fp16"):
+                say(f"  onnxruntime {precision}, KV cache: a warm-up run, then a timed one")
+                rt = open_runtime(art, backend="onnxruntime", precision=precision)
+                pred, secs = timed(lambda: rt.rollout(*args))
+                rows.append(("onnxruntime, KV cache", precision, secs, pred))
 
     table = Table(title=f"{H}-frame rollout from 1 context frame, batch {batch} (this machine, CPU)",
                   header_style="bold")
@@ -241,11 +244,13 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
         noise = np.random.default_rng(seed).standard_normal((cem_steps * opts.rollout, samples, len(space.sampled)))
         pose = demo_pose(cfg.action_dim)
         err.print(f"  planning: {samples} samples x top {opts.topk} x {cem_steps} CEM steps, horizon {opts.rollout}")
-        upstream = plan(FullRecompute(model), current, goal, pose, opts, noise=noise)
-        rt = open_runtime(art, backend="onnxruntime", precision="fp32", max_batch=samples)
-        plan(rt, current, goal, pose, CEMOptions(**{**opts.__dict__, "cem_steps": 1}),
-             noise=noise[:opts.rollout])   # warm-up
-        ours = plan(rt, current, goal, pose, opts, noise=noise)
+        with live_status(err, "  planning the upstream way (PyTorch, full recompute)") as say:
+            upstream = plan(FullRecompute(model), current, goal, pose, opts, noise=noise)
+            say("  planning with the exported predictor (ONNX Runtime, KV cache): a warm-up step, then the plan")
+            rt = open_runtime(art, backend="onnxruntime", precision="fp32", max_batch=samples)
+            plan(rt, current, goal, pose, CEMOptions(**{**opts.__dict__, "cem_steps": 1}),
+                 noise=noise[:opts.rollout])   # warm-up
+            ours = plan(rt, current, goal, pose, opts, noise=noise)
         # same draws: step 0 scores the same samples, so its energies compare one to one (the final
         # actions agree only while no two samples score within rounding: random weights barely
         # react to actions, so they often do; the golden planner case checks the plan itself)
