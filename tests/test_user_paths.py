@@ -260,3 +260,16 @@ def test_long_stages_announce_themselves_in_a_log_and_quick_ones_do_not(capsys):
     err = capsys.readouterr().err
     assert "slow stage" in err and "quick" not in err, err
     assert err.strip().startswith("[    0 s] slow stage"), err
+
+
+def test_demo_keeps_npy_frames_without_pillow(tmp_path, monkeypatch):
+    """Without Pillow the demo keeps its frames as .npy, and the command it prints names them."""
+    import importlib
+
+    demo = importlib.import_module("vitac_deploy.cli.demo")   # the package exports the command of that name
+    monkeypatch.setattr(demo, "frame_suffix", lambda: ".npy")
+    frames = np.zeros((2, 40, 60, 3), np.uint8)
+    demo._write_frames(tmp_path, frames)
+    assert (tmp_path / "now.npy").is_file() and (tmp_path / "goal.npy").is_file()
+    assert f"--observation {tmp_path / 'now.npy'}" in demo.next_steps(tmp_path, 7, True).plain
+    demo.check_demo_out(tmp_path)   # its own files: accepted again

@@ -139,7 +139,7 @@ ENCODER_ON_CPU = ("encoder speedup below 1: the encoder has no cache to reuse (u
 FRANKA_HOME = (0.45, 0.0, 0.35, 3.14, 0.0, 0.0, 0.0)   # the pose the demo and examples/robot_loop.py start from
 
 
-DEMO_FILES = ("predictor", "planner", "now.png", "goal.png")
+DEMO_FILES = ("predictor", "planner", "now.png", "goal.png", "now.npy", "goal.npy")
 
 
 def check_demo_out(out: Path) -> None:
@@ -165,14 +165,15 @@ def demo_pose(action_dim: int) -> np.ndarray:
 def next_steps(out: Path, action_dim: int, planned: bool) -> Text:
     """What the demo kept in `out` and the commands that go on from there."""
     pose = ",".join(f"{v:g}" for v in demo_pose(action_dim)[0])
+    ext = frame_suffix()
     lines = Text()
     lines.append(f"Kept in {out}: ", style="bold")
     lines.append("predictor/ (the rollout stage's artifact)")
     if not planned:
         return lines
-    lines.append(", planner/ (predictor + planner/encoder), now.png, goal.png. Next:\n")
-    lines.append(f"  vitac-deploy plan {out / 'planner'} --observation {out / 'now.png'} --goal {out / 'goal.png'} "
-                 f"--pose {pose} {QUICK_PLAN}\n")
+    lines.append(f", planner/ (predictor + planner/encoder), now{ext}, goal{ext}. Next:\n")
+    lines.append(f"  vitac-deploy plan {out / 'planner'} --observation {out / ('now' + ext)} "
+                 f"--goal {out / ('goal' + ext)} --pose {pose} {QUICK_PLAN}\n")
     lines.append(f"  vitac-deploy serve {out / 'planner'} {QUICK_PLAN}     "
                  f"# then, in a second shell: python examples/robot_loop.py --steps 5")
     return lines
@@ -280,12 +281,25 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
     return ok
 
 
-def _write_frames(out: Path, frames: np.ndarray) -> None:
-    """The demo's two camera frames as out/now.png and out/goal.png (the next commands read them)."""
-    from PIL import Image
+def frame_suffix() -> str:
+    """How the demo keeps its camera frames: PNG where Pillow is installed (the `images` extra), else
+    .npy (which `plan` reads without it)."""
+    import importlib.util
 
+    return ".png" if importlib.util.find_spec("PIL") is not None else ".npy"
+
+
+def _write_frames(out: Path, frames: np.ndarray) -> None:
+    """The demo's two camera frames as out/now.png and out/goal.png (.npy without Pillow): the next
+    commands read them."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("now.png", frames[0]), ("goal.png", frames[1])):
-        tmp = out / f".{name}.partial.png"
-        Image.fromarray(frame).save(tmp)
-        tmp.replace(out / name)
+    ext = frame_suffix()
+    for name, frame in (("now", frames[0]), ("goal", frames[1])):
+        tmp = out / f".{name}.partial{ext}"
+        if ext == ".png":
+            from PIL import Image
+
+            Image.fromarray(frame).save(tmp)
+        else:
+            np.save(tmp, frame)
+        tmp.replace(out / f"{name}{ext}")
