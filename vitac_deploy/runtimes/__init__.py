@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
+from ..graph_forms import graph_form
 from ..manifest import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
 from .base import Runtime
 
@@ -88,7 +89,8 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
             verify_files(p, manifest, graph_names(manifest, (key, "energy")))
         return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
                                   max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), cache=cache,
-                                  cache_frames=manifest["cache"]["frames"] if cache == "static" else None, **options)
+                                  cache_frames=manifest["cache"]["frames"] if cache == "static" else None,
+                                  graph_form=graph_form(manifest, p), **options)
     if backend == "torch":
         from .torch import TorchRuntime
 
