@@ -110,7 +110,7 @@ def test_trt_attention_form_builds_and_runs_where_tensorrt_has_iattention(tmp_pa
 @pytest.mark.parametrize("version, form, cache, msg", [
     ("10.3.0", "trt-attention", "concat", r"cannot build the trt-attention graphs: .*TensorRT >= 10\.15"),
     ("8.6.1", "trt-attention", "concat", r"TensorRT >= 10\.15"),
-    ("11.0.0", "ort-fused", "concat", "ort-fused form .*does not parse"),
+    ("11.0.0", "ort-fused", "concat", "ort-fused form .*parser does not import them"),
     ("10.16.0", "ort-fused", "concat", "re-export with `vitac-deploy export --graph-form portable`"),
 ])
 def test_forms_a_tensorrt_cannot_parse_are_refused_before_parsing(tmp_path, fakes, artifacts, version, form, cache,

@@ -60,6 +60,7 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
             cache: str, cache_frames: Optional[int], save_polygraphy: Optional[Path],
             graph_form: str = "portable") -> None:
     from ..exporters import ExportOptions, export_artifact
+    from ..exporters.artifact import check_options
     from ..manifest import sha256_file
 
     err = stderr_console()
@@ -68,12 +69,13 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
         source["checkpoint_sha256"] = sha256_file(checkpoint)
     if random_init:
         source["random_init_seed"] = seed
-    err.print("loading the reference model")
-    model = load_model(checkpoint, config, preset, random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
                          cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy,
                          graph_form=graph_form)
+    check_options(opts)   # before the model loads: a bad flag costs nothing
+    err.print("loading the reference model")
+    model = load_model(checkpoint, config, preset, random_init, seed)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts,
                                    progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))

@@ -87,6 +87,11 @@ def _check_options(opts: ExportOptions) -> None:
         raise VitacError("--cache-frames applies to --cache static only (the concat cache grows as it goes)")
 
 
+def check_options(opts: ExportOptions) -> None:
+    """Refuse bad export options in one line (VitacError), before any work."""
+    _check_options(opts)
+
+
 def _check_form_options(opts: ExportOptions) -> None:
     """A non-portable graph form: its cache contracts and opsets."""
     if opts.graph_form not in FORMS:

@@ -35,8 +35,9 @@ def check_graph_form_support(trt, flavour: str, form: str) -> None:
 
     redo = "re-export with `vitac-deploy export --graph-form portable`"
     if form == ORT_FUSED:
-        raise VitacError(f"this artifact's step graphs are the ort-fused form (ONNX Runtime's contrib operators, "
-                         f"which TensorRT does not parse): {redo} (or trt-attention for TensorRT >= "
+        raise VitacError(f"this artifact's step graphs are the ort-fused form (ONNX Runtime's contrib operators: "
+                         f"MultiHeadAttention with the KV cache as outputs, SkipLayerNormalization, BiasGelu; "
+                         f"TensorRT's parser does not import them): {redo} (or trt-attention for TensorRT >= "
                          f"{ATTENTION_TENSORRT})")
     if form == TRT_ATTENTION and not hasattr(trt, "IAttention"):
         need = f"TensorRT >= {ATTENTION_TENSORRT}" if flavour == "tensorrt" else "a TensorRT for RTX with IAttention"
