@@ -101,6 +101,7 @@ def test_trt_attention_form_builds_and_runs_where_tensorrt_has_iattention(tmp_pa
     step = _builds(trt)[0]
     assert step["layer_types"].count("ATTENTION_INPUT") == SMALL.depth and "SOFTMAX" not in step["layer_types"]
     rt = open_runtime(out)
+    assert "trt-attention graphs" in rt.describe()
     frames = 3 if cache == "static" else SMALL.max_frames
     report = check_parity(rt, model, ParityInputs.make(SMALL, batch=2, frames=frames, seed=2), "fp16")
     assert report.passed, report.to_dict()
