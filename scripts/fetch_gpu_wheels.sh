@@ -4,7 +4,7 @@
 # tool, which carries at most 64 MiB a call INCLUDING the tracked tree (~9 MiB):
 #   wheels/ort-00 .. ort-NN   48 MiB parts, one carried per call while the machine stays warm
 # The image already has cuda-bindings, typer, rich, pytest and the CUDA/cuDNN libraries
-# (/work/.library/device/KINDS.md), so nothing else travels. gpu_check.sh joins the parts.
+# (the device machine's own notes), so nothing else travels. gpu_check.sh joins the parts.
 #   bash scripts/fetch_gpu_wheels.sh            # prints the carry plan at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."

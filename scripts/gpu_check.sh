@@ -114,6 +114,7 @@ fi
 step probe 60 probe || { say "no usable GPU or ONNX Runtime CUDA provider: nothing else can run"; finish; }
 
 step gpu-tests 240 gpu_tests
+TAIL=40 step graph-forms 240 "$PY" scripts/gpu_graph_forms.py --out "$WORK/graph_forms.json"
 step export 120 vd export --preset vitac-l384 --random-init --out "$WORK/art" --force
 TAIL=40 step profile-ort-step 90 "$PY" scripts/profile_ort_step.py "$WORK/art" --device cuda --precision fp16 \
      --batch 400 --past-frames 1 --json "$WORK/profile_ort_step.json"

@@ -52,6 +52,36 @@ def test_onnxruntime_cuda_reproduces_golden(golden_art, precision, tol):
     assert np.abs(out - g.z_ar()).max() < tol
 
 
+@pytest.fixture(scope="module")
+def golden_form_arts(tmp_path_factory):
+    """seed_l384 in each non-portable graph form (concat cache)."""
+    g = load_golden("seed_l384")
+    arts = {}
+    for form in ("ort-fused", "trt-attention"):
+        arts[form] = tmp_path_factory.mktemp("forms") / form
+        export_artifact(g.model, arts[form], ExportOptions(validate=False, first_frame_graph=False, graph_form=form))
+    return g, arts
+
+
+@needs_ort
+@pytest.mark.parametrize("form", ["ort-fused", "trt-attention"])
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("fp16", 5e-2)])
+def test_graph_forms_reproduce_golden_on_onnxruntime_cuda(golden_form_arts, form, precision, tol):
+    """The fused forms on the CUDA provider (MultiHeadAttention / Attention kernels, SkipLayerNorm
+    strict): the golden rollout within the tolerance of the precision, and CUDA graphs engage."""
+    g, arts = golden_form_arts
+    args = (g.frames()[:, :1], g.arrays["actions"], g.arrays["states"][:, :2], g.steps)
+    rt = open_runtime(arts[form], backend="onnxruntime", device="cuda", precision=precision)
+    assert rt.session.get_providers()[0] == "CUDAExecutionProvider"
+    out = rt.rollout(*args)
+    assert np.abs(out - g.z_ar()).max() < tol
+    if precision == "fp16":
+        graphs = open_runtime(arts[form], backend="onnxruntime", device="cuda", precision=precision, cuda_graphs=True)
+        assert graphs.graphs_in_use, f"onnxruntime refused CUDA graphs for the {form} step graph"
+        for _ in range(3):
+            assert np.abs(graphs.rollout(*args) - out).max() < 1e-3
+
+
 @needs_ort
 def test_onnxruntime_cuda_graphs_engage_and_replay_what_eager_computes(golden_art):
     g, art = golden_art

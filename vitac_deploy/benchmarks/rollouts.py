@@ -51,6 +51,8 @@ class BenchOptions:
     chunk: Optional[int] = None           # --plan: samples rolled out at once (default: all)
     cuda_graphs: str = "off"              # off, on or both (a row each): onnxruntime (CUDA) and tensorrt
     caches: Sequence[str] = ("concat",)   # KV cache contracts of the graph backends (a row each, side by side)
+    graph_forms: Sequence[str] = ("portable",)   # step-graph forms of the graph backends (a row each)
+    roofline_device: Optional[str] = None  # vitac_deploy.roofline key; None: the GPU's own, if it is a named one
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,8 +101,8 @@ def _time_rollout(fn: Callable[[Optional[Callable]], np.ndarray], repeats: int, 
     return float(np.median(totals)), (np.median(per_frame, axis=0) if per_frame else None), per_frame, out
 
 
-def _graphs_of(backend: str) -> bool:
-    """Whether `backend` runs the artifact's exported graphs (a row per cache contract)."""
+def runs_graphs(backend: str) -> bool:
+    """Whether `backend` runs the artifact's exported graphs (a row per cache contract and form)."""
     return registry.get(backend)[0].runs_exported_graphs
 
 
@@ -161,15 +163,36 @@ def does_not_fit(cfg, backend: str, batch: int, horizon: int, context: int, prec
             f"{'double-buffered' if double else 'in place'}), {free_bytes / 2**30:.1f} GiB free")
 
 
+def variant(cache: str, form: str = "portable") -> str:
+    """The key of an artifact (and of a row's graphs) by cache contract and graph form:
+    "concat", "static", "concat/ort-fused", ..."""
+    return cache if form == "portable" else f"{cache}/{form}"
+
+
+def _split(key: str) -> tuple[str, str]:
+    cache, _, form = key.partition("/")
+    return cache, form or "portable"
+
+
 def _label(backend: str, graphs: bool, opts: BenchOptions, cache: str = "concat") -> str:
     label = f"{backend}+graphs" if graphs else backend
-    return f"{label} static" if cache == "static" else label
+    contract, form = _split(cache)
+    label = f"{label} static" if contract == "static" else label
+    return label if form == "portable" else f"{label} {form}"
+
+
+def _runs(backend: str, cache: str, form: str) -> bool:
+    from ..graph_forms import FORMS
+
+    return form in registry.get(backend)[0].graph_forms and cache in FORMS[form].caches
 
 
 def _rows(opts: BenchOptions) -> list[tuple[str, bool, str]]:
-    """(backend, CUDA graphs, cache contract) of every row; contracts side by side per backend."""
+    """(backend, CUDA graphs, artifact key) of every row; cache contracts and graph forms side by
+    side per graph backend (a form a backend cannot run is skipped)."""
     return [(b, g, c) for b in opts.backends for g in _variants(b, opts)
-            for c in (opts.caches if _graphs_of(b) else ("concat",))]
+            for c in ([variant(c, f) for c in opts.caches for f in opts.graph_forms if _runs(b, c, f)]
+                      if runs_graphs(b) else ("concat",))]
 
 
 def _device_memory(rt, device: str) -> dict[str, Any]:
@@ -219,6 +242,18 @@ def check_options(opts: BenchOptions) -> None:
     bad = [c for c in opts.caches if c not in ("concat", "static")]
     if bad or not opts.caches:
         raise VitacError(f"--cache takes a comma list of concat, static, got {','.join(opts.caches)}")
+    from ..graph_forms import GRAPH_FORMS
+
+    bad = [f for f in opts.graph_forms if f not in GRAPH_FORMS]
+    if bad or not opts.graph_forms:
+        raise VitacError(f"--graph-form takes a comma list of {', '.join(GRAPH_FORMS)}, got {','.join(opts.graph_forms)}")
+    if any(runs_graphs(b) for b in opts.backends) and not [r for r in _rows(opts) if runs_graphs(r[0])]:
+        raise VitacError("no graph form of --graph-form runs with these --backend and --cache (ort-fused: onnxruntime, "
+                         "concat cache)")
+    if opts.roofline_device is not None:
+        from ..roofline import roofline_device
+
+        roofline_device(opts.roofline_device)
     if opts.plan is not None:
         opts.plan.check()
         if opts.chunk is not None and opts.chunk < 1:
@@ -235,11 +270,13 @@ def run_bench(model, artifact, opts: BenchOptions, say: Callable[[str], None] = 
     check_options(opts)
     if not isinstance(artifact, dict):
         from ..artifacts import cache_contract, read_manifest
+        from ..graph_forms import graph_form
 
-        artifact = {cache_contract(read_manifest(artifact)): Path(artifact)}
-    missing = [c for c in opts.caches if c not in artifact]
-    if missing and any(_graphs_of(b) for b in opts.backends):
-        raise VitacError(f"no artifact with the {', '.join(missing)} cache contract to bench")
+        manifest = read_manifest(artifact)
+        artifact = {variant(cache_contract(manifest), graph_form(manifest)): Path(artifact)}
+    missing = sorted({c for b, _, c in _rows(opts) if runs_graphs(b) and c not in artifact})
+    if missing:
+        raise VitacError(f"no artifact with the {', '.join(missing)} cache contract / graph form to bench")
     artifact = {**artifact, "any": next(iter(artifact.values()))}   # torch rows read the weights of any
     cfg = model.cfg
     C = 1 if opts.plan else opts.context
@@ -276,7 +313,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
     for B in opts.batches:
         rows = _rows(opts)
         free = _free_device_bytes() if opts.device == "cuda" else None
-        misfits = {(b, g, c): does_not_fit(cfg, b, B, H, C, opts.precision, free, c) for b, g, c in rows}
+        misfits = {(b, g, c): does_not_fit(cfg, b, B, H, C, opts.precision, free, _split(c)[0]) for b, g, c in rows}
         for (b, g, c), why in misfits.items():
             if why:
                 say(f"batch {B}: {_label(b, g, opts, c)} skipped, {why}")
@@ -299,7 +336,7 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
             if opts.device == "cuda":
                 _free_device_bytes()   # torch's cached blocks (the baseline's) back to the driver first
             _reset_peak_rss()
-            rt = _open(artifact[cache if _graphs_of(backend) else "any"], backend, opts, B, workdir, say,
+            rt = _open(artifact[cache if runs_graphs(backend) else "any"], backend, opts, B, workdir, say,
                        graphs, max_frames=F, cache=cache)
 
             def run(cb, rt=rt):
@@ -321,7 +358,14 @@ def _bench_rollouts(baseline, artifact, opts: BenchOptions, result, workdir: Pat
                 "baseline_rollout_ms": b_time * 1e3 if b_time else None,
                 "speedup_vs_baseline": b_time / r_time if b_time else None,
                 "max_abs_vs_baseline": float(np.abs(out - ref).max()) if ref is not None else None,
+                "graph_form": _split(cache)[1] if runs_graphs(backend) else None,
             })
+            if runs_graphs(backend):
+                from ..exporters.cost import rollout_cost
+
+                r = _roofline(result, opts, f"{cache}@b{B}", artifact[cache],
+                              lambda a, B=B: rollout_cost(a, opts.precision, B, F))
+                result["entries"][-1].update(roofline_s=r["seconds"], roofline_device=r["device"])
             _close(rt)
             # the next row's peak RSS must not hold this runtime's session (weights, arena): drop it first
             del rt, run, out
@@ -363,7 +407,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
     for backend, graphs, cache in _rows(opts):
         label = _label(backend, graphs, opts, cache)
         _reset_peak_rss()
-        rt = _open(artifact[cache if _graphs_of(backend) else "any"], backend, opts, opts.chunk or p.samples,
+        rt = _open(artifact[cache if runs_graphs(backend) else "any"], backend, opts, opts.chunk or p.samples,
                    workdir, say, graphs, max_frames=p.rollout, cache=cache)
         res = timed(rt, label)
         entry = {
@@ -378,7 +422,15 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
             "kv_cache_mib": cfg.kv_bytes_per_frame(get_precision(opts.precision).bytes) * p.rollout * res.chunk / 2**20,
             "baseline_plan_s": base.seconds if base else None,
             "speedup_vs_baseline": base.seconds / res.seconds if base else None,
+            "graph_form": _split(cache)[1] if runs_graphs(backend) else None,
         }
+        if runs_graphs(backend):
+            from ..exporters.cost import plan_cost
+
+            art = artifact[cache]
+            r = _roofline(result, opts, cache, art, lambda a: plan_cost(a, opts.precision, p.samples, p.rollout,
+                                                                         p.cem_steps, opts.chunk or p.samples))
+            entry["roofline_s"], entry["roofline_device"] = r["seconds"], r["device"]
         if base is not None:
             # same draws: step 0 scores the same samples, so its energies compare one to one; later
             # steps agree as long as the elites do (samples within rounding can swap places)
@@ -392,6 +444,28 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
         del rt, res   # as in _bench_rollouts: nothing of this row stays for the next row's peak RSS
         gc.collect()
         on_row(result)
+
+
+def _roofline(result: dict[str, Any], opts: BenchOptions, key: str, artifact: Path, cost) -> dict[str, Any]:
+    """The graph cost model's roofline of a row's graphs (`exporters.cost`), once per artifact key:
+    on the named device (--roofline-device, or the GPU's own when it is a named one) and on all."""
+    cache = result.setdefault("roofline", {})
+    if key not in cache:
+        from ..roofline import device_for_gpu
+
+        try:
+            c = cost(artifact)
+        except ImportError:   # onnx is not installed: no cost model
+            cache[key] = {"device": None, "seconds": None}
+            return cache[key]
+        from ..exporters.cost import plan_summary
+
+        summary = plan_summary(c)
+        device = opts.roofline_device or device_for_gpu(result["machine"].get("gpu"))
+        cache[key] = {"device": device, "seconds": summary["roofline_s"].get(device) if device else None,
+                      "kernels_per_frame": c.kernels_per_frame[0], "bytes": c.nbytes, "flops": c.flops,
+                      "per_device_s": summary["roofline_s"]}
+    return cache[key]
 
 
 def _close(rt) -> None:

@@ -275,7 +275,7 @@ def _fitting_chunk(runtime, budget, horizon: int, samples: int) -> int:
     fit = largest_chunk(runtime.cfg, int(budget), frames, samples, **kw)
     if fit == 0:
         raise VitacError(f"not even one sample fits a budget of {_size(budget)} with this runtime "
-                         f"(max_frames {frames}; see `vitac-deploy info --plan-samples`)")
+                         f"(max_frames {frames}; see `vitac-deploy info --samples`)")
     max_batch = getattr(runtime, "max_batch", None)
     if max_batch is not None and max_batch > fit:
         best = largest_chunk(runtime.cfg, int(budget), horizon, samples, **kw)   # opened for the horizon alone

@@ -58,6 +58,7 @@ class Backend:
     memory_layout: Optional[MemoryLayout] = None
     runs_exported_graphs: bool = False       # runs the artifact's step graphs (a bench row per cache contract)
     needs_first_frame_graph: bool = False    # its default build reads first*.onnx
+    graph_forms: tuple[str, ...] = ("portable",)   # the step-graph forms it runs (vitac_deploy.graph_forms)
     variants: dict[str, dict[str, Any]] = {}  # other names it answers to, with the options they imply
 
     @property

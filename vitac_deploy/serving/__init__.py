@@ -29,7 +29,7 @@ def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str,
     """Open ARTIFACT as `vitac-deploy plan` does (encoder in ARTIFACT/encoder or `encoder`) and wrap it
     in a PlanService. `max_batch`: rows rolled out at once (default samples x max_robots: every
     robot of a full batch in one rollout per CEM step; lower it where memory is short: see
-    `vitac-deploy info --plan-samples`). The runtime's cache is sized for `cem.rollout` frames."""
+    `vitac-deploy info --samples`). The runtime's cache is sized for `cem.rollout` frames."""
     from ..runtimes import open_models
 
     cem = cem or CEMOptions()

@@ -57,12 +57,16 @@ def version_tuple(version: str) -> tuple[int, int]:
     return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
 
-def cuda_provider_options(cuda_graphs: bool, tf32: bool) -> dict[str, str]:
+def cuda_provider_options(cuda_graphs: bool, tf32: bool, strict_skip_norm: bool = False) -> dict[str, str]:
     """CUDA execution provider options. TF32 is ONNX Runtime's default for float32 MatMuls on Ampere
-    and newer; it would break the fp32 tolerance (1e-4), so it is off unless asked for."""
+    and newer; it would break the fp32 tolerance (1e-4), so it is off unless asked for.
+    `strict_skip_norm`: SkipLayerNormalization with float32 statistics (its strict mode; the default
+    kernel accumulates float16 inputs in float16 in ONNX Runtime releases before May 2026)."""
     opts = {"use_tf32": "1" if tf32 else "0"}
     if cuda_graphs:
         opts["enable_cuda_graph"] = "1"
+    if strict_skip_norm:
+        opts["enable_skip_layer_norm_strict_mode"] = "1"
     return opts
 
 
@@ -98,8 +102,9 @@ class OnnxRuntimeRuntime(Runtime):
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None,
                  session_options: Any = None, threads: Optional[int] = None, cuda_graphs: bool = False,
                  tf32: bool = False, energy_graph: Optional[str | Path] = None, cache: str = "concat",
-                 cache_frames: Optional[int] = None):
+                 cache_frames: Optional[int] = None, graph_form: str = "portable"):
         self.cache = check_cache(cache)
+        self.graph_form = graph_form   # vitac_deploy.graph_forms: ort-fused turns on strict SkipLayerNormalization
         if cache == "static":   # the buffer length is fixed in the graph: rollouts fit within it
             cache_frames = cache_frames or cfg.max_frames
             if max_frames is not None and max_frames > cache_frames:
@@ -188,7 +193,8 @@ class OnnxRuntimeRuntime(Runtime):
         ort = self._ort
         providers: list = ["CPUExecutionProvider"]
         if self.device == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(cuda_graphs, self._tf32)))
+            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(
+                cuda_graphs, self._tf32, strict_skip_norm=self.graph_form == "ort-fused")))
             if cuda_graphs:
                 providers = providers[:1]   # graphs need every node on CUDA: no CPU fallback
         try:
@@ -391,7 +397,8 @@ class OnnxRuntimeRuntime(Runtime):
 
     def describe(self) -> str:
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
-        return f"{self.backend} ({self.device}, {self.precision}, {self.cache} cache{graphs})"
+        form = f", {self.graph_form} graphs" if self.graph_form != "portable" else ""
+        return f"{self.backend} ({self.device}, {self.precision}, {self.cache} cache{form}{graphs})"
 
 
 def energy_graph_path(artifact: Path, manifest: dict[str, Any]) -> Optional[Path]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, past_names, rope_rows, static_max_len, static_rows
+from ...graph_forms import graph_form
 from ...errors import VitacError, first_line
 from ...artifacts import cache_contract, file_digest
 from ..arrays import DeviceArray, DeviceFrames
@@ -57,6 +58,7 @@ class TensorRTRuntime(Runtime):
         cfg = PredictorConfig.from_dict(manifest["config"])
         self.cache = cache_contract(manifest)
         check_kv_cache_support(trt, flavour, self.cache)   # before anything is deserialized
+        self.graph_form = graph_form(manifest)            # what the engines were built from (describe)
         flags = manifest.get("build_flags", {})
         engine_batch = flags.get("batch", [1, 1, 1])[2]
         engine_frames = flags.get("max_frames", cfg.max_frames)
@@ -393,7 +395,8 @@ class TensorRTRuntime(Runtime):
 
     def describe(self) -> str:
         graphs = "CUDA graphs" if self.cuda_graphs or self._rtx_graphs else "no CUDA graphs"
-        return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {self.cache} cache, {graphs})"
+        form = f", {self.graph_form} graphs" if self.graph_form != "portable" else ""
+        return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {self.cache} cache{form}, {graphs})"
 
     @property
     def weight_copies(self) -> int:

@@ -20,6 +20,7 @@ class TorchBackend(Backend):
     opens = (PREDICTOR, ENCODER)
     devices = ("cpu", "cuda")
     cache_contracts = ()   # its own preallocated cache, written in place; no ONNX contract
+    graph_forms = ("portable", "ort-fused", "trt-attention")   # it reads the weights only
     # counted as ONNX Runtime's (two cache arenas, three frame buffers): an upper bound of what it holds
     memory_layout = MemoryLayout(frame_buffers=3, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
     variants = {"torch-compile": {"compile": True}}   # the reference under torch.compile
