@@ -105,7 +105,9 @@ def test_bench_rows_reach_disk_one_by_one_and_misfits_are_named():
     assert does_not_fit(cfg, "onnxruntime", 400, 7, 1, "fp16", None) is None   # unknown: try it
     why = does_not_fit(cfg, "onnxruntime", 400, 7, 1, "fp16", need - 1)
     assert why.startswith("does not fit: needs about") and f"{need / 2**30:.1f} GiB" in why
-    assert np.isclose(need / 2**30, 62.7, atol=0.1)   # what the H200 run allocated successfully in run 2
+    # what the H200 run allocated successfully in run 2 (62.7 GiB), plus the input-features buffer a
+    # staged context is broadcast into since (400 x 256 x 1024 float32)
+    assert np.isclose(need / 2**30, 62.7 + 400 * 256 * 1024 * 4 / 2**30, atol=0.1)
 
 
 def test_bench_both_cache_contracts_side_by_side(tmp_path):
@@ -120,7 +122,7 @@ def test_bench_both_cache_contracts_side_by_side(tmp_path):
     assert p.returncode == 0, p.stderr
     r = json.loads(out.read_text())
     rows = {(e["backend"], e["cache"]): e for e in r["entries"]}
-    assert set(rows) == {("onnxruntime", "concat"), ("onnxruntime static", "static"), ("torch", "reference")}
+    assert set(rows) == {("onnxruntime", "concat"), ("onnxruntime static", "static"), ("torch", "in-place")}
     concat, static = rows[("onnxruntime", "concat")], rows[("onnxruntime static", "static")]
     assert static["cache_bytes"] * 2 == concat["cache_bytes"] > 0
     assert all(e["max_abs_vs_baseline"] < 1e-4 and e["peak_host_rss_mib"] > 0 for e in rows.values())

@@ -13,15 +13,21 @@ from ..config import PredictorConfig
 from ..errors import BackendUnavailable, VitacError
 from ..manifest import cache_contract, graph_names, read_engine_manifest, read_manifest, verify_files
 from .base import Runtime
+from .staging import HostTraffic, StagedContext
 
-__all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS"]
+__all__ = ["Runtime", "open_runtime", "available_backends", "BACKENDS", "StagedContext", "HostTraffic"]
 
 log = logging.getLogger("vitac_deploy")
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# torch: the fast path (runtimes/torch/fast.py); torch-compile: the same under torch.compile;
+# torch-reference: the reference model itself, the parity baseline (runtimes/torch/backend.py)
+BACKENDS = ("onnxruntime", "torch", "torch-compile", "torch-reference", "tensorrt")
+_LIBRARY = {"onnxruntime": "onnxruntime", "torch": "torch", "torch-compile": "torch", "torch-reference": "torch",
+            "tensorrt": "tensorrt"}
+TORCH_BACKENDS = ("torch", "torch-compile", "torch-reference")
 
 
 def available_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(b)]
+    return [b for b in BACKENDS if importlib.util.find_spec(_LIBRARY[b])]
 
 
 def _auto_backend(device: str) -> str:
@@ -47,7 +53,10 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
     """Open an export artifact directory (onnxruntime, torch) or a TensorRT engine (ENGINE.plan,
     with its ENGINE.plan.json) with a backend; "auto" picks the best one available and logs which.
     device defaults to cpu for artifacts and cuda for engines; precision to fp32 on cpu and fp16
-    on cuda. `options` go to the backend (e.g. cuda_graphs=True, tf32=True).
+    on cuda. `options` go to the backend (e.g. cuda_graphs=True, tf32=True; torch and torch-compile:
+    compile=MODE, cuda_graphs=True). Backends: onnxruntime, torch (the fast PyTorch path),
+    torch-compile (it under torch.compile, mode "default" unless compile= says), torch-reference (the
+    reference model, the parity baseline; compile=True runs its blocks under torch.compile), tensorrt.
 
     The manifest's seal is always checked; with `verify` (the default) every file the runtime reads
     is hashed against the manifest first (cached in-process by file identity and change time, so a
@@ -71,10 +80,8 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
     if backend == "auto":
         backend = _auto_backend(device)
         log.info("runtime backend: %s", backend)
-    if backend == "torch-compile":   # the reference under torch.compile
-        backend, options = "torch", {**options, "compile": True}
     if backend not in BACKENDS:
-        raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)}, torch-compile)")
+        raise VitacError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRuntime
         from .onnxruntime.backend import energy_graph_path
@@ -89,12 +96,18 @@ def open_runtime(path: str | Path, backend: str = "auto", device: Optional[str] 
         return OnnxRuntimeRuntime(p / manifest["graphs"][key]["file"], cfg, precision, device,
                                   max_batch, max_frames, energy_graph=energy_graph_path(p, manifest), cache=cache,
                                   cache_frames=manifest["cache"]["frames"] if cache == "static" else None, **options)
-    if backend == "torch":
-        from .torch import TorchRuntime
-
+    if backend in TORCH_BACKENDS:
         if verify:
             verify_files(p, manifest, graph_names(manifest, ("step.fp32",)))
-        return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames, **options)
+        if backend == "torch-reference":
+            from .torch import TorchRuntime
+
+            return TorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames, **options)
+        from .torch.fast import FastTorchRuntime
+
+        if backend == "torch-compile":
+            options = {**options, "compile": options.get("compile") or "default"}
+        return FastTorchRuntime.from_artifact(p, manifest, precision, device, max_batch, max_frames, **options)
     raise VitacError(f"the tensorrt backend runs TensorRT engines: build one with `vitac-deploy build-engine "
                      f"{p} --out ENGINE.plan` and open ENGINE.plan")
 
