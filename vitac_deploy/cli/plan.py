@@ -53,7 +53,9 @@ def open_models(artifact: Path, encoder: Optional[Path], backend: str, device: s
     rt = open_runtime(artifact, backend=backend, device=device, precision=precision, max_batch=max_batch,
                       max_frames=max_frames)
     enc_path = find_encoder(artifact, encoder)
-    enc_backend = backend if backend in ("onnxruntime", "torch") else "auto"
+    # the torch predictor backends go with the torch encoder (one library, one device)
+    enc_backend = {"onnxruntime": "onnxruntime", "torch": "torch", "torch-compile": "torch",
+                   "torch-reference": "torch"}.get(backend, "auto")
     enc = open_encoder(enc_path, backend=enc_backend, device=device, precision=rt.precision)
     if enc.cfg.embed_dim != rt.cfg.embed_dim:
         raise VitacError(f"the encoder at {enc_path} gives {enc.cfg.embed_dim}-dim features but the predictor "
@@ -107,7 +109,8 @@ _OBS = typer.Option(..., "--observation", help="Current camera frame: PNG/JPEG, 
 _GOAL = typer.Option(..., "--goal", help="Goal image (same forms). Repeatable; the last frame is the goal.")
 _POSE = typer.Option(..., "--pose", help="Current pose (state), comma list: x,y,z,rx,ry,rz,g for 7-dim models.")
 _ENC = typer.Option(None, "--encoder", help="Encoder artifact (default ARTIFACT/encoder).")
-_BACKEND = typer.Option("auto", "--backend", help="auto, onnxruntime or torch (or an ENGINE.plan as ARTIFACT).")
+_BACKEND = typer.Option("auto", "--backend", help="auto, onnxruntime, torch (the fast PyTorch path), torch-compile or "
+                                                  "torch-reference (the reference model); or an ENGINE.plan as ARTIFACT.")
 _DEVICE = typer.Option("cpu", "--device", help="cpu or cuda.")
 _PREC = typer.Option(None, "--precision", help="fp32 or fp16 (default fp32 on cpu, fp16 on cuda).")
 

@@ -79,7 +79,8 @@ def rollout(
     path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     inputs: Path = typer.Option(..., "--inputs", help="NPZ with features [B,C,N,D] (raw), actions, states[, extrinsics]."),
     out: Path = typer.Option(..., "--out", help="NPZ to write: predictions [B,H,N,D] and timing."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch, tensorrt."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, torch, torch-compile, torch-reference, "
+                                                          "tensorrt."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on cuda)."),
     horizon: Optional[int] = typer.Option(None, "--horizon", help="Frames to predict (default: from the actions)."),
@@ -133,7 +134,8 @@ def validate(
     config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or torch (engines: tensorrt)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, torch (the fast PyTorch path), "
+                                "torch-compile or torch-reference (the reference model); engines: tensorrt."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines)."),
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="Comma list of precisions to check (default: every one the artifact has; an engine's own)."),
