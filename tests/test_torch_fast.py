@@ -97,6 +97,9 @@ def test_a_lone_last_frame_writes_no_cache(small):
     rt.reset(2)
     rt.append(ctx[:, 0], acts[:, 0], states[:, 0], ext[:, 0])   # streaming writes every frame's K/V
     assert rt.fast.k0.abs().sum() > 0
+    rt.rollout(ctx, acts, states, 1, ext)    # slot 0 holds the stream's frame, not this rollout's
+    with pytest.raises(VitacError, match="reset before appending"):
+        rt.append(out[:, 0], acts[:, 0], states[:, 0], ext[:, 0])
 
 
 def test_shared_context_runs_once_and_is_broadcast(small):

@@ -290,8 +290,7 @@ class FastTorchRuntime(Runtime):
                 self._replay(key)
             else:
                 self._frame(*key)
-        if write:
-            self._written = t + 1
+        self._written = t + 1 if write else t   # slot t now holds this frame, or nothing of this rollout
         self._raw_cur = 1 - self._raw_cur
 
     def _replay(self, key: tuple) -> None:
