@@ -32,7 +32,6 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ...config import PredictorConfig
 from ...errors import BackendUnavailable, VitacError
 from ...rope import all_frame_tables
 from ..base import Runtime
