@@ -33,6 +33,10 @@ class RooflineDevice:
 
 
 ROOFLINE_DEVICES: dict[str, RooflineDevice] = {
+    "h100-pcie": RooflineDevice(
+        "H100 PCIe", 2.0, 756.5, 51.2,
+        "NVIDIA H100 Tensor Core GPU datasheet (PCIe): 2 TB/s HBM2e, FP16 tensor 1,513 TFLOPS with sparsity "
+        "(756.5 dense), FP32 51 TFLOPS", ("h100 pcie", "h100-pcie")),
     "h100": RooflineDevice(
         "H100 SXM", 3.35, 989.4, 66.9,
         "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 3.35 TB/s HBM3, FP16 tensor 1,979 TFLOPS with sparsity "

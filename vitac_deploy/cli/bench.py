@@ -30,7 +30,8 @@ def bench(
     preset: Optional[str] = typer.Option(None, "--preset", help="Benchmark seeded random weights of a preset."),
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig or upstream kwargs JSON."),
     backend: list[str] = typer.Option(["onnxruntime", "torch"], "--backend",
-                                      help="onnxruntime, torch, torch-compile, tensorrt (repeatable)."),
+                                      help="onnxruntime, torch (the fast PyTorch path), torch-compile, "
+                                           "torch-reference (the reference model), tensorrt (repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on "
                                                                       "cuda; the baseline uses the same)."),
@@ -48,7 +49,15 @@ def bench(
     cem_steps: Optional[int] = typer.Option(None, "--cem-steps", help="--plan: CEM steps (default 10)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="--plan: samples rolled out at once (default: all)."),
     cuda_graphs: str = typer.Option("off", "--cuda-graphs",
-                                    help="off, on, or both (a row each): onnxruntime on cuda and tensorrt."),
+                                    help="off, on, or both (a row each): onnxruntime on cuda, tensorrt, torch, "
+                                         "torch-compile."),
+    compile_mode: str = typer.Option("default", "--compile-mode",
+                                     help="torch-compile rows: a comma list of torch.compile modes (default, "
+                                          "reduce-overhead, max-autotune, max-autotune-no-cudagraphs), a row each."),
+    context_staging: str = typer.Option("staged", "--context-staging",
+                                        help="--plan: staged (the observation staged once per plan on the runtime), "
+                                             "host (sent with every rollout, as before), or both as a comma list "
+                                             "(a row each)."),
     cache: Optional[str] = typer.Option(None, "--cache",
                                         help="KV cache contracts of the onnxruntime/tensorrt rows, a comma list of "
                                              "concat, static (a row each, side by side; default: the artifact's, "
@@ -113,7 +122,9 @@ def bench(
     opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch or "1", "--batch"),
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
                         seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs, caches=caches, graph_forms=forms,
-                        roofline_device=roofline_device)
+                        roofline_device=roofline_device,
+                        compile_modes=[m.strip() for m in compile_mode.split(",") if m.strip()],
+                        context_staging=[s.strip() for s in context_staging.split(",") if s.strip()])
     check_options(opts)
     for flag, target in (("--json", json_out), ("--plot", plot)):   # before minutes of benchmarking
         if target is not None:
@@ -203,12 +214,17 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
         table = Table(title=f"upstream CEM plan: {p.samples} samples x top {p.topk} x {p.cem_steps} steps x horizon "
                             f"{p.rollout}, {cfg.num_parameters():,}-parameter model, {where}, {opts.precision}; "
                             f"baseline = torch full recompute, host scoring, same draws, same run", header_style="bold")
-        for col in ("backend", "chunk", "plan", _roofline_col(result, opts), "per step", "TFLOP/s", "speedup",
-                    "energy diff", "same elites", "action diff", "device MiB"):
+        for col in ("backend", "chunk", "plan", _roofline_col(result, opts), "per step", "TFLOP/s", "% FLOP peak",
+                    "% byte peak", "host->dev B/step", "dev->host B/step", "speedup", "energy diff", "same elites",
+                    "action diff", "device MiB"):
             table.add_column(col, justify="right")
+        pct = lambda x: _fmt(None if x is None else 100 * x, ".1f")  # noqa: E731
         for e in result["entries"]:
             table.add_row(e["backend"], str(e["batch"]), f"{e['plan_s']:.2f} s", _roofline_cell(e, e["plan_s"]),
                           f"{e['step_s_median'] * 1e3:.0f} ms", f"{e['tflops_per_s']:.3f}",
+                          pct(e.get("flop_fraction_of_peak")),
+                          pct(e.get("byte_fraction_of_peak")), _fmt(e.get("host_to_device_bytes_per_step"), ","),
+                          _fmt(e.get("device_to_host_bytes_per_step"), ","),
                           _fmt(e["speedup_vs_baseline"], ".2f") + ("x" if e["speedup_vs_baseline"] else ""),
                           _fmt(e.get("energy_max_abs_step0"), ".1e"),
                           {True: "yes", False: "no", None: "-"}[e.get("same_elites_every_step")],
@@ -216,7 +232,8 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
         if "plan" in result["baseline"]:
             b = result["baseline"]["plan"]
             table.add_row("baseline", str(b["chunk"]), f"{b['plan_s']:.2f} s", "-", f"{b['step_s_median'] * 1e3:.0f} ms",
-                          f"{result['plan']['upstream_flops'] / b['plan_s'] / 1e12:.3f}", "1.00x", "0", "-", "0", "-")
+                          f"{result['plan']['upstream_flops'] / b['plan_s'] / 1e12:.3f}", "-", "-", "-", "-", "1.00x",
+                          "0", "-", "0", "-")
         console.print(table)
         spread = result["baseline"].get("plan", {}).get("energy_spread_step0")
         if spread is not None and any(e.get("same_elites_every_step") is False for e in result["entries"]):
@@ -225,7 +242,12 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
                           f"checks the plan itself)")
         console.print(f"FLOPs of one plan: {result['plan']['flops'] / 1e12:.2f} TFLOP with the KV cache, "
                       f"{result['plan']['upstream_flops'] / 1e12:.2f} TFLOP the upstream way "
-                      f"(TFLOP/s column: each row's own FLOPs / its time)")
+                      f"(TFLOP/s column: each row's own FLOPs / its time); device-memory bytes by the model "
+                      f"(planning/traffic.py, a lower bound): {result['plan']['bytes_model'] / 1e9:.1f} GB")
+        peak = result["plan"].get("peak")
+        console.print(f"% of peak against {peak['name']} ({peak['fp16_dense_tflops']} TFLOP/s fp16, {peak['fp32_tflops']} "
+                      f"fp32, {peak['bandwidth_tb_s']} TB/s; datasheet)" if peak else
+                      "% of peak: this device's peak is not known (CPU, or a GPU not in vitac_deploy/roofline.py)")
         _roofline_note(console, result)
         return
     table = Table(title=f"{cfg.num_parameters():,}-parameter model, {opts.context} context + {opts.horizon} predicted "

@@ -17,7 +17,8 @@ _CEM = CEMOptions()
 def backend(default: Optional[str] = "auto", what: str = "") -> Any:
     """--backend (open_runtime's `backend`): a registered backend, or auto."""
     return typer.Option(default, "--backend",
-                        help=what or "auto, onnxruntime, torch, torch-compile (an ENGINE.plan runs on tensorrt).")
+                        help=what or "auto, onnxruntime, torch (the fast PyTorch path), torch-compile, torch-reference "
+                                     "(the reference model); an ENGINE.plan runs on tensorrt.")
 
 
 DEVICE = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines).")            # device

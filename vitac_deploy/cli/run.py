@@ -78,7 +78,8 @@ def validate(
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
     seed: int = o.WEIGHT_SEED,
     # the deployment gate checks the exported graphs: ONNX Runtime unless told otherwise
-    backend: Optional[str] = o.backend(None, "onnxruntime (default) or torch; an ENGINE.plan runs on tensorrt."),
+    backend: Optional[str] = o.backend(None, "onnxruntime (default), torch, torch-compile or torch-reference; an "
+                                             "ENGINE.plan runs on tensorrt."),
     device: Optional[str] = o.DEVICE,
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="Comma list of precisions to check (default: every one the artifact has; an engine's own)."),

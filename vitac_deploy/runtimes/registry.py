@@ -66,6 +66,10 @@ class Backend:
         """The precisions it runs (the precision model says which backends run each)."""
         return tuple(p.name for p in PRECISIONS.values() if self.name in p.backends)
 
+    def has_cuda_graphs(self, options: dict[str, Any]) -> bool:
+        """Whether it replays frames as CUDA graphs when opened with `options` (a variant's)."""
+        return self.cuda_graphs
+
     def installed(self) -> bool:
         return importlib.util.find_spec(self.library) is not None
 

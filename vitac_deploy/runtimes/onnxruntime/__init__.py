@@ -23,8 +23,9 @@ class OnnxRuntimeBackend(Backend):
     graph_forms = ("portable", "ort-fused", "trt-attention")
     cuda_graphs = True
     runs_exported_graphs = True
-    # a prediction and two raw predictions in device memory; the weights once (one session)
-    memory_layout = MemoryLayout(frame_buffers=3, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
+    # the staged input features, a prediction and two raw predictions in device memory; the weights
+    # once (one session)
+    memory_layout = MemoryLayout(frame_buffers=4, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
 
     def available(self, device: str) -> bool:
         if not super().available(device):
