@@ -118,8 +118,9 @@ class Policy:
         want = b"Api-Key " + self._api_key
         if len(values) == 1 and hmac.compare_digest(str(values[0]).encode("utf-8", "replace"), want):
             return
-        why = "missing" if not values else ("wrong" if len(values) == 1 else f"{len(values)} Authorization headers, one")
-        self.refusals.warning("auth", f"refused a connection from {peer}: {why} API key")
+        why = ("missing API key" if not values else "wrong API key" if len(values) == 1 else
+               f"{len(values)} Authorization headers (one expected)")
+        self.refusals.warning("auth", f"refused a connection from {peer}: {why}")
         raise Refusal(401, f"missing or wrong API key ({AUTH_HINT})")
 
     def check_room(self, peer: Any = None) -> None:
