@@ -901,7 +901,10 @@ _SERVE: dict = {}
 def serve_scene() -> dict:
     """A tiny artifact with its encoder, camera frames and a goal, made once inside ROOT."""
     if not _SERVE:
-        from vitac_deploy.serving.bench import robot_requests, tiny_artifact
+        try:
+            from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact
+        except ImportError:   # a tree from before benchmarks/
+            from vitac_deploy.serving.bench import robot_requests, tiny_artifact
 
         d = ROOT / "serve"
         d.mkdir()

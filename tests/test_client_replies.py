@@ -20,7 +20,7 @@ from websockets.sync.server import serve as sync_serve  # noqa: E402
 
 from tests.test_serving import CEM, Alone, start  # noqa: E402
 from vitac_deploy.client import PolicyClient, PolicyError, packb, unpackb  # noqa: E402
-from vitac_deploy.serving.bench import robot_requests, tiny_artifact  # noqa: E402
+from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact  # noqa: E402
 
 
 @pytest.fixture(scope="module")

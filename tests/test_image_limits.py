@@ -15,7 +15,7 @@ from tests.test_landscape_bounds import PEAK
 from vitac_deploy import VitacError
 from vitac_deploy.encoder import read_images
 from vitac_deploy.encoder.preprocess import MAX_IMAGE_PIXELS
-from vitac_deploy.serving.bench import tiny_artifact
+from vitac_deploy.benchmarks.serving import tiny_artifact
 
 Image = pytest.importorskip("PIL.Image")
 

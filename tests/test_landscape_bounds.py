@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitac_deploy.serving.bench import robot_requests, tiny_artifact
+from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact
 
 PEAK = """
 import runpy, sys

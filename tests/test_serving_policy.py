@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus  # noqa: E402
 from tests.test_serving import CEM, connect, start  # noqa: E402
 from vitac_deploy.client import PolicyClient, packb, unpackb  # noqa: E402
 from vitac_deploy.serving import ServeOptions  # noqa: E402
-from vitac_deploy.serving.bench import robot_requests, tiny_artifact  # noqa: E402
+from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact  # noqa: E402
 
 
 @pytest.fixture(scope="module")
