@@ -73,7 +73,7 @@ def test_chunks_do_not_change_the_energies(scene):
     from vitac_deploy.encoder import read_images
     from vitac_deploy.planning.landscape import energy_landscape
     from vitac_deploy.runtimes import open_runtime
-    from vitac_deploy.runtimes.encoder import open_encoder
+    from vitac_deploy.runtimes import open_encoder
 
     d, art = scene
     rt, enc = open_runtime(art, backend="onnxruntime"), open_encoder(art / "encoder", backend="onnxruntime")
