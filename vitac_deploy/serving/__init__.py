@@ -2,6 +2,7 @@
 
 - `protocol`: request keys and checks, metadata, replies (no transport).
 - `batching`: `PlanService`, several robots' requests planned together (no transport).
+- `policy`: what every transport shares (`Policy`: auth, atomic admission, error lines, refusal logs).
 - `server`: the websocket transport (`PolicyServer`), needs the `serve` extra (websockets, msgpack).
 - `ray_serve`: the same as Ray Serve replicas (`serve_ray`), needs the `ray` extra.
 """
