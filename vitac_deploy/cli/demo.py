@@ -23,7 +23,7 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="Keep the artifact here (default: a temp dir)."),
     horizon: int = typer.Option(7, "--horizon", help="Frames to predict from 1 context frame."),
     batch: int = typer.Option(1, "--batch", help="Trajectories rolled out at once."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the weights and inputs."),
+    seed: int = o.seed("Seed of the weights and inputs."),
     encoder: str = typer.Option("vit-l-demo", "--encoder", help="Encoder preset of the camera stage (random weights)."),
     samples: int = typer.Option(8, "--samples", help="CEM samples of the planning stage (0: skip it)."),
     cem_steps: int = typer.Option(2, "--cem-steps", help="CEM steps of the planning stage."),

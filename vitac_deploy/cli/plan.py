@@ -25,7 +25,7 @@ def plan(
     momentum_mean: float = o.MOMENTUM_MEAN, momentum_mean_gripper: float = o.MOMENTUM_MEAN_GRIPPER,
     momentum_std: float = o.MOMENTUM_STD, momentum_std_gripper: float = o.MOMENTUM_STD_GRIPPER,
     maxnorm: float = o.MAXNORM, close_gripper: Optional[int] = o.CLOSE_GRIPPER,
-    seed: int = typer.Option(0, "--seed", help="Seed of the CEM draws."),
+    seed: int = o.seed("Seed of the CEM draws."),
     noise: Optional[Path] = typer.Option(None, "--noise", help="Replay these draws (.npz cem_noise) instead of --seed."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples rolled out at once (default: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan and its figures here."),

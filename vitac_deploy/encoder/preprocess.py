@@ -28,6 +28,7 @@ STD = np.array([0.229, 0.224, 0.225])
 # A frame larger than this is refused before it is decoded (8K UHD is 33 Mpx; Pillow's own bomb
 # limit is 179 Mpx): a 236 KB PNG of 9000 x 9000 decodes to 243 MB.
 MAX_IMAGE_PIXELS = 40_000_000
+MIN_IMAGE_SIDE = 2   # the smallest frame the crop and resize sample (every entry point: plan, serve, Python)
 
 
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -57,9 +58,21 @@ def _check_images(images: np.ndarray) -> np.ndarray:
         raise VitacError(f"images must be [B, T, H, W, 3] or [T, H, W, 3], got shape {list(images.shape)}")
     if images.shape[-1] != 3:
         raise VitacError(f"images must have 3 channels (RGB) last, got shape {list(images.shape)}")
-    if 0 in images.shape:
-        raise VitacError(f"images must not be empty, got shape {list(images.shape)}")
+    if 0 in images.shape[:2]:
+        raise VitacError(f"images must hold at least one frame, got shape {list(images.shape)}")
+    check_frame_size("images", images.shape[2], images.shape[3])
     return images
+
+
+def check_frame_size(what: str, height: int, width: int) -> None:
+    """One rule for a camera frame's size, wherever it comes from (a file, an array, a request):
+    at least MIN_IMAGE_SIDE pixels each way, at most MAX_IMAGE_PIXELS in all."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise VitacError(f"{what} must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got {height}x{width}")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise VitacError(f"{what}: a frame of {width} x {height} ({height * width / 1e6:.0f} Mpx) is larger than "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx: resize it first (the encoder sees a square crop "
+                         f"resized to its input size)")
 
 
 def preprocess(images: np.ndarray, crop: int = 256) -> np.ndarray:
@@ -114,10 +127,7 @@ def read_images(paths: Sequence[str | os.PathLike]) -> np.ndarray:
 
 
 def _check_pixels(p: Path, height: int, width: int) -> None:
-    if height * width > MAX_IMAGE_PIXELS:
-        raise VitacError(f"{p}: a frame of {width} x {height} ({height * width / 1e6:.0f} Mpx) is larger than "
-                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx: resize it first (the encoder sees a square crop "
-                         f"resized to its input size)")
+    check_frame_size(str(p), height, width)
 
 
 def _read_array(p: Path) -> list[np.ndarray]:
@@ -145,5 +155,7 @@ def _read_array(p: Path) -> list[np.ndarray]:
         a = a[None]
     if a.ndim != 4 or a.shape[-1] != 3:
         raise VitacError(f"{p}: expected uint8 [H, W, 3] or [T, H, W, 3], got shape {list(a.shape)}")
+    if a.shape[0] == 0:
+        raise VitacError(f"{p} holds no frame (shape {list(a.shape)})")
     _check_pixels(p, a.shape[1], a.shape[2])
     return list(a)

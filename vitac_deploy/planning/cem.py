@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import VitacError
+from ..inputs import check_seed
 from .energy import (PoseUpdate, check_pose, chunk_size, default_pose_update, features_input, graph_context,
                      rollout_energies_many, runtime_lock, stage_contexts)
 
@@ -217,10 +218,9 @@ def _robot(req: PlanRequest, opts: CEMOptions, space: ActionSpace, runtime) -> _
         if not np.isfinite(noise).all():
             raise VitacError("noise contains NaN or inf")
         noise = noise.astype(np.float64)
-    if not _is_int(req.seed) or req.seed < 0:
-        raise VitacError(f"seed must be an integer >= 0, got {req.seed!r}")
+    seed = check_seed(req.seed)   # the server's rule, everywhere: 0..2**63-1
     return _Robot(current if on_device else graph_context(current, cfg), goal, pose, noise,
-                  np.random.default_rng(req.seed), on_device)
+                  np.random.default_rng(seed), on_device)
 
 
 def _cem(runtime, opts: CEMOptions, space: ActionSpace, robots: list, n: int, on_step,
