@@ -9,7 +9,12 @@ the CPU build of PyTorch (pinned) and the project (editable) with what the job n
 `test` also installs TensorRT for RTX where it can be installed (it builds engines without a GPU, so
 the engine-builder tests run for real); where it cannot, those tests skip and say so. A later run
 installs nothing unless pyproject.toml or this script changed. The exit status is the job's, or 1
-when the set-up failed, or 2 for a bad command line.
+when the set-up failed, or 2 for a bad command line or a $VITAC_VENV that is not ours to use.
+
+It never removes what it did not make: an existing $VITAC_VENV is used if its python runs, made
+again only if it is a broken environment this script made (its `pyvenv.cfg` and stamp file are
+there), and otherwise refused in one line. An environment that lost its pip (an interrupted
+upgrade) gets it back from ensurepip.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class SetupError(Exception):
     """A set-up step failed: reported in one line, exit 1."""
 
 
+class UsageError(Exception):
+    """A command line or environment this script must not act on: one line, exit 2."""
+
+
 def run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a set-up step, timed; its output is kept and shown (the tail) only if it fails."""
     t0 = time.monotonic()
@@ -59,20 +68,49 @@ def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def works(py: Path) -> bool:
+    return py.exists() and subprocess.run([str(py), "-c", "import sys"], capture_output=True).returncode == 0
+
+
+def made_here(venv: Path) -> bool:
+    """Whether `venv` is an environment this script made: a venv (`pyvenv.cfg`) holding our stamp,
+    both regular files (written right after `python -m venv`, before any install)."""
+    return all(os.path.isfile(p) and not os.path.islink(p) for p in (venv / "pyvenv.cfg", venv / STAMP))
+
+
 def ensure_venv(venv: Path) -> Path:
-    """The environment's python, the environment made first if it is missing or broken."""
+    """The environment's python, the environment made first if it is missing (or broken and ours).
+    UsageError, touching nothing, for anything else at `venv`."""
     py = venv_python(venv)
-    if py.exists() and subprocess.run([str(py), "-c", "import sys"], capture_output=True).returncode == 0:
+    if os.path.lexists(venv) and (venv.is_symlink() or not venv.is_dir()):
+        raise UsageError(f"VITAC_VENV {venv} exists and is not a directory: point it to a new directory")
+    is_venv = (venv / "pyvenv.cfg").is_file() or (venv / STAMP).is_file()
+    if venv.is_dir() and is_venv and works(py):
         return py
-    if venv.exists():
-        log(f"{venv} is not a working environment: making it again")
+    if venv.is_dir() and any(venv.iterdir()):
+        if not made_here(venv):
+            raise UsageError(f"{venv} is not a virtual environment made by this script (no working python, no "
+                             f"pyvenv.cfg and {STAMP}): refusing to touch it; set VITAC_VENV to a new directory "
+                             f"(or remove it yourself if it is a broken environment)")
+        log(f"{venv} is a broken environment made here: making it again")
         import shutil
 
         shutil.rmtree(venv)
     run([sys.executable, "-m", "venv", str(venv)], f"virtual environment {venv} (python {platform.python_version()})")
+    write_stamp(venv, {})   # ours from now on: a later run may make it again, nothing else may
     # A venv's bundled pip can predate editable installs of pyproject projects (PEP 660, pip 21.3).
     run([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"], "pip upgraded")
     return py
+
+
+def ensure_pip(py: Path) -> None:
+    """pip in the environment: an upgrade interrupted between uninstalling the old pip and installing
+    the new one leaves none; ensurepip (the one bundled with Python) puts it back."""
+    if subprocess.run([str(py), "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return
+    log("the environment has no working pip (an interrupted set-up?): restoring it with ensurepip")
+    run([str(py), "-m", "ensurepip", "--upgrade", "--default-pip"], "pip restored (ensurepip)")
+    run([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"], "pip upgraded", check=False)
 
 
 def reachable(url: str) -> bool:
@@ -128,6 +166,7 @@ def setup(mode: str, venv: Path) -> Path:
     if stamp.get(mode) == fingerprint(mode):
         log(f"{venv} already set up for `{mode}`")
         return py
+    ensure_pip(py)
     install_torch(py)
     run([str(py), "-m", "pip", "install", "-q", "-e", f"{ROOT}[{EXTRAS[mode]}]"],
         f"vitac-deploy[{EXTRAS[mode]}] installed (editable)")
@@ -157,8 +196,14 @@ def main(argv: list[str]) -> int:
     venv = Path(os.environ.get("VITAC_VENV") or ROOT / ".venv").resolve()
     try:
         py = setup(mode, venv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:   # a VITAC_VENV that cannot be read or written: one line, not a traceback
+        print(f"error: {venv}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

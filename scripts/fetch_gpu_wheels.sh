@@ -4,13 +4,19 @@
 # tool, which carries at most 64 MiB a call INCLUDING the tracked tree (~9 MiB):
 #   wheels/ort-00 .. ort-NN   48 MiB parts, one carried per call while the machine stays warm
 # The image already has cuda-bindings, typer, rich, pytest and the CUDA/cuDNN libraries
-# (/work/.library/device/KINDS.md), so nothing else travels. gpu_check.sh joins the parts.
+# (the device machine's own notes), so nothing else travels. gpu_check.sh joins the parts.
 #   bash scripts/fetch_gpu_wheels.sh            # prints the carry plan at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT=${ORT_VERSION:-1.31.1}
 PART=${PART_MIB:-48}
-rm -rf wheels && mkdir -p wheels/tmp
+# wheels/ holds only what this script writes (ort-NN parts, tmp): anything else there is not ours
+if [ -e wheels ]; then
+  other=$(find wheels -mindepth 1 -maxdepth 1 ! -name 'ort-[0-9][0-9]' ! -name tmp -print -quit)
+  [ -z "$other" ] || { echo "error: wheels/ holds $other, which this script did not write: move it away first" >&2; exit 2; }
+  rm -rf wheels/ort-[0-9][0-9] wheels/tmp
+fi
+mkdir -p wheels/tmp
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     -d wheels/tmp "onnxruntime-gpu==$ORT"

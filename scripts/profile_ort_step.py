@@ -69,8 +69,11 @@ def main() -> int:
     feeds = dummy_inputs(cfg, a.batch, a.past_frames, cache)
     if hasattr(ort, "preload_dlls") and a.device == "cuda":
         ort.preload_dlls()
-    providers = ([("CUDAExecutionProvider", cuda_provider_options(False, False))] if a.device == "cuda" else []) \
-        + ["CPUExecutionProvider"]
+    from vitac_deploy.graph_forms import graph_form
+
+    strict = graph_form(man) == "ort-fused"   # as the runtime opens that form: SkipLayerNorm in float32
+    providers = ([("CUDAExecutionProvider", cuda_provider_options(False, False, strict))] if a.device == "cuda"
+                 else []) + ["CPUExecutionProvider"]
     def bound(sess):
         """An I/O binding with every input on the device and every output left there."""
         b = sess.io_binding()

@@ -163,6 +163,9 @@ _outcomes: dict = {}   # this session's counts, filled by pytest_runtest_logrepo
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from tests.deletion_guard import install
+
+    install()   # no test deletes outside the temporary folder (tests/deletion_guard.py)
     config.addinivalue_line("markers", "golden: reads the upstream golden files (tests/golden); never skips")
     _outcomes.clear()
     _outcomes.update(passed=0, failed=0, error=0, skipped=[], golden_skipped=[], golden_ran=0)

@@ -447,3 +447,27 @@ def test_reexporting_the_predictor_keeps_its_encoder(tmp_path):
     with pytest.raises(VitacError, match="not part of a vitac-deploy artifact"):
         export_artifact(random_predictor(SMALL, 2), art, quick)
     assert (art / "encoder" / "notes.txt").read_text() == "mine"
+
+
+def test_encoder_features_stay_tensors_into_the_torch_planner(franka):
+    """The torch encoder's features kept where it runs (`encode_pixels_on_device`) go into the fast
+    torch runtime as the planner's observation and goal: upstream's plan, and neither crosses the
+    predictor runtime's host boundary (per CEM step only the samples' conditioning does)."""
+    from vitac_deploy.planning import CEMOptions, plan
+    from vitac_deploy.runtimes import open_runtime
+    from vitac_deploy.runtimes import open_encoder
+
+    a, args = franka["arrays"], franka["meta"]["mpc_args"]
+    enc = open_encoder(franka["art"] / "encoder", backend="torch")
+    S = enc.cfg.img_size
+    pixels = np.concatenate([preprocess(im[None, None], S)[:, :, 0] for im in a["observations"][0, :2]])
+    feats = enc.encode_pixels_on_device(pixels)
+    assert type(feats).__module__.startswith("torch") and tuple(feats.shape)[0] == 2
+    rt = open_runtime(franka["art"], backend="torch", max_frames=2)
+    opts = CEMOptions(**{k: v for k, v in args.items() if k != "verbose"})
+    before = rt.host_traffic
+    res = plan(rt, feats[:1], feats[1:], a["poses"][:, 0], opts, noise=a["cem_noise"])
+    assert np.abs(res.actions - a["cem_action"]).max() < PLAN_TOL
+    assert np.abs(res.energies - a["cem_energies"]).max() < PLAN_TOL
+    sent = (rt.host_traffic - before).to_device
+    assert sent == opts.cem_steps * opts.samples * opts.rollout * 2 * 7 * 4   # actions and poses only

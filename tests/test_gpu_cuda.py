@@ -52,6 +52,36 @@ def test_onnxruntime_cuda_reproduces_golden(golden_art, precision, tol):
     assert np.abs(out - g.z_ar()).max() < tol
 
 
+@pytest.fixture(scope="module")
+def golden_form_arts(tmp_path_factory):
+    """seed_l384 in each non-portable graph form (concat cache)."""
+    g = load_golden("seed_l384")
+    arts = {}
+    for form in ("ort-fused", "trt-attention"):
+        arts[form] = tmp_path_factory.mktemp("forms") / form
+        export_artifact(g.model, arts[form], ExportOptions(validate=False, first_frame_graph=False, graph_form=form))
+    return g, arts
+
+
+@needs_ort
+@pytest.mark.parametrize("form", ["ort-fused", "trt-attention"])
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("fp16", 5e-2)])
+def test_graph_forms_reproduce_golden_on_onnxruntime_cuda(golden_form_arts, form, precision, tol):
+    """The fused forms on the CUDA provider (MultiHeadAttention / Attention kernels, SkipLayerNorm
+    strict): the golden rollout within the tolerance of the precision, and CUDA graphs engage."""
+    g, arts = golden_form_arts
+    args = (g.frames()[:, :1], g.arrays["actions"], g.arrays["states"][:, :2], g.steps)
+    rt = open_runtime(arts[form], backend="onnxruntime", device="cuda", precision=precision)
+    assert rt.session.get_providers()[0] == "CUDAExecutionProvider"
+    out = rt.rollout(*args)
+    assert np.abs(out - g.z_ar()).max() < tol
+    if precision == "fp16":
+        graphs = open_runtime(arts[form], backend="onnxruntime", device="cuda", precision=precision, cuda_graphs=True)
+        assert graphs.graphs_in_use, f"onnxruntime refused CUDA graphs for the {form} step graph"
+        for _ in range(3):
+            assert np.abs(graphs.rollout(*args) - out).max() < 1e-3
+
+
 @needs_ort
 def test_onnxruntime_cuda_graphs_engage_and_replay_what_eager_computes(golden_art):
     g, art = golden_art
@@ -105,3 +135,65 @@ def test_torch_cuda_reproduces_golden(golden_art):
     rt = open_runtime(art, backend="torch", device="cuda", precision="fp32")
     out = rt.rollout(g.frames()[:, :1], g.arrays["actions"], g.arrays["states"][:, :2], g.steps)
     assert np.abs(out - g.z_ar()).max() < 1e-4
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    return torch
+
+
+@pytest.mark.parametrize("backend, options", [("torch-reference", {}), ("torch", {}), ("torch", {"cuda_graphs": True})],
+                         ids=["reference", "fast", "fast-graphs"])
+def test_torch_cuda_golden_rollouts_fp32_and_fp16(golden_art, backend, options):
+    """Both torch paths on CUDA: upstream's rollouts in fp32 (TF32 off, torch's default) within 1e-4
+    and fp16 within 0.05; CUDA graphs replay (the second rollout) what eager computes."""
+    _torch_cuda()
+    g, art = golden_art
+    args = (g.frames()[:, :1], g.arrays["actions"], g.arrays["states"][:, :2], g.steps)
+    for precision, tol in (("fp32", 1e-4), ("fp16", 5e-2)):
+        rt = open_runtime(art, backend=backend, device="cuda", precision=precision, **options)
+        first, second = rt.rollout(*args), rt.rollout(*args)
+        assert np.abs(first - g.z_ar()).max() < tol and np.abs(second - first).max() < 1e-6, precision
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}, {"compile": "default"}],
+                         ids=["eager", "graphs", "compiled"])
+def test_upstream_plan_on_the_fast_torch_path_cuda(options, tmp_path):
+    """The golden plan on the fast torch path on CUDA (fp32): energies and plan within 1e-5, the
+    observation staged once, per CEM step only the conditioning in and the energies out."""
+    _torch_cuda()
+    from vitac_deploy.planning import CEMOptions, plan
+
+    g = load_mpc_golden()
+    art = tmp_path / "mpc"
+    export_artifact(g.model, art, ExportOptions(precisions=["fp32"], first_frame_graph=False, validate=False))
+    rt = open_runtime(art, backend="torch", device="cuda", precision="fp32", max_frames=2, **options)
+    opts = CEMOptions(**{k: v for k, v in g.meta["mpc_args"].items() if k != "verbose"})
+    marks = []
+    res = plan(rt, g.current, g.goal, g.pose, opts, noise=g.arrays["cem_noise"],
+               on_step=lambda *a: marks.append(rt.host_traffic))
+    assert np.abs(res.energies - g.arrays["cem_energies"]).max() < 1e-5
+    assert np.abs(res.actions - g.arrays["cem_action"]).max() < 1e-5
+    A, S = g.cfg.action_dim, opts.samples
+    for a, b in zip(marks, marks[1:]):
+        assert (b - a).to_device == S * opts.rollout * 2 * A * 4 and (b - a).to_host == S * 4
+
+
+def test_cuda_features_stay_on_the_device_into_the_predictor(golden_art):
+    """A CUDA tensor as the observation and goal (an encoder's output kept on the GPU): the same
+    plan as from host arrays, and neither crosses to the host."""
+    torch = _torch_cuda()
+    from vitac_deploy.planning import CEMOptions, plan, planning_problem
+
+    g, art = golden_art
+    rt = open_runtime(art, backend="torch", device="cuda", precision="fp32", max_frames=2)
+    current, goal, pose = planning_problem(g.cfg, 0)
+    opts = CEMOptions(samples=16, topk=4, cem_steps=2)
+    host = plan(rt, current, goal, pose, opts, seed=1)
+    before = rt.host_traffic
+    dev = plan(rt, torch.from_numpy(current).cuda(), torch.from_numpy(goal).cuda(), pose, opts, seed=1)
+    assert (rt.host_traffic - before).to_device == opts.cem_steps * opts.samples * 2 * 2 * g.cfg.action_dim * 4
+    assert np.abs(dev.energies - host.energies).max() < 1e-5

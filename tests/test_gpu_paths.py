@@ -84,6 +84,41 @@ def test_onnxruntime_cache_broadcast_is_finished_before_the_next_run(cu):
     assert np.array_equal(seen, np.broadcast_to(first, (4, row)))
 
 
+@pytest.mark.parametrize("source", ["host", "device"])
+def test_onnxruntime_staged_context_is_broadcast_on_the_device(cu, source):
+    """A staged context (host array, or a CUDA array taken by pointer after its producer's stream)
+    crosses once; each rollout's features are filled device to device by group of rows, finished
+    before ONNX Runtime runs, and not again while the buffer holds them."""
+    from vitac_deploy.runtimes.arrays import DeviceArray
+    from vitac_deploy.runtimes.onnxruntime.backend import OnnxRuntimeRuntime
+    from vitac_deploy.runtimes.onnxruntime.memory import CudaMemory
+    from vitac_deploy.runtimes.staging import StagedContext, StagedFrames
+
+    rt = OnnxRuntimeRuntime.__new__(OnnxRuntimeRuntime)   # the staging alone: no CUDA session here
+    rt.device, rt._mem, rt._traffic, rt._context_buf, rt._feat_holds = "cuda", CudaMemory(), [0, 0], None, None
+    N, D = SMALL.tokens_per_frame, SMALL.embed_dim
+    ctx = np.random.default_rng(1).standard_normal((2, 2, N, D)).astype(np.float32)   # 2 contexts of 2 frames
+    rt._feat = rt._mem.alloc(5 * N * D, np.float32)
+    cu.reset_counters()
+    if source == "host":
+        rt._stage_host(ctx)
+        assert cu.bytes_moved["h2d"] == ctx.nbytes == rt.host_traffic.to_device
+    else:
+        devs = [DeviceArray(cu.alloc_device_array(c[None]), (1, 2, N, D), np.dtype(np.float32)) for c in ctx]
+        cu.reset_counters()
+        assert rt._stage_device(devs, normalized=False) and not rt._stage_device(devs, normalized=True)
+        assert cu.bytes_moved["h2d"] == 0 and rt.host_traffic.to_device == 0
+    staged = StagedContext(1, 1, 2, 2)
+    frames = StagedFrames(staged, 1, ((0, 3, 1), (3, 5, 0)))
+    rt._load_staged(frames)
+    seen = cu.read(rt._feat.ptr, (5, N, D))               # what ONNX Runtime would read now
+    assert np.array_equal(seen, np.concatenate([np.broadcast_to(ctx[1, 1], (3, N, D)),
+                                                np.broadcast_to(ctx[0, 1], (2, N, D))]))
+    moved = dict(cu.bytes_moved)
+    rt._load_staged(frames)                               # held already: nothing moves
+    assert cu.bytes_moved == moved and moved["h2d"] == (ctx.nbytes if source == "host" else 0)
+
+
 def test_stream_capture_uses_instantiate_with_flags_on_cuda_python_11(monkeypatch):
     """cuda-python 11.x's cudaGraphInstantiate takes (graph, logBuffer, bufferSize): calling it as
     (graph, 0) raised TypeError on JetPack 5. WithFlags is the same in 11.8 and 13."""

@@ -67,7 +67,7 @@ def test_buffers_and_weights(cfg):
     ort = plan_memory(cfg, B, 2, backend="onnxruntime")
     trt1 = plan_memory(cfg, B, 2, backend="tensorrt", engines=1)
     trt2 = plan_memory(cfg, B, 2, backend="tensorrt", engines=2)
-    assert ort.frame_buffers == 3 * frame and ort.host_pinned == 0
+    assert ort.frame_buffers == 4 * frame and ort.host_pinned == 0   # input features (staged context) too
     assert trt1.frame_buffers == 4 * frame and trt1.host_pinned == frame + cond   # input features + conditioning
     assert ort.weights == trt1.weights == cfg.num_parameters() * 2
     assert trt2.weights == 2 * trt1.weights

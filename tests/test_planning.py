@@ -14,7 +14,7 @@ from vitac_deploy.runtimes import open_runtime
 from vitac_deploy.runtimes.torch import TorchRuntime
 from vitac_deploy.runtimes.torch.full_recompute import FullRecompute
 
-RUNTIMES = ["reference", "upstream-way", "onnxruntime"]
+RUNTIMES = ["reference", "upstream-way", "onnxruntime", "torch"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _runtime(kind, mpc, art, max_batch=None):
         return TorchRuntime(mpc.model, max_batch=max_batch)
     if kind == "upstream-way":
         return FullRecompute(mpc.model, max_batch=max_batch)
-    return open_runtime(art, backend="onnxruntime", precision="fp32", max_batch=max_batch)
+    return open_runtime(art, backend=kind, precision="fp32", max_batch=max_batch)
 
 
 def _options(mpc) -> CEMOptions:
@@ -129,7 +129,7 @@ def test_non_finite_energies_are_refused(mpc, mpc_artifact, monkeypatch):
         plan(rt, mpc.current, mpc.goal, mpc.pose, _options(mpc))
 
 
-@pytest.mark.parametrize("kind", ["reference", "onnxruntime"])
+@pytest.mark.parametrize("kind", ["reference", "onnxruntime", "torch"])
 def test_planning_never_copies_predictions_to_the_host(mpc, mpc_artifact, kind, monkeypatch):
     """The energy is computed where the rollout runs: `_prediction` (the host copy of a
     [B, N, D] frame) is never called while planning."""
@@ -246,8 +246,9 @@ def test_input_errors(mpc, mpc_artifact):
         energies(rt, mpc.current, mpc.goal, mpc.pose, np.zeros((4, 7)))
 
 
+@pytest.mark.parametrize("kind", ["onnxruntime", "torch"])
 @pytest.mark.parametrize("max_batch", [None, 5])
-def test_plan_many_is_each_robot_alone(mpc, mpc_artifact, max_batch):
+def test_plan_many_is_each_robot_alone(mpc, mpc_artifact, max_batch, kind):
     """Several robots in one batch (chunks that span robots when max_batch is 5): each robot's plan,
     energies and distribution are the ones `plan` gives it alone; `noise` and `seed` robots mixed."""
     from vitac_deploy.planning import PlanRequest, plan_many
@@ -260,10 +261,10 @@ def test_plan_many_is_each_robot_alone(mpc, mpc_artifact, max_batch):
         pose = mpc.pose + np.float32(0.01 * r) * np.ones_like(mpc.pose)
         noise = rng.standard_normal((4, 6, 4)) if r == 1 else None
         reqs.append(PlanRequest(feats[r % 2], feats[(r + 1) % 2], pose, seed=10 + r, noise=noise))
-    rt = _runtime("onnxruntime", mpc, mpc_artifact, max_batch=max_batch)
+    rt = _runtime(kind, mpc, mpc_artifact, max_batch=max_batch)
     many = plan_many(rt, reqs, opts)
     for req, got in zip(reqs, many):
-        alone = plan(_runtime("onnxruntime", mpc, mpc_artifact), req.current, req.goal, req.pose, opts,
+        alone = plan(_runtime(kind, mpc, mpc_artifact), req.current, req.goal, req.pose, opts,
                      noise=req.noise, seed=req.seed)
         assert np.abs(got.actions - alone.actions).max() <= 1e-6
         assert np.abs(got.energies - alone.energies).max() <= 1e-6

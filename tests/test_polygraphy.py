@@ -120,7 +120,7 @@ def test_validate_saves_the_reproduction_even_when_it_fails(exported, tmp_path):
     p = cli("validate", art, "--random-init", "--seed", "5", "--precision", "fp16", "--steps", "3",
             "--save-polygraphy", out, "--report", report)
     assert "PASSED" in p.stdout and "polygraphy run" in p.stdout
-    assert sorted(x.name for x in out.iterdir()) == ["command.txt", "fp16"]
+    assert sorted(x.name for x in out.iterdir()) == ["command.txt", "fp16", "manifest.json"]
     r = json.loads(report.read_text())
     assert r["polygraphy_commands"] == (out / "command.txt").read_text().splitlines()
     p = run_saved(r["polygraphy_commands"][0])
@@ -144,6 +144,54 @@ def test_save_polygraphy_input_errors(exported, tmp_path):
             "--save-polygraphy", tmp_path / "pg", ok=False)
     assert_one_line_error(p)
     assert not (tmp_path / "a").exists()
+
+
+def _users_folder(d: Path) -> Path:
+    """A folder of the user's that merely holds a file named command.txt (as ours do)."""
+    d.mkdir()
+    (d / "command.txt").write_text("my notes on commands")
+    (d / "thesis.tex").write_text("mine")
+    (d / "data").mkdir()
+    (d / "data" / "run1.csv").write_text("1,2,3")
+    return d
+
+
+def _users_files_intact(d: Path) -> bool:
+    return ((d / "command.txt").read_text() == "my notes on commands" and (d / "thesis.tex").read_text() == "mine"
+            and (d / "data" / "run1.csv").read_text() == "1,2,3")
+
+
+@pytest.mark.parametrize("command", ["validate", "export"])
+def test_save_polygraphy_never_replaces_a_folder_it_did_not_write(exported, tmp_path, command):
+    d, cfg, art, pg = exported
+    mine = _users_folder(tmp_path / "mine")
+    args = {"validate": ["validate", art, "--random-init", "--seed", "5", "--steps", "2"],
+            "export": ["export", "--random-init", "--config", cfg, "--out", tmp_path / "a"]}[command]
+    p = cli(*args, "--save-polygraphy", mine, ok=False)
+    assert_one_line_error(p)
+    assert "--save-polygraphy" in p.stderr and "not part of" in p.stderr, p.stderr
+    assert _users_files_intact(mine), "--save-polygraphy deleted the user's files"
+    assert not (tmp_path / "a").exists()
+
+
+def test_save_polygraphy_replaces_only_what_it_listed(exported, tmp_path):
+    """Our own folder is replaced (atomically, the listed files removed); a file the user added to
+    it since makes it not ours any more: refused, nothing removed."""
+    d, cfg, art, pg = exported
+    out = tmp_path / "pg"
+    base = ["validate", art, "--random-init", "--seed", "5", "--precision", "fp16", "--steps", "2"]
+    cli(*base, "--save-polygraphy", out)
+    listing = json.loads((out / "manifest.json").read_text())
+    assert listing["format"] == "vitac-deploy/polygraphy" and set(listing["files"]) == {"command.txt"}
+    assert set(json.loads((out / "fp16" / "manifest.json").read_text())["files"]) >= {"inputs.json", "reference.json",
+                                                                                        "command.txt"}
+    cli(*base, "--save-polygraphy", out)                       # ours: replaced
+    assert sorted(x.name for x in out.iterdir()) == ["command.txt", "fp16", "manifest.json"]
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")], list(tmp_path.iterdir())
+    (out / "fp16" / "my_plot.png").write_bytes(b"mine")
+    p = cli(*base, "--save-polygraphy", out, ok=False)
+    assert_one_line_error(p)
+    assert (out / "fp16" / "my_plot.png").read_bytes() == b"mine" and (out / "fp16" / "inputs.json").exists()
 
 
 def test_without_polygraphy_one_line_names_the_extra(monkeypatch, tmp_path):

@@ -38,8 +38,9 @@ def test_every_backend_declares_what_the_callers_read():
         assert b.precisions, b   # the precision model names who runs each precision
         if b.memory_layout is not None:
             assert b.memory_layout.default_weight_copies in b.memory_layout.weight_copies
-    assert registry.get("torch-compile") == (found["torch"], {"compile": True})
-    with pytest.raises(VitacError, match="unknown backend 'jax'.*onnxruntime, torch, torch-compile, tensorrt"):
+    assert registry.get("torch-compile") == (found["torch"], {"compile": "default"})
+    assert registry.get("torch-reference") == (found["torch"], {"reference": True})
+    with pytest.raises(VitacError, match="unknown backend 'jax'.*onnxruntime, torch, torch-compile, torch-reference, tensorrt"):
         registry.get("jax")
 
 
@@ -78,7 +79,7 @@ def test_a_new_backend_is_one_folder_and_one_line(artifact, monkeypatch):
     frame = SMALL.tokens_per_frame * SMALL.embed_dim * 4
     echo = plan_memory(SMALL, 1, 2, precision="fp32", backend="echo")
     ort = plan_memory(SMALL, 1, 2, precision="fp32", backend="onnxruntime")
-    assert echo.frame_buffers - ort.frame_buffers == (7 - 3) * frame
+    assert echo.frame_buffers - ort.frame_buffers == (7 - 4) * frame
     with pytest.raises(VitacError, match="the echo backend runs on cpu, not 'cuda'|runs on cpu"):
         registry.get("echo")[0].check("cuda", "fp32")
 

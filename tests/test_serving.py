@@ -339,11 +339,20 @@ OPENPI_VENV = Path(os.environ.get("VITAC_OPENPI_VENV", "/tmp/vitac-openpi-client
 
 
 def _openpi_python():
+    """openpi-client's python in OPENPI_VENV, made there if the path does not exist yet. An existing
+    path is only ever used, never removed or written over (VITAC_OPENPI_VENV may name anything);
+    a failed install removes only the directory this call created."""
     py = OPENPI_VENV / "bin" / "python"
-    if py.exists():
+    if os.path.lexists(OPENPI_VENV):
+        if not py.exists():
+            return None
         ok = subprocess.run([str(py), "-c", "import openpi_client.websocket_client_policy"], capture_output=True)
         return py if ok.returncode == 0 else None
     if os.environ.get("VITAC_OPENPI_INSTALL", "1") == "0":
+        return None
+    try:
+        OPENPI_VENV.mkdir()   # ours from here on: fails if it appeared meanwhile
+    except OSError:
         return None
     try:
         subprocess.run([sys.executable, "-m", "venv", str(OPENPI_VENV)], check=True, capture_output=True, timeout=120)
@@ -351,7 +360,7 @@ def _openpi_python():
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--timeout", "10", "--retries", "1", "openpi-client",
                         "typing_extensions"], check=True, capture_output=True, timeout=600)
     except (subprocess.SubprocessError, OSError):
-        shutil.rmtree(OPENPI_VENV, ignore_errors=True)
+        shutil.rmtree(OPENPI_VENV, ignore_errors=True)   # made by this call just above
         return None
     return py
 

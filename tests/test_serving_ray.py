@@ -131,6 +131,43 @@ def test_ray_healthz_and_api_key(ray_server):
         assert time.monotonic() - t0 < 30
 
 
+def test_ray_duplicate_authorization_header_is_401(ray_server):
+    from tests.test_serving_policy import _handshake
+
+    key = ("Authorization", f"Api-Key {KEY}")
+    status, body = _handshake(ray_server, [key, key])
+    assert status == 401 and b"Traceback" not in body, (status, body)
+
+
+def test_ray_simultaneous_handshakes_never_exceed_max_robots(ray_server):
+    """10 handshakes at once against --max-robots 4 (one replica): at most 4 are served (the
+    check and the count are one step; before, all 10 passed the check before any was counted)."""
+    barrier, lock, opened, refused = threading.Barrier(10), threading.Lock(), [], []
+
+    def go():
+        barrier.wait()
+        try:
+            ws = connect(f"ws://127.0.0.1:{ray_server}", compression=None, open_timeout=60,
+                         additional_headers={"Authorization": f"Api-Key {KEY}"})
+            unpackb(ws.recv(timeout=60))        # served: the metadata came
+            with lock:
+                opened.append(ws)
+        except Exception as e:  # noqa: BLE001 - refused at the handshake
+            with lock:
+                refused.append(type(e).__name__)
+
+    ts = [threading.Thread(target=go) for _ in range(10)]
+    [t.start() for t in ts]
+    [t.join(120) for t in ts]
+    try:
+        assert len(opened) <= 4 and len(opened) + len(refused) == 10, (len(opened), refused)
+    finally:
+        [ws.close() for ws in opened]
+    time.sleep(1.0)
+    with PolicyClient("127.0.0.1", ray_server, api_key=KEY) as c:   # the slots were released
+        assert c.metadata["max_robots"] == 4
+
+
 def test_cli_serve_ray_plans_and_stops_on_sigint(art, alone):
     """`vitac-deploy serve ART --ray`: its own local Ray instance, the exact plan, SIGINT: exit 0."""
     import os

@@ -186,6 +186,38 @@ def test_mpc_golden_plan_through_the_tensorrt_runtime(tmp_path, fakes):
     assert np.abs(grid - g.arrays["grid_energy"][:25]).max() < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_a_cem_step_moves_the_conditioning_in_and_the_energies_out(tmp_path, fakes, chunk):
+    """Per CEM step: the samples' actions and poses in, their energies out, as the runtime counts
+    them and as the fake CUDA saw them cross; the observation is staged once (host to device) and
+    broadcast into the features buffer device to device only when it does not hold it already."""
+    from vitac_deploy.planning import CEMOptions, plan, planning_problem
+
+    cu, trt = fakes()
+    model = random_predictor(SMALL, 4)
+    rt = open_runtime(fake_engine(tmp_path, model, precision="fp32", batch=(1, 8, 8)), max_frames=2)
+    current, goal, pose = planning_problem(SMALL, 0)
+    S, A = 8, SMALL.action_dim
+    marks = []
+
+    def mark(*_):   # after a step's last energies were read: its copies have run
+        marks.append((rt.host_traffic, dict(cu.bytes_moved)))
+
+    cu.reset_counters()
+    res = plan(rt, current, goal, pose, CEMOptions(samples=S, topk=2, cem_steps=3), seed=2, chunk=chunk, on_step=mark)
+    assert np.isfinite(res.energies).all()
+    for (t0, c0), (t1, c1) in zip(marks, marks[1:]):
+        assert (t1 - t0).to_device == c1["h2d"] - c0["h2d"] == S * 2 * 2 * A * 4
+        assert (t1 - t0).to_host == c1["d2h"] - c0["d2h"] == S * 4
+        # one chunk: the features buffer still holds the broadcast observation, nothing is copied.
+        # Chunks of 3, 3, 2: the first and last broadcast it again on the device (1 row + doubling:
+        # 3 rows, then 2), never through the host
+        row = SMALL.tokens_per_frame * SMALL.embed_dim * 4
+        assert c1["d2d"] - c0["d2d"] == (0 if chunk is None else 5 * row)
+    t_all = rt.host_traffic
+    assert t_all.to_device == cu.bytes_moved["h2d"] and t_all.to_host == cu.bytes_moved["d2h"]
+
+
 @pytest.mark.golden
 def test_engine_without_energy_engine_scores_on_the_host(tmp_path, fakes):
     from vitac_deploy.planning import energies

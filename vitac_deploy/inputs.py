@@ -11,7 +11,26 @@ import numpy as np
 from .config import PredictorConfig
 from .errors import VitacError, first_line
 
-__all__ = ["load_inputs", "parse_pose", "read_noise"]
+__all__ = ["load_inputs", "parse_pose", "read_noise", "check_seed", "check_tolerance", "MAX_SEED"]
+
+MAX_SEED = 2**63 - 1   # what a msgpack int64 carries: the server's limit, and so every entry point's
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """A seed as every entry point takes it (CLI, Python, the server): an integer in 0..2**63-1."""
+    if isinstance(seed, np.ndarray) and seed.ndim == 0:
+        seed = seed[()]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise VitacError(f"{what} must be an integer in 0..2**63-1, got {seed!r}")
+    return int(seed)
+
+
+def check_tolerance(value, what: str = "--atol") -> float:
+    """A tolerance: a finite number > 0 (NaN or inf would pass everything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
+            or value <= 0:
+        raise VitacError(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def _npy_header(z, key: str, source: Path) -> tuple[tuple[int, ...], np.dtype]:

@@ -133,7 +133,8 @@ def backends_summary() -> list[dict[str, Any]]:
         layout = b.memory_layout
         out.append({"backend": b.name, "variants": list(b.variants), "opens": list(b.opens),
                     "devices": list(b.devices), "precisions": list(b.precisions),
-                    "cache_contracts": list(b.cache_contracts), "cuda_graphs": bool(b.cuda_graphs),
+                    "cache_contracts": list(b.cache_contracts), "graph_forms": list(b.graph_forms),
+                    "cuda_graphs": bool(b.cuda_graphs),
                     "memory_layout": None if layout is None else
                     {"frame_buffers": layout.frame_buffers, "pinned_staging": bool(layout.pinned_staging)},
                     "installed": bool(b.installed())})
@@ -188,6 +189,7 @@ def artifact_summary(path: str | os.PathLike) -> dict[str, Any]:
                           for key, g in m["graphs"].items()}}
         if not encoder:
             out["cache"] = m.get("cache", {"contract": "concat"})
+            out["graph_form"] = m.get("graph_form", "portable")
         else:
             out["parameters"] = m.get("parameters")
         return out

@@ -1,5 +1,7 @@
 """`FakeTensorRT`: a strict, CPU-only stand-in for the TensorRT Python API (the TensorRT 10 subset the
-runtime uses; 8.x spellings with `version="8.6.1"`; TensorRT for RTX with `flavour="tensorrt_rtx"`).
+runtime uses; 8.x spellings with `version="8.6.1"`; TensorRT 11 with `version="11.x"`: strongly typed
+only, no v1 device-memory API; TensorRT for RTX with `flavour="tensorrt_rtx"`), and the build API
+`build_engine` uses (section "the builder" at the end).
 
 An engine file is a "fake plan": the bytes of a JSON document written by `write_fake_engine`:
 
@@ -228,12 +230,17 @@ class _Features:
     v1_memory: bool       # device_memory_size, create_execution_context_without_device_memory (not RTX)
     rtx: bool             # runtime config, get_engine_validity
     kv_cache: bool = False  # IKVCacheUpdateLayer (ONNX TensorScatter, in place): TensorRT 10.15+, RTX 1.7 has it
+    attention: bool = False   # IAttention (the ONNX Attention operator): TensorRT 10.15+, RTX 1.7 has it
+    weak_typing: bool = True  # BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS: TensorRT < 11 (never RTX)
 
     @classmethod
     def of(cls, flavour: str, version: str) -> _Features:
         rtx = flavour == "tensorrt_rtx"
         v = tuple(int(x) for x in version.split(".")[:2])
-        return cls(rtx or v >= (10, 0), rtx or v >= (10, 1), not rtx, rtx, (v >= (1, 7)) if rtx else v >= (10, 15))
+        new = (v >= (1, 7)) if rtx else v >= (10, 15)
+        # TensorRT 11 removed the v1 device-memory API and every weak-typing builder flag
+        return cls(rtx or v >= (10, 0), rtx or v >= (10, 1), not rtx and v < (11, 0), rtx, new, new,
+                   not rtx and v < (11, 0))
 
 
 # -- runtime, engine, context -----------------------------------------------------------------------
@@ -471,6 +478,8 @@ class IExecutionContext(_Gated):
         absent = set()
         if not f.v2:
             absent.add("set_device_memory")
+        if not f.v1_memory and not f.rtx:   # TensorRT 11: the device_memory property went with the v1 API
+            absent.add("device_memory")
         if not f.rtx:   # is_stream_capturable: TensorRT for RTX 1.2+ (not modelled for plain TensorRT)
             absent |= {"get_runtime_config", "is_stream_capturable"}
         object.__setattr__(self, "_absent", frozenset(absent))
@@ -742,6 +751,8 @@ class FakeTensorRT:
     - `flavour`: "tensorrt" or "tensorrt_rtx" ("tensorrt-rtx" too; then `version` defaults to "1.7.1.116").
     - `strict_reconfigure`: every binding call bumps the context version (default), or only changes.
     - `capture_requires_warmup`: see the module docstring.
+    - `strongly_typed_flag`: False drops NetworkDefinitionCreationFlag.STRONGLY_TYPED (a TensorRT 11
+      in which every network is strongly typed and the flag is gone).
 
     Records: `log` (tuples: create_execution_context, set_input_shape, set_tensor_address,
     set_device_memory, device_memory, execute_async_v3, executed, stale_replay, each with the context
@@ -750,7 +761,8 @@ class FakeTensorRT:
     """
 
     def __init__(self, cudart: FakeCudart, version: str | None = None, flavour: str = "tensorrt", *,
-                 strict_reconfigure: bool = True, capture_requires_warmup: bool = True):
+                 strict_reconfigure: bool = True, capture_requires_warmup: bool = True,
+                 strongly_typed_flag: bool = True):
         flavour = flavour.replace("-", "_")
         if flavour not in ("tensorrt", "tensorrt_rtx"):
             raise ValueError(f"flavour must be 'tensorrt' or 'tensorrt_rtx', not {flavour!r}")
@@ -778,6 +790,15 @@ class FakeTensorRT:
         self.bfloat16 = DataType.BF16
         if f.kv_cache:
             self.IKVCacheUpdateLayer = type("IKVCacheUpdateLayer", (), {})
+        if f.attention:
+            self.IAttention = type("IAttention", (), {})
+        # the builder side (see "the builder" below)
+        self.Builder = type("Builder", (Builder,), {"_trt": self})
+        self.OnnxParser = type("OnnxParser", (OnnxParser,), {"_trt": self})
+        self.LayerType, self.MemoryPoolType = LayerType, MemoryPoolType
+        self.HardwareCompatibilityLevel = HardwareCompatibilityLevel
+        self.BuilderFlag = _builder_flags(f)
+        self.NetworkDefinitionCreationFlag = _creation_flags(self.__version__, f, strongly_typed_flag)
 
     def __repr__(self) -> str:
         return f"<FakeTensorRT {self.__name__} {self.__version__}>"
@@ -785,3 +806,262 @@ class FakeTensorRT:
     def context_calls(self, ctx_id: int) -> list:
         """The calls one context received, in order."""
         return next(r.calls for r in self.contexts if r.id == ctx_id)
+
+
+# -- the builder ------------------------------------------------------------------------------------
+#
+# Enough of the build API for `vitac_deploy.runtimes.tensorrt.build.build_engine`: Builder, network
+# creation flags, an ONNX parser that refuses what the modelled version cannot import, a builder
+# config whose BuilderFlag members follow the version (TensorRT 11 and RTX: no FP16 or
+# OBEY_PRECISION_CONSTRAINTS), optimization profiles, and build_serialized_network writing a fake
+# plan the fake runtime runs. The network's layers are the ONNX nodes, one layer each (Attention: an
+# input and an output layer), typed by a fixed table: they stand for what TensorRT would name, not
+# for its layers (tests/test_tensorrt_rtx_build.py counts real layers with TensorRT for RTX's parser).
+# Every build is recorded in `FakeTensorRT.log` as ("build", details).
+
+class LayerType(enum.IntEnum):
+    CONVOLUTION = 0
+    ACTIVATION = 2
+    ELEMENTWISE = 6
+    SOFTMAX = 8
+    CONCATENATION = 9
+    UNARY = 11
+    SHUFFLE = 13
+    REDUCE = 15
+    CONSTANT = 16
+    MATRIX_MULTIPLY = 18
+    GATHER = 19
+    SLICE = 21
+    SHAPE = 22
+    IDENTITY = 24
+    CAST = 25
+    SCATTER = 30
+    NORMALIZATION = 42
+    KV_CACHE_UPDATE = 50
+    ATTENTION_INPUT = 51
+    ATTENTION_OUTPUT = 52
+
+
+class MemoryPoolType(enum.IntEnum):
+    WORKSPACE = 0
+
+
+class HardwareCompatibilityLevel(enum.IntEnum):
+    NONE = 0
+    AMPERE_PLUS = 1
+
+
+_LAYER_OF = {"LayerNormalization": LayerType.NORMALIZATION, "MatMul": LayerType.MATRIX_MULTIPLY,
+             "Softmax": LayerType.SOFTMAX, "Concat": LayerType.CONCATENATION, "Cast": LayerType.CAST,
+             "Gather": LayerType.GATHER, "Slice": LayerType.SLICE, "Split": LayerType.SLICE,
+             "Reshape": LayerType.SHUFFLE, "Transpose": LayerType.SHUFFLE, "Unsqueeze": LayerType.SHUFFLE,
+             "Identity": LayerType.IDENTITY, "Erf": LayerType.UNARY, "Sqrt": LayerType.UNARY,
+             "Gelu": LayerType.ACTIVATION, "Sigmoid": LayerType.ACTIVATION, "ReduceMean": LayerType.REDUCE,
+             "TensorScatter": LayerType.KV_CACHE_UPDATE, "Expand": LayerType.SLICE, "Tile": LayerType.SLICE}
+
+
+def _builder_flags(f: _Features):
+    names = ["TF32", "VERSION_COMPATIBLE", "REFIT", "DEBUG"] + (["FP16", "OBEY_PRECISION_CONSTRAINTS", "INT8"]
+                                                               if f.weak_typing else [])
+    return enum.IntEnum("BuilderFlag", {n: i for i, n in enumerate(names)})
+
+
+def _creation_flags(version: str, f: _Features, strongly_typed_flag: bool):
+    members = {}
+    if not f.rtx and int(version.split(".")[0]) < 11:
+        members["EXPLICIT_BATCH"] = 0
+    if strongly_typed_flag and (f.rtx or int(version.split(".")[0]) >= 9):
+        members["STRONGLY_TYPED"] = 1
+    return enum.IntEnum("NetworkDefinitionCreationFlag", members or {"_NONE": 31})
+
+
+class _Layer:
+    def __init__(self, name: str, type_: LayerType, num_outputs: int = 1):
+        self.name, self.type, self.num_outputs = name, type_, num_outputs
+        self.precision = None            # set: a precision constraint (weak typing)
+        self.output_types: dict[int, Any] = {}
+
+    def set_output_type(self, index, dtype) -> None:
+        self.output_types[int(index)] = dtype
+
+
+class _NetworkTensor:
+    def __init__(self, name: str, dtype: DataType, shape: tuple):
+        self.name, self.dtype, self.shape = name, dtype, shape
+
+
+class INetworkDefinition:
+    """The network a parser fills: layers, inputs and outputs (names, types settable)."""
+
+    def __init__(self, trt: FakeTensorRT, flags: int):
+        self._trt, self.flags = trt, flags
+        typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        # TensorRT 11 builds strongly typed networks only, flag or not
+        self.strongly_typed = (not trt._features.weak_typing) or (typed is not None and bool(flags >> int(typed) & 1))
+        self._layers: list[_Layer] = []
+        self._inputs: list[_NetworkTensor] = []
+        self._outputs: list[_NetworkTensor] = []
+        self.onnx_path: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    def get_layer(self, index) -> _Layer:
+        return self._layers[int(index)]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    def get_input(self, index) -> _NetworkTensor:
+        return self._inputs[int(index)]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_output(self, index) -> _NetworkTensor:
+        return self._outputs[int(index)]
+
+
+class OnnxParser:
+    """trt.OnnxParser(network, logger): refuses the nodes the modelled version has no importer for
+    (other domains, Attention before 10.15 or with more than one output, TensorScatter before 10.15)."""
+
+    _trt: FakeTensorRT
+
+    def __init__(self, network: INetworkDefinition, logger):
+        self.network, self.logger, self._errors = network, logger, []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self._errors)
+
+    def get_error(self, index) -> str:
+        return self._errors[int(index)]
+
+    def parse_from_file(self, path) -> bool:
+        import onnx
+
+        f = type(self)._trt._features
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - the parser reports, it does not raise
+            self._errors.append(f"ModelImporter: failed to parse the ONNX file: {e}")
+            return False
+        net = self.network
+        for i, node in enumerate(model.graph.node):
+            op = node.op_type
+            where = f"In node {i} with name: {node.name} and operator: {op}"
+            if node.domain not in ("", "ai.onnx") or (op == "TensorScatter" and not f.kv_cache) or \
+                    (op == "Attention" and not f.attention):
+                self._errors.append(f"{where} (checkFallbackPluginImporter): INVALID_NODE: creator && "
+                                    f"\"Plugin not found, are the plugin name, version, and namespace correct?\" "
+                                    f"(No importer registered for op: {op})")
+                return False
+            if op == "Attention":
+                if len([o for o in node.output if o]) != 1:
+                    self._errors.append(f"{where} (importAttention): INVALID_NODE: Assertion failed: "
+                                        f"node.output().size() == 1: TensorRT only supports Attention nodes with "
+                                        f"one output.")
+                    return False
+                net._layers += [_Layer(f"{node.name}_input", LayerType.ATTENTION_INPUT),
+                                _Layer(f"{node.name}_output", LayerType.ATTENTION_OUTPUT)]
+                continue
+            net._layers.append(_Layer(node.name, _LAYER_OF.get(op, LayerType.ELEMENTWISE), len(node.output)))
+        elem = {1: DataType.FLOAT, 10: DataType.HALF, 7: DataType.INT64, 6: DataType.INT32}
+        for src, dst in ((model.graph.input, net._inputs), (model.graph.output, net._outputs)):
+            for vi in src:
+                t = vi.type.tensor_type
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+                dst.append(_NetworkTensor(vi.name, elem.get(t.elem_type, DataType.FLOAT), dims))
+        net.onnx_path = str(Path(path).resolve())
+        return True
+
+
+class IOptimizationProfile:
+    def __init__(self):
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, name, min, opt, max) -> None:  # noqa: A002 - TensorRT's parameter names
+        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+
+class IBuilderConfig:
+    def __init__(self, trt: FakeTensorRT):
+        self._trt = trt
+        self.flags: set[str] = {"TF32"}          # TensorRT's default: TF32 allowed
+        self.profiles: list[IOptimizationProfile] = []
+        self.memory_pools: dict[int, int] = {}
+        self.builder_optimization_level = 3
+        self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE
+        self.progress_monitor = None
+
+    def set_flag(self, flag) -> None:
+        self.flags.add(self._trt.BuilderFlag(int(flag)).name)
+
+    def clear_flag(self, flag) -> None:
+        self.flags.discard(self._trt.BuilderFlag(int(flag)).name)
+
+    def get_flag(self, flag) -> bool:
+        return self._trt.BuilderFlag(int(flag)).name in self.flags
+
+    def set_memory_pool_limit(self, pool, size) -> None:
+        self.memory_pools[int(pool)] = int(size)
+
+    def add_optimization_profile(self, profile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+
+class Builder:
+    """trt.Builder(logger): networks, configs, profiles, and fake plans of the parsed ONNX graph."""
+
+    _trt: FakeTensorRT
+
+    def __init__(self, logger):
+        if not isinstance(logger, Logger):
+            raise TypeError("Builder(): incompatible constructor arguments (expected a tensorrt.ILogger)")
+        self.logger = logger
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        known = sum(1 << int(m) for m in type(self)._trt.NetworkDefinitionCreationFlag)
+        if int(flags) & ~known:
+            raise TypeError(f"create_network(): unknown flag bits {int(flags) & ~known:#x}")
+        return INetworkDefinition(type(self)._trt, int(flags))
+
+    def create_builder_config(self) -> IBuilderConfig:
+        return IBuilderConfig(type(self)._trt)
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig):
+        trt = type(self)._trt
+        if network.onnx_path is None:
+            self.logger.log(Logger.ERROR, "build_serialized_network: empty network")
+            return None
+        if network.strongly_typed and {"FP16", "OBEY_PRECISION_CONSTRAINTS"} & config.flags:
+            self.logger.log(Logger.ERROR, "precision flags are not allowed on a strongly typed network")
+            return None
+        if len(config.profiles) != 1:
+            self.logger.log(Logger.ERROR, f"the fake builds one optimization profile, got {len(config.profiles)}")
+            return None
+        pinned = [layer.name for layer in network._layers if layer.precision is not None]
+        trt.log.append(("build", {"onnx": network.onnx_path, "strongly_typed": network.strongly_typed,
+                                  "flags": sorted(config.flags), "pinned_fp32": pinned,
+                                  "io_types": {t.name: t.dtype.name for t in network._inputs + network._outputs},
+                                  "layer_types": [layer.type.name for layer in network._layers]}))
+        with_dynamic = {n: s for n, s in config.profiles[0].shapes.items()}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:   # write_fake_engine checks the profile like a build would
+            try:
+                path = write_fake_engine(Path(tmp) / "plan", network.onnx_path, with_dynamic,
+                                         version=trt.__version__, flavour=trt.__name__,
+                                         version_compatible="VERSION_COMPATIBLE" in config.flags)
+            except ValueError as e:
+                self.logger.log(Logger.ERROR, f"build_serialized_network: {e}")
+                return None
+            return path.read_bytes()

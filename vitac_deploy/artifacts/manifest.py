@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..errors import VitacError, first_line
+from ..precision import PRECISIONS
 from .files import check_name, file_digest, load_json
 from .seal import check_format_version, check_keys, check_seal
 
@@ -29,7 +30,11 @@ ENGINE_FORMAT_VERSION = 3     # 2: engines of format-2 artifacts, energy engine,
 CONCAT_ENGINE_FORMAT_VERSION = 2   # concat engines still say 2 (see CONCAT_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 ENCODER_DIR = "encoder"   # where `plan ARTIFACT` looks for the encoder: ARTIFACT/encoder
-NESTED = {ARTIFACT_FORMAT: {ENCODER_DIR: ENCODER_FORMAT}}   # artifacts an artifact may hold, by folder
+# --save-polygraphy DIR: DIR/manifest.json lists command.txt, DIR/<precision>/manifest.json its files
+POLYGRAPHY_FORMAT = "vitac-deploy/polygraphy"
+POLYGRAPHY_STEPS_FORMAT = "vitac-deploy/polygraphy-steps"
+NESTED = {ARTIFACT_FORMAT: {ENCODER_DIR: ENCODER_FORMAT},   # artifacts an artifact may hold, by folder
+          POLYGRAPHY_FORMAT: {name: POLYGRAPHY_STEPS_FORMAT for name in PRECISIONS}}
 _HEX = frozenset("0123456789abcdef")
 
 

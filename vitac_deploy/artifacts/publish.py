@@ -102,28 +102,30 @@ class OutLock:
             self.fd = None
 
 
-def _resolve_out(out: Path) -> Path:
+def _resolve_out(out: Path, flag: str = "--out") -> Path:
     """The absolute directory `out` names, refused where replacing it could lose what is not ours."""
     if out.is_symlink():
         # renaming onto a link replaces the link, not what it points to: say so before the work
-        raise VitacError(f"--out {out} is a symbolic link: give the directory itself ({os.path.realpath(out)})")
+        raise VitacError(f"{flag} {out} is a symbolic link: give the directory itself ({os.path.realpath(out)})")
     target = out.resolve()
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
-        raise VitacError(f"--out {out} is or contains the working directory: choose a new directory for the artifact")
+        raise VitacError(f"{flag} {out} is or contains the working directory: choose a new directory")
     if target == target.parent:
-        raise VitacError(f"--out {out} is a filesystem root")
+        raise VitacError(f"{flag} {out} is a filesystem root")
     return target
 
 
-def check_out(out: str | os.PathLike, force: bool = False, formats: tuple[str, ...] = (ARTIFACT_FORMAT,)) -> Path:
+def check_out(out: str | os.PathLike, force: bool = False, formats: tuple[str, ...] = (ARTIFACT_FORMAT,),
+              flag: str = "--out") -> Path:
     """Refuse an `--out` that export could not write or must not replace (`formats`: the artifacts
-    it may replace), before any work; the absolute directory it names otherwise."""
+    it may replace), before any work; the absolute directory it names otherwise. `flag`: the
+    option named in the messages."""
     out = Path(out)
-    target = _resolve_out(out)
+    target = _resolve_out(out, flag)
     if not target.parent.is_dir():
         raise VitacError(f"cannot write {out}: {target.parent} does not exist")
-    _check_out(out, target, force, formats)
+    _check_out(out, target, force, formats, flag)
     try:   # a real probe: root passes os.access() where /proc or a read-only mount still refuses
         os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent))
     except OSError as e:
@@ -157,23 +159,25 @@ def owned_entries(target: Path, formats: tuple[str, ...] = (ARTIFACT_FORMAT,)) -
     return entries
 
 
-def _check_out(out: Path, target: Path, force: bool,
-               formats: tuple[str, ...] = (ARTIFACT_FORMAT,)) -> Optional[list[str]]:
+def _check_out(out: Path, target: Path, force: bool, formats: tuple[str, ...] = (ARTIFACT_FORMAT,),
+               flag: str = "--out") -> Optional[list[str]]:
     """What may be replaced at `target`: None if nothing is there, else the entries to remove."""
     if not os.path.lexists(target):
         return None
     if target.is_symlink() or not target.is_dir():
-        raise VitacError(f"--out {out} exists and is not a directory")
+        raise VitacError(f"{flag} {out} exists and is not a directory")
     try:
         entries = os.listdir(target)
     except OSError as e:
-        raise VitacError(f"cannot read --out {out}: {e.strerror}") from None
+        raise VitacError(f"cannot read {flag} {out}: {e.strerror}") from None
     if entries and not force:
-        raise VitacError(f"--out {out} exists and is not empty (use --force to replace an artifact)")
+        raise VitacError(f"{flag} {out} exists and is not empty (use --force to replace an artifact)")
     ours = owned_entries(target, formats)
     if ours is None:
-        raise VitacError(f"--out {out} holds files that are not part of a vitac-deploy artifact: refusing to "
-                         f"replace it, even with --force (remove them yourself, or choose another --out)")
+        what = "the files vitac-deploy wrote there" if flag != "--out" else "a vitac-deploy artifact"
+        raise VitacError(f"{flag} {out} holds files that are not part of {what}: refusing to replace it"
+                         f"{', even with --force' if flag == '--out' else ''} (remove them yourself, or choose "
+                         f"another {flag})")
     return ours
 
 
@@ -261,11 +265,27 @@ def _swap_in(tmp: Path, target: Path, old: Optional[list[str]], say: Progress) -
             os.rename(aside, target)
             raise
     try:
-        for name in old:
-            os.unlink(aside / name)
+        _remove_owned(aside, old)
         os.rmdir(aside)
     except OSError as e:   # the new artifact is in place; the old one's rest is named, never lost silently
         say(f"the previous artifact could not be removed completely ({e.strerror}): it is in {aside}")
+
+
+def _remove_owned(root: Path, names: list[str]) -> None:
+    """Unlink the entries `names` of `root`; a folder among them only if it is itself one of our
+    nested artifacts (checked again now), file by file, then the folder (which fails if anything
+    else appeared in it: named by the caller, never deleted)."""
+    nested = tuple({fmt for folders in NESTED.values() for fmt in folders.values()})
+    for name in names:
+        path = root / name
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            inner = owned_entries(path, nested)
+            if inner is None:
+                raise OSError(errno.ENOTEMPTY, "it holds files that are not ours", str(path))
+            _remove_owned(path, inner)
+            os.rmdir(path)
+        else:
+            os.unlink(path)
 
 
 def _carry(target: Path, tmp: Path, old: Optional[list[str]], names: tuple[str, ...]) -> list[str]:
@@ -298,7 +318,7 @@ def _discard(tmp: Path, target: Path, carried: list[str]) -> None:
 
 @contextlib.contextmanager
 def publishing(out: str | os.PathLike, force: bool = False, formats: tuple[str, ...] = (ARTIFACT_FORMAT,),
-               say: Optional[Progress] = None, carry: tuple[str, ...] = ()) -> Iterator[Path]:
+               say: Optional[Progress] = None, carry: tuple[str, ...] = (), flag: str = "--out") -> Iterator[Path]:
     """Yield a temporary directory to write an artifact into; on success it becomes `out`.
 
     `out` is checked (`check_out`: may be replaced only with `force`, only if it is one of
@@ -308,14 +328,14 @@ def publishing(out: str | os.PathLike, force: bool = False, formats: tuple[str, 
     removed; an OSError becomes one line ("cannot write OUT: ...")."""
     say = say or (lambda msg: None)
     out = Path(out)
-    target = check_out(out, force, formats)
+    target = check_out(out, force, formats, flag)
     with OutLock(target):
         _sweep_partials(target, say)
         tmp = _make_tmp(target)
         carried: list[str] = []
         try:
             yield tmp
-            old = _check_out(out, target, force, formats)   # again, under the lock: it may have changed
+            old = _check_out(out, target, force, formats, flag)   # again, under the lock: it may have changed
             carried = _carry(target, tmp, old, carry)
             _swap_in(tmp, target, old, say)
         except OSError as e:   # full disk, read-only or vanished directory: a user-side failure

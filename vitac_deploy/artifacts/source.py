@@ -36,7 +36,7 @@ def recorded_seed(manifest: Mapping[str, Any]) -> Optional[int]:
     """The seed of the random weights the manifest says the artifact holds, or None."""
     source = manifest.get("source")
     seed = source.get("random_init_seed") if isinstance(source, Mapping) else None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63 else None
 
 
 def weights_source(manifest: Optional[Mapping[str, Any]], checkpoint: Optional[str | os.PathLike] = None,
@@ -47,8 +47,8 @@ def weights_source(manifest: Optional[Mapping[str, Any]], checkpoint: Optional[s
     checkpoint the manifest names, if any)."""
     if checkpoint is not None and random_init:
         raise VitacError("give either --checkpoint or --random-init, not both")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise VitacError(f"--seed must be an integer >= 0, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise VitacError(f"--seed must be an integer in 0..2**63-1, got {seed!r}")
     if checkpoint is not None:
         return WeightsSource(Path(checkpoint), False, 0, False)
     recorded = recorded_seed(manifest or {})

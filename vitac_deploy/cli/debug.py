@@ -10,6 +10,7 @@ from rich.text import Text
 from rich.table import Table
 
 from ..errors import ValidationError, VitacError
+from . import options as o
 from ._common import cli_errors, live_status, stderr_console, stdout_console
 
 TOP = 15   # rows of the default table when nothing is flagged
@@ -21,7 +22,7 @@ def debug_precision(
     precision: str = typer.Option("fp16", "--precision", help="The graph compared with the fp32 one."),
     steps: int = typer.Option(3, "--steps", help="Frames of the rollout the graphs run (driven by the fp32 graph)."),
     batch: int = typer.Option(1, "--batch", help="Batch of the seeded inputs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the inputs."),
+    seed: int = o.seed("Seed of the inputs."),
     atol: Optional[float] = typer.Option(
         None, "--atol", help="Per-element tolerance at unit scale (a tensor of RMS r > 1 gets atol x r); "
                              "default: the precision's max-abs tolerance."),

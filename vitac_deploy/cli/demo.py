@@ -31,7 +31,7 @@ def demo(
                                                            "removed)."),
     horizon: int = typer.Option(7, "--horizon", help="Frames to predict from 1 context frame."),
     batch: int = typer.Option(1, "--batch", help="Trajectories rolled out at once."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the weights and inputs."),
+    seed: int = o.seed("Seed of the weights and inputs."),
     planner: str = typer.Option(PLANNER_PRESET, "--planner",
                                 help="Predictor preset of the camera -> plan stage (7-dim Franka actions by default)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder preset of the camera stage (default: the "

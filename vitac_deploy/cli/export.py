@@ -30,6 +30,12 @@ def export(
     cache_frames: Optional[int] = typer.Option(None, "--cache-frames",
                                                help="--cache static: frames the cache holds (default the model's "
                                                     "max_frames; context + horizon - 1 is enough for planning)."),
+    graph_form: str = typer.Option(
+        "portable", "--graph-form",
+        help="The operators the step graphs are written in: portable (any runtime, TensorRT 8.6/10.3 of JetPack "
+             "5/6), ort-fused (ONNX Runtime: fused multi-head attention with the cache, fused LayerNorm/GELU; "
+             "concat cache) or trt-attention (TensorRT >= 10.15 / 11.x and RTX: the ONNX Attention operator). "
+             "Same inputs, outputs and tolerances; docs/export.md."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every graph against PyTorch."),
     first_frame_graph: bool = typer.Option(True, "--first-frame-graph/--no-first-frame-graph",
                                            help="Also write first*.onnx (no past inputs) for TensorRT."),
@@ -44,15 +50,17 @@ def export(
     check_out(out, force)   # before the model is loaded: a refused --out costs nothing
     with publish_lock(out):  # held from here: two commands started together cannot both write --out
         _export(out, checkpoint, config, preset, random_init, seed, precision, opset, validate, first_frame_graph,
-                force, cache, cache_frames, save_polygraphy)
+                force, cache, cache_frames, save_polygraphy, graph_form)
 
 
 def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], preset: Optional[str], random_init: bool,
             seed: int, precision: str, opset: Optional[int], validate: bool, first_frame_graph: bool, force: bool,
-            cache: str, cache_frames: Optional[int], save_polygraphy: Optional[Path]) -> None:
+            cache: str, cache_frames: Optional[int], save_polygraphy: Optional[Path],
+            graph_form: str = "portable") -> None:
     from ..artifacts import sha256_file
     from ..config import PredictorConfig
     from ..exporters import ExportOptions, export_artifact
+    from ..exporters.artifact import check_options
     from ..reference import predictor_from_source
 
     err = stderr_console()
@@ -61,11 +69,13 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
         source["checkpoint_sha256"] = sha256_file(checkpoint)
     if random_init:
         source["random_init_seed"] = seed
-    with live_status(err, "loading the reference model"):
-        model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
     opts = ExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                          validate=validate, first_frame_graph=first_frame_graph, force=force, source=source,
-                         cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy)
+                         cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy,
+                         graph_form=graph_form)
+    check_options(opts)   # before the model loads: a bad flag costs nothing
+    with live_status(err, "loading the reference model"):
+        model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts,
                                    progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
@@ -125,7 +135,7 @@ def inspect(path: Path = typer.Argument(..., help="Artifact directory (predictor
     else:
         cache = data.get("cache") or {"contract": "concat"}
         static = f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache.get("contract") == "static" else ""
-        what = f"{cache.get('contract')} cache{static}"
+        what = f"{cache.get('contract')} cache{static}, {data.get('graph_form', 'portable')} graphs"
     console.print(Text.assemble((str(path), "bold"), f"  created {data.get('created')}, opset {data.get('opset')}, "
                                 f"{what}, vitac-deploy {exporter.get('vitac_deploy')}, torch {exporter.get('torch')}, "
                                 f"onnx {exporter.get('onnx')}"))

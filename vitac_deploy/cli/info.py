@@ -138,6 +138,11 @@ def info(
     encoder: Optional[str] = typer.Option(
         None, "--encoder", help="Also print an encoder's size, FLOPs and memory: a preset (vit-l, vit-g) or an "
                                 "encoder artifact directory."),
+    artifact: Optional[Path] = typer.Option(
+        None, "--artifact", help="Also print the cost of an exported artifact's step graph, read from the graph: "
+                                 "kernels, bytes and FLOP per frame and per plan (--samples, --horizon, --cem-steps, "
+                                 "default the upstream 400 x horizon 2 x 10 CEM steps), kernels after ONNX Runtime's "
+                                 "optimizer, and the roofline time on named devices. Its config is the one shown."),
     backends: bool = typer.Option(False, "--backends", help="Also list the runtime backends: what each opens and "
                                                             "runs, and whether it is installed here."),
     json_out: bool = typer.Option(False, "--json", help="Print it all as one JSON object (bytes and FLOPs as "
@@ -148,15 +153,29 @@ def info(
     plan_cem_steps: Optional[int] = opt.hidden("--plan-cem-steps"),
 ) -> None:
     """Config table, parameter count, tokens per frame and KV-cache bytes of a preset or checkpoint;
-    with --samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows."""
-    cfg = PredictorConfig.resolve(config, preset)
+    with --samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows;
+    with --artifact, the graph cost model of that artifact; --json, all of it as data."""
+    if artifact is not None and (config is not None or preset is not None):
+        raise VitacError("give --artifact or --preset/--config, not both (the artifact's config is shown)")
+    if artifact is not None:
+        from ..artifacts import read_manifest
+
+        cfg = PredictorConfig.from_dict(read_manifest(artifact)["config"])
+    else:
+        cfg = PredictorConfig.resolve(config, preset)
     plan = PlanOptions(opt.alias(samples, plan_samples, "--samples", "--plan-samples"),
                        opt.alias(horizon, plan_horizon, "--horizon", "--plan-horizon"),
                        opt.alias(context, plan_context, "--context", "--plan-context"),
                        opt.alias(cem_steps, plan_cem_steps, "--cem-steps", "--plan-cem-steps"),
                        chunk, budget, device_budget, unified, precision, backend, engines, fused_attention)
-    plan_data = plan_summary(cfg, **asdict(plan)) if plan.requested() else None  # bad options fail before any output
-    title = f"preset {preset}" if preset and not config else (str(config) if config else "vitac-l384 (default)")
+    if artifact is not None and plan.samples is None and any(
+            v is not None for v in (budget, device_budget, unified, backend, engines, fused_attention)):
+        raise VitacError("the memory options (--budget, --backend, ...) need --samples")
+    cost = cost_summary(artifact, plan) if artifact is not None else None
+    plan_data = plan_summary(cfg, **asdict(plan)) if (artifact is None or plan.samples is not None) \
+        and plan.requested() else None  # bad options fail before any output
+    title = f"preset {preset}" if preset and not config else (str(config) if config else
+                                                                (str(artifact) if artifact else "vitac-l384 (default)"))
     n_params = None
     if checkpoint is not None:
         from ..reference.checkpoint import check_state_dict, read_state_dict
@@ -171,7 +190,7 @@ def info(
     enc_data = encoder_summary(encoder, precision or "fp16", bool(fused_attention)) if encoder else None
     if json_out:
         data = {"model": title, "checkpoint": str(checkpoint) if checkpoint else None,
-                **config_summary(cfg, n_params), "plan": plan_data, "encoder": enc_data,
+                **config_summary(cfg, n_params), "plan": plan_data, "encoder": enc_data, "graph_cost": cost,
                 "backends": backends_summary() if backends else None}
         typer.echo(json.dumps(data, indent=2))
         return
@@ -181,21 +200,105 @@ def info(
         console.print(render_plan(plan_data))
     if enc_data is not None:
         console.print(render_encoder(enc_data))
+    if cost is not None:
+        console.print(render_cost(cost))
     if backends:
         console.print(backends_table())
+
+
+def cost_summary(artifact: Path, o: PlanOptions) -> dict:
+    """The graph cost model of an artifact's step graph for a plan (`vitac_deploy.exporters.cost`),
+    as data: per frame and per plan, kernels after ONNX Runtime's optimizer, roofline per named device."""
+    from ..artifacts import read_manifest
+    from ..exporters.cost import ort_optimized, plan_cost
+    from ..graph_forms import graph_form
+    from ..precision import precision as get_precision
+    from ..roofline import ROOFLINE_DEVICES
+    from ..summaries import _positive
+
+    S = _positive("--samples", o.samples, 400)
+    H = _positive("--horizon", o.horizon, 2)
+    steps = _positive("--cem-steps", o.cem_steps, 10)
+    chunk = _positive("--chunk", o.chunk, S)
+    if chunk > S:
+        raise VitacError(f"--chunk {chunk} is more than --samples {S}")
+    if o.context not in (None, 1):
+        raise VitacError("the cost model plans from one observation, as upstream: --context does not apply")
+    precision = get_precision(o.precision or "fp16", "--precision").name
+    manifest = read_manifest(artifact)
+    cost = plan_cost(artifact, precision, S, H, steps, chunk)
+    out = {"artifact": str(artifact), "form": graph_form(manifest, artifact), "precision": precision, "samples": S,
+           "horizon": H, "cem_steps": steps, "chunk": chunk,
+           "frames": [{"cached_frames": t, "kernels": c.kernels, "bytes": c.nbytes, "flops": c.flops}
+                      for t, c in cost.frames.items()],
+           "energy": None if cost.energy is None else {"kernels": cost.energy.kernels, "bytes": cost.energy.nbytes},
+           "runtime_calls": cost.rollouts, "bytes": cost.nbytes, "flops": cost.flops,
+           "ort_kernels_per_frame": None, "ort_cpu_inserted_casts": None, "roofline": []}
+    try:
+        ort = ort_optimized(artifact / manifest["graphs"][f"step.{precision}"]["file"])
+        out["ort_kernels_per_frame"], out["ort_cpu_inserted_casts"] = ort.kernels, ort.cpu_inserted_casts
+    except ImportError:
+        pass
+    for key, dev in ROOFLINE_DEVICES.items():
+        out["roofline"].append({"device": key, "name": dev.name, "bandwidth_tb_s": dev.bandwidth_tb_s,
+                                "peak_tflops": dev.peak_tflops(precision), "seconds_per_plan": cost.roofline_s(dev)})
+    return out
+
+
+def render_cost(c: dict):
+    """The table of a `cost_summary`."""
+    from rich.console import Group
+    from rich.text import Text
+
+    precision, chunk = c["precision"], c["chunk"]
+    table = Table(title=f"graph cost: {c['artifact']} ({c['form']} form, {precision} step graph), plan of "
+                        f"{c['samples']} samples x horizon {c['horizon']} x {c['cem_steps']} CEM steps, {chunk} samples "
+                        f"per call", header_style="bold")
+    table.add_column("")
+    table.add_column("kernels", justify="right")
+    table.add_column("bytes moved", justify="right")
+    table.add_column("FLOP", justify="right")
+    for f in c["frames"]:
+        t = f["cached_frames"]
+        table.add_row(f"frame on {t} cached frame{'s' if t != 1 else ''} (batch {chunk})", str(f["kernels"]),
+                      f"{f['bytes'] / 1e9:,.2f} GB", f"{f['flops'] / 1e12:,.3f} T")
+    if c["energy"] is not None:
+        table.add_row("energy graph (per call)", str(c["energy"]["kernels"]), f"{c['energy']['bytes'] / 1e9:,.3f} GB", "0")
+    table.add_row(f"plan ({c['runtime_calls']} runtime calls)", "-", f"{c['bytes'] / 1e9:,.1f} GB",
+                  f"{c['flops'] / 1e12:,.1f} T")
+    table.add_section()
+    extra = ""
+    if c["ort_kernels_per_frame"] is not None:
+        table.add_row("kernels per frame after ONNX Runtime's optimizer (CPU provider)", str(c["ort_kernels_per_frame"]),
+                      "-", "-")
+        if c["ort_cpu_inserted_casts"]:
+            extra = (f" Not counted: the {c['ort_cpu_inserted_casts']} Casts ONNX Runtime's CPU provider inserts around "
+                     f"operators it has no float16 kernel for (the CUDA provider has them).")
+    else:
+        table.add_row("kernels per frame after ONNX Runtime's optimizer", "onnxruntime not installed", "-", "-")
+    table.add_section()
+    for r in c["roofline"]:
+        peak, seconds = r["peak_tflops"], r["seconds_per_plan"]
+        table.add_row(f"roofline on {r['name']} ({r['bandwidth_tb_s']:g} TB/s, "
+                      f"{'-' if peak is None else f'{peak:g}'} TFLOP/s {precision})",
+                      "-", "-", "-" if seconds is None else f"{seconds:.3f} s per plan")
+    note = Text("roofline: the sum over kernels of max(bytes / bandwidth, FLOP / peak), one kernel per node, "
+                "datasheet figures (vitac_deploy.roofline; Jetson fp16 rates derived): the time this graph cannot "
+                "beat as written. Fused operators count their inputs and outputs only." + extra)
+    return Group(table, note)
 
 
 def backends_table() -> Table:
     """The registered backends and their declared capabilities (runtimes/registry.py)."""
     table = Table(title="runtime backends", header_style="bold")
-    for col in ("backend", "opens", "devices", "precisions", "cache contracts", "CUDA graphs", "memory model",
-                "installed"):
+    for col in ("backend", "opens", "devices", "precisions", "cache contracts", "graph forms", "CUDA graphs",
+                "memory model", "installed"):
         table.add_column(col)
     for b in backends_summary():
         layout = b["memory_layout"]
         table.add_row(", ".join([b["backend"], *b["variants"]]), ", ".join(b["opens"]), ", ".join(b["devices"]),
                       ", ".join(b["precisions"]), ", ".join(b["cache_contracts"]) or "its own",
-                      "yes" if b["cuda_graphs"] else "no",
+                      ", ".join(b["graph_forms"]), "yes" if b["cuda_graphs"] else "no",
                       f"{layout['frame_buffers']} frame buffers{', pinned staging' if layout['pinned_staging'] else ''}"
                       if layout else "none", "yes" if b["installed"] else "no")
     return table

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import VitacError
+from ..inputs import check_seed
 from ..planning.cem import CEMOptions
 
 _CEM = CEMOptions()
@@ -17,7 +18,8 @@ _CEM = CEMOptions()
 def backend(default: Optional[str] = "auto", what: str = "") -> Any:
     """--backend (open_runtime's `backend`): a registered backend, or auto."""
     return typer.Option(default, "--backend",
-                        help=what or "auto, onnxruntime, torch, torch-compile (an ENGINE.plan runs on tensorrt).")
+                        help=what or "auto, onnxruntime, torch (the fast PyTorch path), torch-compile, torch-reference "
+                                     "(the reference model); an ENGINE.plan runs on tensorrt.")
 
 
 DEVICE = typer.Option(None, "--device", help="cpu or cuda (default: cpu; cuda for engines).")            # device
@@ -36,7 +38,22 @@ REPORT = typer.Option(None, "--report", help="Write the JSON report here.")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="Weights (.pt/.pth/.safetensors), read without running pickled code.")
 CONFIG = typer.Option(None, "--config", help="Config JSON (ours, or upstream constructor kwargs).")
 RANDOM_INIT = typer.Option(False, "--random-init", help="Seeded random weights instead of a checkpoint.")
-WEIGHT_SEED = typer.Option(0, "--seed", help="Seed for --random-init.")
+def _seed(value: Optional[int]) -> Optional[int]:
+    """--seed by the rule every entry point shares (inputs.check_seed: 0..2**63-1, the server's)."""
+    if value is None:
+        return value
+    try:
+        return check_seed(value, "--seed")
+    except VitacError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def seed(help: str, default: Optional[int] = 0) -> Any:
+    """--seed, checked as every entry point checks a seed (`default` None: the command decides)."""
+    return typer.Option(default, "--seed", help=help, callback=_seed)
+
+
+WEIGHT_SEED = seed("Seed for --random-init.")
 
 # the upstream CEM planner (plan, serve, bench --plan, demo): CEMOptions, upstream names and defaults
 HORIZON = typer.Option(_CEM.rollout, "--horizon", help="Actions planned (and frames predicted) per sample "

@@ -26,7 +26,7 @@ def plan(
     momentum_mean: float = o.MOMENTUM_MEAN, momentum_mean_gripper: float = o.MOMENTUM_MEAN_GRIPPER,
     momentum_std: float = o.MOMENTUM_STD, momentum_std_gripper: float = o.MOMENTUM_STD_GRIPPER,
     maxnorm: float = o.MAXNORM, close_gripper: Optional[int] = o.CLOSE_GRIPPER,
-    seed: int = typer.Option(0, "--seed", help="Seed of the CEM draws."),
+    seed: int = o.seed("Seed of the CEM draws."),
     noise: Optional[Path] = typer.Option(None, "--noise", help="Replay these draws (.npz cem_noise) instead of --seed."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples rolled out at once (default: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan and its figures here."),
@@ -147,6 +147,7 @@ class step_progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+DEFAULT_LANDSCAPE_BUDGET = "1GiB"
 
 
 @cli_errors
@@ -159,22 +160,35 @@ def energy_landscape(
     size: float = typer.Option(0.075, "--size", help="Grid half-width: actions in [-size, size]."),
     plot: Path = typer.Option(..., "--plot", help="Heatmap PNG to write."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the grid and its energies here."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Grid actions rolled out at once (default 512, fewer "
+                                                              "where --memory-budget fits fewer)."),
+    memory_budget: str = typer.Option(DEFAULT_LANDSCAPE_BUDGET, "--memory-budget",
+                                      help="Bytes the rollouts may take (the memory model of `info --plan-samples`): "
+                                           "the chunk is the largest that fits. E.g. 512MiB, 8GiB."),
 ) -> None:
     """The upstream energy-landscape example: the energy of one predicted frame per grid action."""
     from ..artifacts import check_output, now_iso, write_json_atomic
-    from ..planning.landscape import action_grid, energy_landscape as landscape, plot_landscape
+    from ..errors import VitacError
+    from ..planning.landscape import action_grid, energy_landscape as landscape, landscape_chunk, plot_landscape
+    from ..planning.memory import parse_bytes
     from ..planning.scene import open_scene
 
+    budget = parse_bytes(memory_budget)
+    if chunk is not None and chunk < 1:
+        raise VitacError(f"--chunk must be a positive integer, got {chunk}")
     for flag, target in (("--plot", plot), ("--json", json_out)):
         if target is not None:
             check_output(target, flag)
     err = stderr_console()
     with live_status(err, "opening the predictor and encoder, encoding the observation and goal"):
-        sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision)
+        # one predicted frame per action: the cache holds the current frame; allocated for the first chunk
+        sc = open_scene(artifact, observation, goal, pose, encoder, backend, device, precision, max_frames=1)
     n = len(action_grid(sc.runtime.cfg.action_dim, grid, size))   # option errors before the work
+    n_chunk = landscape_chunk(sc.runtime, n, chunk, budget)
+    err.print(f"{n} actions in chunks of {n_chunk} (--memory-budget {memory_budget})")
     t0 = time.perf_counter()
     with live_status(err, f"scoring {n} grid actions (one predicted frame each)"):
-        actions, energy = landscape(sc.runtime, sc.current, sc.goal, sc.pose, grid, size)
+        actions, energy = landscape(sc.runtime, sc.current, sc.goal, sc.pose, grid, size, chunk=n_chunk)
     seconds = time.perf_counter() - t0
     i = int(np.argmin(energy))
     stdout_console().print(f"{len(energy)} actions in {seconds:.2f} s; lowest energy {energy[i]:.5f} at action "
@@ -184,4 +198,5 @@ def energy_landscape(
     if json_out is not None:
         write_json_atomic(json_out, {"date": now_iso(), "artifact": str(artifact), "pose": sc.pose[0].tolist(),
                                      "grid": grid, "size": size, "actions": actions.tolist(),
-                                     "energies": energy.tolist(), "best": actions[i].tolist(), "seconds": seconds})
+                                     "energies": energy.tolist(), "best": actions[i].tolist(), "seconds": seconds,
+                                     "chunk": n_chunk})

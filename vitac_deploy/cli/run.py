@@ -78,10 +78,11 @@ def validate(
     random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with "
                                                                   "--random-init; read from the manifest when it "
                                                                   "records them)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random weights (default: the one the "
-                                                            "manifest records, else 0)."),
+    seed: Optional[int] = o.seed("Seed of the random weights (default: the one the manifest records, else 0).",
+                                 None),
     # the deployment gate checks the exported graphs: ONNX Runtime unless told otherwise
-    backend: Optional[str] = o.backend(None, "onnxruntime (default) or torch; an ENGINE.plan runs on tensorrt."),
+    backend: Optional[str] = o.backend(None, "onnxruntime (default), torch, torch-compile or torch-reference; an "
+                                             "ENGINE.plan runs on tensorrt."),
     device: Optional[str] = o.DEVICE,
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="Comma list of precisions to check (default: every one the artifact has; an engine's own)."),

@@ -17,8 +17,10 @@ from ..precision import PRECISIONS as _PRECISIONS, parse_list as parse_precision
 from ..artifacts import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, CONCAT_FORMAT_VERSION, ENCODER_DIR, MANIFEST,
                          Progress, file_digest, now_iso, publishing, seal, versions, write_json_atomic)
 from ..validation.metrics import TOLERANCES
+from ..graph_forms import FORMS, GRAPH_FORMS, PORTABLE
 from .energy_graph import build_energy_graph
-from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, STATIC_OPSET, build_step_graph
+from .form_graphs import build_form_graph
+from .step_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, STATIC_OPSET
 from .weights import save_with_shared_data
 
 PRECISIONS = tuple(_PRECISIONS)
@@ -47,12 +49,15 @@ class ExportOptions:
     source: dict[str, Any] = field(default_factory=dict)   # checkpoint path/sha256 or random-init seed
     cache: str = "concat"                   # KV cache contract: concat (any runtime) or static (in place, opset 24)
     cache_frames: Optional[int] = None      # static: frames the fixed-length cache holds (default max_frames)
+    graph_form: str = PORTABLE              # the operators the step graphs are written in (vitac_deploy.graph_forms)
 
     @property
     def graph_opset(self) -> int:
         """The opset the graphs are written with."""
         if self.opset is not None:
             return self.opset
+        if self.graph_form != PORTABLE and self.graph_form in FORMS and self.cache in FORMS[self.graph_form].caches:
+            return FORMS[self.graph_form].opset(self.cache)
         return STATIC_OPSET if self.cache == "static" else DEFAULT_OPSET
 
 
@@ -60,7 +65,9 @@ def _check_options(opts: ExportOptions) -> None:
     parse_precisions(opts.precisions)
     if opts.cache not in CACHE_CONTRACTS:
         raise VitacError(f"--cache must be one of {', '.join(CACHE_CONTRACTS)}, got {opts.cache}")
-    if opts.cache == "static":
+    if opts.graph_form != PORTABLE:
+        _check_form_options(opts)
+    elif opts.cache == "static":
         if opts.graph_opset != STATIC_OPSET:
             raise VitacError(f"--cache static writes opset {STATIC_OPSET} (TensorScatter), "
                              f"got --opset {opts.graph_opset}")
@@ -68,6 +75,26 @@ def _check_options(opts: ExportOptions) -> None:
         raise VitacError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opts.graph_opset}")
     if opts.cache_frames is not None and opts.cache != "static":
         raise VitacError("--cache-frames applies to --cache static only (the concat cache grows as it goes)")
+
+
+def check_options(opts: ExportOptions) -> None:
+    """Refuse bad export options in one line (VitacError), before any work."""
+    _check_options(opts)
+
+
+def _check_form_options(opts: ExportOptions) -> None:
+    """A non-portable graph form: its cache contracts and opsets."""
+    if opts.graph_form not in FORMS:
+        raise VitacError(f"--graph-form must be one of {', '.join(GRAPH_FORMS)}, got {opts.graph_form}")
+    form = FORMS[opts.graph_form]
+    if opts.cache not in form.caches:
+        raise VitacError(f"--graph-form {form.name} has the {' or '.join(form.caches)} cache contract, not "
+                         f"--cache {opts.cache}")
+    lo, hi = form.opsets
+    if opts.cache == "static" and opts.graph_opset < STATIC_OPSET:
+        raise VitacError(f"--cache static writes opset {STATIC_OPSET} (TensorScatter), got --opset {opts.graph_opset}")
+    if not lo <= opts.graph_opset <= hi:
+        raise VitacError(f"--graph-form {form.name} writes opset {lo}..{hi}, got --opset {opts.graph_opset}")
 
 
 def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptions] = None,
@@ -123,8 +150,8 @@ def _write_artifact(model, tmp: Path, opts: ExportOptions, say: Progress) -> dic
         say(f"building {precision} graphs")
         # the static step graph runs frame 0 itself (fixed shapes: no empty past to express)
         roles = ["step"] + (["first"] if opts.first_frame_graph and not static else [])
-        models = [(build_step_graph(cfg, weights, precision, role == "first", opts.graph_opset, opts.cache,
-                                    opts.cache_frames), tmp / names[role])
+        models = [(build_form_graph(cfg, weights, precision, role == "first", opts.graph_opset, opts.cache,
+                                    opts.cache_frames, opts.graph_form), tmp / names[role])
                   for role in roles]
         say(f"writing {', '.join(names[r] for r in roles)} + {names['weights']}")
         save_with_shared_data(models, tmp / names["weights"])
@@ -159,6 +186,7 @@ def _write_artifact(model, tmp: Path, opts: ExportOptions, say: Progress) -> dic
                    "per_cache_frame": cfg.tokens_per_step},
         "source": opts.source or dict(getattr(model, "weights_source", {})),
         "opset": opts.graph_opset,
+        "graph_form": opts.graph_form,
         "exporter": {"name": "vitac_deploy.exporters.step_graph", "vitac_deploy": __version__, **versions()},
         "graphs": graphs,
         "first_frame": ("first.* graphs take no past inputs: TensorRT profiles may not express "

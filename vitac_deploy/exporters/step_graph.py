@@ -200,6 +200,22 @@ class StepGraphBuilder:
             return self.linear(g.one("Mul", [silu, x2], f"{p}.gate"), f"{p}.fc3")
         return self.linear(self.gelu(self.linear(x, f"{p}.fc1"), f"{p}.gelu"), f"{p}.fc2")
 
+    def transformer(self, x: str, cos: str, sin: str) -> str:
+        """The blocks over the frame's tokens `x` [B, K+N, d], then the patch tokens normed
+        (`predictor_norm`), [B, N, d] in the compute dtype. Graph forms override it."""
+        cfg, g = self.cfg, self.g
+        for i in range(cfg.depth):
+            b = f"predictor_blocks.{i}"
+            x = g.one("Add", [x, self.attention(self.block_norm(x, f"{b}.norm1"), i, cos, sin)], f"{b}.residual1")
+            x = g.one("Add", [x, self.mlp(self.block_norm(x, f"{b}.norm2"), i)], f"{b}.residual2")
+        L = cfg.tokens_per_step
+        x = g.one("Slice", [x, self._ints(cfg.cond_tokens), self._ints(L), self._ints(1)], "patch_tokens")
+        return self.block_norm(x, "predictor_norm")
+
+    def opset_imports(self) -> list[onnx.OperatorSetIdProto]:
+        """The operator sets the graph uses (graph forms add the ONNX Runtime contrib domain)."""
+        return [helper.make_opsetid("", self.opset)]
+
     def build(self) -> onnx.ModelProto:
         cfg, g = self.cfg, self.g
         feats = "features"
@@ -212,14 +228,7 @@ class StepGraphBuilder:
         tokens = [g.one("Unsqueeze", [self.linear(self._to_cd(name), enc), self._ints(1)], f"{name}_token")
                   for name, enc in cond]
         x = g.one("Concat", tokens + [x], "frame_tokens", axis=1)        # [B, K+N, d]: conditioning first
-        cos, sin = self._rope_tables()
-        for i in range(cfg.depth):
-            b = f"predictor_blocks.{i}"
-            x = g.one("Add", [x, self.attention(self.block_norm(x, f"{b}.norm1"), i, cos, sin)], f"{b}.residual1")
-            x = g.one("Add", [x, self.mlp(self.block_norm(x, f"{b}.norm2"), i)], f"{b}.residual2")
-        L = cfg.tokens_per_step
-        x = g.one("Slice", [x, self._ints(cfg.cond_tokens), self._ints(L), self._ints(1)], "patch_tokens")
-        x = self.linear(self.block_norm(x, "predictor_norm"), "predictor_proj")
+        x = self.linear(self.transformer(x, *self._rope_tables()), "predictor_proj")
         x = self._to_f32(x)
         if cfg.normalize_reps:
             g.op("Identity", [x], out_names=["next_features_raw"])
@@ -232,8 +241,7 @@ class StepGraphBuilder:
                      + ("_static" if self.cache == "static" else ""),
             [_value_info(s) for s in inputs], [_value_info(s) for s in outputs],
             initializer=list(g.initializers.values()))
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                  producer_name="vitac-deploy")
+        model = helper.make_model(graph, opset_imports=self.opset_imports(), producer_name="vitac-deploy")
         # readable by older runtimes (IR 10 for opset 24: ONNX Runtime 1.32 and TensorRT's parser take it)
         model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9 if self.opset <= 21 else 10)
         return model

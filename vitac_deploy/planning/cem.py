@@ -20,8 +20,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import VitacError
-from .energy import (PoseUpdate, check_features, check_pose, chunk_size, default_pose_update, graph_context,
-                     rollout_energies_many, runtime_lock)
+from ..inputs import check_seed
+from .energy import (PoseUpdate, check_pose, chunk_size, default_pose_update, features_input, graph_context,
+                     rollout_energies_many, runtime_lock, stage_contexts)
 
 
 @dataclass
@@ -140,9 +141,11 @@ class PlanRequest:
 def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noise: Optional[np.ndarray] = None,
          seed: int = 0, space: Optional[ActionSpace] = None, chunk: Optional[int] = None,
          memory_budget: Optional[int] = None,
-         on_step: Optional[Callable[[int, int, float], None]] = None) -> PlanResult:
+         on_step: Optional[Callable[[int, int, float], None]] = None, stage: bool = True) -> PlanResult:
     """Plan `options.rollout` actions from the current features [1, N, D] (normalized) and pose
-    [1, A] towards the goal features [1, N, D].
+    [1, A] towards the goal features [1, N, D]. The features may stay on the runtime's device (e.g.
+    a torch encoder's output tensor for a torch runtime on the same device: `Runtime.device_features`):
+    they are then staged there without a host round trip.
 
     `noise`: the standard normal draws [cem_steps * rollout, samples, k] in upstream draw order
     (step 0 h 0, step 0 h 1, step 1 h 0, ...; k sampled entries: xyz, gripper), used instead of
@@ -150,16 +153,18 @@ def plan(runtime, current, goal, pose, options: Optional[CEMOptions] = None, noi
     runtime's max_batch; the plan does not depend on it). `memory_budget` (bytes): the chunk is at
     most the largest the memory model fits in it (planning/memory.py; a runtime allocates for its
     max_batch, or for its first chunk when opened without one). `on_step(step, steps, best_energy)`.
-    It is `plan_many` with one robot.
+    `stage=False` sends the observation with every rollout instead of staging it once on the
+    runtime (the way before staging; for measurements: the plan is the same). It is `plan_many`
+    with one robot.
     """
     return plan_many(runtime, [PlanRequest(current, goal, pose, seed, noise)], options, space, chunk,
-                     memory_budget, on_step)[0]
+                     memory_budget, on_step, stage)[0]
 
 
 def plan_many(runtime, requests: Sequence[PlanRequest], options: Optional[CEMOptions] = None,
               space: Optional[ActionSpace] = None, chunk: Optional[int] = None,
               memory_budget: Optional[int] = None,
-              on_step: Optional[Callable[[int, int, float], None]] = None) -> list[PlanResult]:
+              on_step: Optional[Callable[[int, int, float], None]] = None, stage: bool = True) -> list[PlanResult]:
     """Plan for several robots at once: every CEM step rolls out the samples of all of them in one
     batch (R * samples rows, chunked to `chunk` / the runtime's max_batch), each robot with its own
     context, goal, pose, draws, elites and distribution. Each robot's PlanResult is the one `plan`
@@ -174,26 +179,34 @@ def plan_many(runtime, requests: Sequence[PlanRequest], options: Optional[CEMOpt
         raise VitacError("close_gripper needs an action space with a gripper entry")
     if len(requests) < 1:
         raise VitacError("plan_many needs at least one request")
-    robots = [_robot(r, opts, space, cfg) for r in requests]
+    robots = [_robot(r, opts, space, runtime) for r in requests]
+    if len({r.on_device for r in robots}) > 1:
+        raise VitacError("give every robot's current features on the host, or every one on the device")
+    if robots[0].on_device and not stage:
+        raise VitacError("features on the device are staged there: stage=False takes host features")
     n = chunk_size(runtime, opts.samples * len(robots), chunk)
     if memory_budget is not None:
         n = min(n, _fitting_chunk(runtime, memory_budget, opts.rollout, opts.samples * len(robots)))
     with runtime_lock(runtime):
-        return _cem(runtime, opts, space, robots, n, on_step)
+        return _cem(runtime, opts, space, robots, n, on_step, stage)
 
 
 @dataclass
 class _Robot:
-    context: np.ndarray      # graph input [1, 1, N, D]
-    goal: np.ndarray         # [1, N, D]
+    context: np.ndarray      # graph input [1, 1, N, D] (on_device: the normalized device features [1, N, D])
+    goal: np.ndarray         # [1, N, D] (a host or device array)
     pose: np.ndarray         # [1, A]
     noise: Optional[np.ndarray]
     rng: np.random.Generator
+    on_device: bool = False
 
 
-def _robot(req: PlanRequest, opts: CEMOptions, space: ActionSpace, cfg) -> _Robot:
-    """Check one robot's inputs as `plan` always has."""
-    current, goal = check_features("current", req.current, cfg), check_features("goal", req.goal, cfg)
+def _robot(req: PlanRequest, opts: CEMOptions, space: ActionSpace, runtime) -> _Robot:
+    """Check one robot's inputs as `plan` always has (features on the runtime's device: their shape
+    here, their normalization where the runtime stages them)."""
+    cfg = runtime.cfg
+    (current, on_device), (goal, _) = features_input(runtime, "current", req.current, cfg), \
+        features_input(runtime, "goal", req.goal, cfg)
     pose = check_pose(req.pose, cfg.action_dim)
     H, S, k = opts.rollout, opts.samples, len(space.sampled)
     noise = req.noise
@@ -205,12 +218,13 @@ def _robot(req: PlanRequest, opts: CEMOptions, space: ActionSpace, cfg) -> _Robo
         if not np.isfinite(noise).all():
             raise VitacError("noise contains NaN or inf")
         noise = noise.astype(np.float64)
-    if not _is_int(req.seed) or req.seed < 0:
-        raise VitacError(f"seed must be an integer >= 0, got {req.seed!r}")
-    return _Robot(graph_context(current, cfg), goal, pose, noise, np.random.default_rng(req.seed))
+    seed = check_seed(req.seed)   # the server's rule, everywhere: 0..2**63-1
+    return _Robot(current if on_device else graph_context(current, cfg), goal, pose, noise,
+                  np.random.default_rng(seed), on_device)
 
 
-def _cem(runtime, opts: CEMOptions, space: ActionSpace, robots: list, n: int, on_step) -> list[PlanResult]:
+def _cem(runtime, opts: CEMOptions, space: ActionSpace, robots: list, n: int, on_step,
+         stage: bool = True) -> list[PlanResult]:
     cfg = runtime.cfg
     H, S, K, k, R = opts.rollout, opts.samples, opts.topk, len(space.sampled), len(robots)
     std0, bound, m_mean, m_std = _per_entry(space, opts)
@@ -219,6 +233,9 @@ def _cem(runtime, opts: CEMOptions, space: ActionSpace, robots: list, n: int, on
     results = [PlanResult(np.zeros((H, cfg.action_dim), np.float32), np.empty((opts.cem_steps, S), np.float32),
                           means[r], stds[r], n) for r in range(R)]
     t_start = time.perf_counter()
+    # once per plan, where the runtime computes: a CEM step sends its samples' conditioning, nothing of the context
+    contexts = [r.context for r in robots]
+    contexts = stage_contexts(runtime, contexts, robots[0].on_device) if stage else contexts
     for step in range(opts.cem_steps):
         t0 = time.perf_counter()
         actions = np.zeros((R, S, H, cfg.action_dim))
@@ -230,7 +247,7 @@ def _cem(runtime, opts: CEMOptions, space: ActionSpace, robots: list, n: int, on
             actions[r][:, :, sampled] = a.transpose(1, 0, 2)
         if opts.close_gripper is not None:
             actions[:, :, opts.close_gripper:, space.gripper] = 1.0
-        e_all = rollout_energies_many(runtime, [r.context for r in robots], [r.goal for r in robots],
+        e_all = rollout_energies_many(runtime, contexts, [r.goal for r in robots],
                                       [r.pose for r in robots], actions.reshape(R * S, H, -1).astype(np.float32),
                                       S, space.pose_update, n)
         for r in range(R):
@@ -270,12 +287,12 @@ def _fitting_chunk(runtime, budget, horizon: int, samples: int) -> int:
     # MiB of caution on a discrete GPU
     kw = {"precision": runtime.precision, "backend": layout, "engines": getattr(runtime, "weight_copies", 1),
           "unified": layout.pinned_staging,
-          # the static contract's cache is written in place: one arena, not two
-          "double_buffered": getattr(runtime, "cache", "concat") != "static"}
+          # the static contract's cache (and the fast torch path's) is written in place: one arena, not two
+          "double_buffered": getattr(runtime, "cache", "concat") not in ("static", "in-place")}
     fit = largest_chunk(runtime.cfg, int(budget), frames, samples, **kw)
     if fit == 0:
         raise VitacError(f"not even one sample fits a budget of {_size(budget)} with this runtime "
-                         f"(max_frames {frames}; see `vitac-deploy info --plan-samples`)")
+                         f"(max_frames {frames}; see `vitac-deploy info --samples`)")
     max_batch = getattr(runtime, "max_batch", None)
     if max_batch is not None and max_batch > fit:
         best = largest_chunk(runtime.cfg, int(budget), horizon, samples, **kw)   # opened for the horizon alone

@@ -4,7 +4,10 @@
 The rollout starts from the current observation's normalized features; poses start at the
 current pose and follow the pose update. Samples are rolled out in chunks of at most the
 runtime's batch; the energy is computed where the rollout runs (`Runtime.rollout_energy`), so a
-chunk moves its actions in and its energies out, never its predictions.
+chunk moves its actions in and its energies out, never its predictions. The observation is staged
+on the runtime once per plan (`Runtime.stage_context`) and broadcast there: per chunk, only its
+actions and the poses they lead to (F x (2A [+ A-1]) floats a sample) go in and its energies
+(one float a sample) come out.
 """
 
 from __future__ import annotations
@@ -108,20 +111,62 @@ def rollout_energies(runtime, context: np.ndarray, pose: np.ndarray, actions: np
     return out
 
 
-def rollout_energies_many(runtime, contexts: list, goals: list, poses: list, actions: np.ndarray, samples: int,
+def features_input(runtime, name: str, x, cfg):
+    """(features [1, N, D], on_device): a host array checked by `check_features`, or a device array
+    the runtime takes as it is (`Runtime.device_features`: e.g. the encoder's output kept on the
+    device), shape-checked here; its normalization is checked where the runtime stages it."""
+    take = getattr(runtime, "device_features", None)
+    dev = take(x, name) if take is not None else None
+    if dev is None:
+        return check_features(name, x, cfg), False
+    N, D = cfg.tokens_per_frame, cfg.embed_dim
+    if tuple(dev.shape) not in ((N, D), (1, N, D)):
+        raise VitacError(f"{name} must be features of shape [1, {N}, {D}], got {list(dev.shape)}")
+    return _reshaped(dev, (1, N, D)), True
+
+
+def _reshaped(dev, shape: tuple):
+    """A device array (a runtimes.arrays.DeviceArray, or a tensor) seen with another shape."""
+    import dataclasses
+
+    from ..runtimes.arrays import DeviceArray
+
+    return dataclasses.replace(dev, shape=shape) if isinstance(dev, DeviceArray) else dev.reshape(shape)
+
+
+def stage_contexts(runtime, contexts: list, on_device: bool = False):
+    """The contexts (one per robot: graph inputs [1, 1, N, D], or with `on_device` the normalized
+    device features [1, N, D] that `features_input` gave) staged once on the runtime, a StagedContext
+    of R contexts; the list itself for a runtime that cannot stage (the full-recompute baseline
+    takes host arrays)."""
+    stage = getattr(runtime, "stage_context", None)
+    if stage is None:
+        return contexts
+    if on_device:
+        return stage([_reshaped(c, (1, 1) + tuple(c.shape[1:])) for c in contexts], normalized=True)
+    return stage(contexts)
+
+
+def rollout_energies_many(runtime, contexts, goals: list, poses: list, actions: np.ndarray, samples: int,
                           pose_update: PoseUpdate, chunk: int) -> np.ndarray:
     """Energies [R * S] of the samples of R robots rolled out together: actions [R * S, H, A], robot r's
-    S samples at rows r*S..(r+1)*S-1, each from its own context [1, 1, N, D], pose [1, A] and goal
-    [1, N, D]. The rows are chunked to `chunk` regardless of robot; a chunk that holds one robot runs
-    exactly as `rollout_energies` runs it, one that holds several scores each robot's rows against its
-    goal (`Runtime.rollout_energy_groups`). Each row's energy is the one it gets alone."""
-    R = len(contexts)
+    S samples at rows r*S..(r+1)*S-1, each from its own context [1, 1, N, D] (a list of R, or the
+    StagedContext `stage_contexts` made of them), pose [1, A] and goal [1, N, D]. The rows are
+    chunked to `chunk` regardless of robot; a chunk that holds one robot runs exactly as
+    `rollout_energies` runs it, one that holds several scores each robot's rows against its goal
+    (`Runtime.rollout_energy_groups`). Each row's energy is the one it gets alone."""
+    from ..runtimes.staging import StagedContext
+
+    staged = contexts if isinstance(contexts, StagedContext) else None
+    R = staged.contexts if staged is not None else len(contexts)
+    context_of = (lambda r: staged.for_robot(r)) if staged is not None else (lambda r: contexts[r])  # noqa: E731
     if R == 1:   # one robot: the single-robot path itself, the goal staged once
         runtime.set_goal(goals[0])
-        return rollout_energies(runtime, contexts[0], poses[0], actions, pose_update, chunk)
+        return rollout_energies(runtime, context_of(0), poses[0], actions, pose_update, chunk)
     S, H = samples, actions.shape[1]
     owner = np.repeat(np.arange(R), S)
-    all_ctx, all_pose = np.concatenate(contexts), np.concatenate(poses)            # [R, 1, N, D], [R, A]
+    all_ctx = np.concatenate(contexts) if staged is None else None                # [R, 1, N, D]
+    all_pose = np.concatenate(poses)                                               # [R, A]
     grouped = hasattr(runtime, "rollout_energy_groups")
     out = np.empty(R * S, np.float32)
     lo = 0
@@ -134,14 +179,15 @@ def rollout_energies_many(runtime, contexts: list, goals: list, poses: list, act
         if rows[0] == rows[-1]:
             r = int(rows[0])
             runtime.set_goal(goals[r])
-            out[lo:hi] = runtime.rollout_energy(contexts[r], actions[lo:hi], states, H, state_update=pose_update)
+            out[lo:hi] = runtime.rollout_energy(context_of(r), actions[lo:hi], states, H, state_update=pose_update)
         else:
             present = np.unique(rows)
             groups = [(int(np.searchsorted(rows, r)), int(np.searchsorted(rows, r, "right")), i)
                       for i, r in enumerate(present)]
+            context = staged.for_groups([(a, b, int(present[i])) for a, b, i in groups]) if staged is not None \
+                else np.ascontiguousarray(all_ctx[rows])
             out[lo:hi] = runtime.rollout_energy_groups(
-                np.ascontiguousarray(all_ctx[rows]), actions[lo:hi], states, H,
-                np.concatenate([goals[r] for r in present]), groups, state_update=pose_update)
+                context, actions[lo:hi], states, H, [goals[r] for r in present], groups, state_update=pose_update)
         lo = hi
     if not np.isfinite(out).all():
         describe = getattr(runtime, "describe", lambda: type(runtime).__name__)()
@@ -157,7 +203,8 @@ def energies(runtime, current, goal, pose, actions, pose_update: Optional[PoseUp
 
     With H = 1 on a grid of actions this is upstream's energy landscape."""
     cfg = runtime.cfg
-    current, goal = check_features("current", current, cfg), check_features("goal", goal, cfg)
+    (current, on_device), (goal, _) = features_input(runtime, "current", current, cfg), \
+        features_input(runtime, "goal", goal, cfg)
     A = cfg.action_dim
     pose = check_pose(pose, A)
     actions = np.asarray(actions)
@@ -167,8 +214,9 @@ def energies(runtime, current, goal, pose, actions, pose_update: Optional[PoseUp
     n = chunk_size(runtime, actions.shape[0], chunk)
     with runtime_lock(runtime):
         runtime.set_goal(goal)
-        return rollout_energies(runtime, graph_context(current, cfg), pose, np.ascontiguousarray(actions, np.float32),
-                                pose_update or default_pose_update(A), n)
+        context = stage_contexts(runtime, [current if on_device else graph_context(current, cfg)], on_device)
+        return rollout_energies(runtime, context if not isinstance(context, list) else context[0], pose,
+                                np.ascontiguousarray(actions, np.float32), pose_update or default_pose_update(A), n)
 
 
 def graph_context(current: np.ndarray, cfg) -> np.ndarray:

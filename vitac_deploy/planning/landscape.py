@@ -2,35 +2,63 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Optional
 
 import numpy as np
 
 from ..errors import VitacError
-from .energy import energies
+from .energy import chunk_size, energies
+
+MAX_GRID_ACTIONS = 1_000_000   # --grid 100 in 3 dims; the plot and the JSON hold every point
+# Grid actions rolled out at once unless told otherwise. Past a few hundred rows a call gains no
+# speed (tiny model, 2-core CPU, --grid 40: chunk 500 took 22 s at 282 MiB peak, chunk 14936 took
+# 45 s at 3.8 GiB), and rows cost memory the plan memory model does not count on tiny models.
+DEFAULT_CHUNK = 512
 
 
 def action_grid(action_dim: int, nsamples: int = 5, size: float = 0.075) -> np.ndarray:
     """[nsamples ** k, action_dim]: every combination of `nsamples` values in [-size, size] for the
-    first k = min(3, action_dim) entries (xyz), the rest 0, last entry fastest (upstream's order)."""
+    first k = min(3, action_dim) entries (xyz), the rest 0, last entry fastest (upstream's order).
+    At most MAX_GRID_ACTIONS rows (a VitacError, before any allocation, for more)."""
     if not isinstance(nsamples, int) or isinstance(nsamples, bool) or nsamples < 1:
         raise VitacError(f"--grid must be a positive integer, got {nsamples!r}")
     if not isinstance(size, (int, float)) or isinstance(size, bool) or not 0 < size < np.inf:
         raise VitacError(f"--size must be a finite number > 0, got {size!r}")
     k = min(3, action_dim)
+    if nsamples ** k > MAX_GRID_ACTIONS:
+        most = int(round(MAX_GRID_ACTIONS ** (1 / k)))
+        while most ** k > MAX_GRID_ACTIONS:
+            most -= 1
+        raise VitacError(f"--grid {nsamples} gives {nsamples}^{k} = {nsamples ** k:.3g} actions; at most "
+                         f"{MAX_GRID_ACTIONS} (--grid {most} in {k} dims)")
     axis = np.linspace(-size, size, nsamples)
     grid = np.zeros((nsamples ** k, action_dim), np.float32)
-    grid[:, :k] = np.array(list(itertools.product(axis, repeat=k)))
+    # indexing "ij" puts the last entry fastest, as itertools.product does
+    grid[:, :k] = np.stack([g.ravel() for g in np.meshgrid(*([axis] * k), indexing="ij")], axis=1)
     return grid
 
 
+def landscape_chunk(runtime, actions: int, chunk: Optional[int] = None, memory_budget: Optional[int] = None) -> int:
+    """Grid actions rolled out at once: at most `chunk` (default DEFAULT_CHUNK), the runtime's
+    max_batch, and the largest the memory model fits in `memory_budget` bytes (planning/memory.py);
+    a VitacError if not even one fits."""
+    n = chunk_size(runtime, actions, chunk or min(actions, DEFAULT_CHUNK))
+    if memory_budget is not None:
+        from .cem import _fitting_chunk
+
+        n = min(n, _fitting_chunk(runtime, memory_budget, 1, actions))
+    return n
+
+
 def energy_landscape(runtime, current, goal, pose, nsamples: int = 5, size: float = 0.075,
-                     chunk: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+                     chunk: Optional[int] = None, memory_budget: Optional[int] = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(actions [M, A], energies [M]): one predicted frame per grid action from the current
-    features and pose, scored against the goal features."""
+    features and pose, scored against the goal features, rolled out `landscape_chunk` actions at
+    a time (a runtime opened without max_batch allocates for the first chunk)."""
     grid = action_grid(runtime.cfg.action_dim, nsamples, size)
-    return grid, energies(runtime, current, goal, pose, grid[:, None], chunk=chunk)
+    n = landscape_chunk(runtime, len(grid), chunk, memory_budget)
+    return grid, energies(runtime, current, goal, pose, grid[:, None], chunk=n)
 
 
 def plot_landscape(grid: np.ndarray, energy: np.ndarray, nsamples: int, path, title: str = "") -> None:

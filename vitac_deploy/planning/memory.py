@@ -72,7 +72,7 @@ class PlanMemory:
 
     weights: int        # num_parameters x element size x engines (TensorRT: first-frame engine holds a copy)
     kv_cache: int       # (2 arenas if double-buffered) x chunk x F x kv_bytes_per_frame   -- exact
-    frame_buffers: int  # float32 [chunk, N, D] device buffers (3 ONNX Runtime, 4 TensorRT)   -- exact
+    frame_buffers: int  # float32 [chunk, N, D] device buffers (4: input, prediction, 2 raw)  -- exact
     host_pinned: int    # TensorRT: pinned host input features + conditioning                -- exact
     activations: int    # transient tensors of one frame: an ESTIMATE (upper bound, unfused attention)
     small: int          # RoPE tables, goal features, energies, device conditioning inputs    -- exact
@@ -179,8 +179,8 @@ def plan_memory(cfg: PredictorConfig, chunk: int, horizon: int, context: int = 1
       graph's Concat writes the whole grown cache, so present cannot alias past. One with
       `double_buffered=False`: the static contract (`export --cache static`), whose TensorScatter
       writes the new frame into past's own buffer (F is then the artifact's cache frames).
-    - frame_buffers, float32: ONNX Runtime prediction + 2 raw predictions = 3 x B x N x D x 4;
-      TensorRT input staging + prediction + 2 raw = 4 x B x N x D x 4.
+    - frame_buffers, float32: input features (the staged context broadcast to the batch) +
+      prediction + 2 raw predictions = 4 x B x N x D x 4, both backends.
     - host_pinned (TensorRT only): the pinned input features, B x N x D x 4, plus the pinned
       conditioning inputs B x (2A [+ A-1 with extrinsics]) x 4.
     - activations: `activation_terms(...)["peak"]` at cache length F. Every TensorRT context (step,

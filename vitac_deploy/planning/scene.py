@@ -28,14 +28,15 @@ class Scene:
 
 def open_scene(artifact: Path, observation: list[Path], goal: list[Path], pose: str, encoder: Optional[Path] = None,
                backend: str = "auto", device: Optional[str] = None, precision: Optional[str] = None,
-               max_batch: Optional[int] = None) -> Scene:
-    """Open the models (`runtimes.open_models`), read the camera frames and encode the last frame of
-    the observation and of the goal (in one batch of two when the cameras agree in size)."""
+               max_batch: Optional[int] = None, max_frames: Optional[int] = None) -> Scene:
+    """Read the camera frames (checked first: they cost nothing), open the models
+    (`runtimes.open_models`) and encode the last frame of the observation and of the goal (in one
+    batch of two when the cameras agree in size)."""
     from ..encoder import read_images
     from ..runtimes import open_models
 
-    rt, enc, enc_path = open_models(artifact, encoder, backend, device, precision, max_batch)
     obs, target = read_images(observation), read_images(goal)
+    rt, enc, enc_path = open_models(artifact, encoder, backend, device, precision, max_batch, max_frames)
     t0 = time.perf_counter()
     # the last frame of each is the one planned from / towards (upstream plans from one frame);
     # one batch of two frames when the cameras agree in size

@@ -12,6 +12,7 @@ from .base import Runtime
 from .encoder_base import EncoderRuntime
 from .openers import config_of, open_encoder, open_models, open_runtime
 from .registry import Backend, MemoryLayout, available_backends, backends
+from .staging import HostTraffic, StagedContext
 
 __all__ = ["Runtime", "EncoderRuntime", "open_runtime", "open_encoder", "open_models", "config_of",
-           "available_backends", "backends", "Backend", "MemoryLayout"]
+           "available_backends", "backends", "Backend", "MemoryLayout", "StagedContext", "HostTraffic"]

@@ -5,11 +5,16 @@ numpy only. A backend owns the KV cache (allocated once for max batch x max fram
 implements the hooks `_allocate`, `_run`, `_broadcast_cache` and `_prediction`; backends that keep
 predictions on a device also implement `_stage_goal` and `_energy`, so that planning never copies
 a prediction to the host (the default `_energy` scores on the host, for backends that live there).
+Every backend implements `_stage_host` (and, where it takes device arrays, `_stage_device`): a
+context staged once with `stage_context` is broadcast to the batch where the backend computes, and
+its frames reach `_run` as `StagedFrames`. Backends count the bytes they move between host arrays
+and their buffers (`_sent`, `_received`; read as `host_traffic`).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from typing import Callable, Optional, Union
 
@@ -18,8 +23,10 @@ import numpy as np
 from ..config import PredictorConfig
 from ..errors import VitacError
 from .arrays import DeviceArray, DeviceFrames, as_device_array
+from .staging import HostTraffic, StagedContext, StagedFrames
 
 StateUpdate = Union[None, str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+_RUNTIME_IDS = itertools.count(1)   # names the runtime a StagedContext belongs to (never reused, unlike id())
 
 
 def serialized(method):
@@ -62,6 +69,11 @@ class Runtime:
         self._capacity = 0          # batch the buffers are allocated for
         self.batch = 0
         self.frames = 0             # frames in the cache
+        self._traffic = [0, 0]      # bytes to the device, to the host (host_traffic)
+        self._runtime_id = next(_RUNTIME_IDS)
+        self._stage_generation = 0  # stage_context calls so far: only the latest StagedContext is valid
+        self._rollout_frames: Optional[int] = None   # frames of the rollout under way (None: streaming)
+        self._goal_copy: Optional[np.ndarray] = None  # the host goal staged last (set_goal skips an unchanged one)
 
     # -- backend hooks --------------------------------------------------------------------------------
     def _allocate(self, batch: int) -> None:
@@ -81,6 +93,35 @@ class Runtime:
     def _prediction(self) -> np.ndarray:
         """The last normalized prediction, [B, N, D] float32 (a copy)."""
         raise NotImplementedError
+
+    def _stage_host(self, context: np.ndarray) -> None:
+        """Keep raw context features [R, C, N, D] float32 where `_run` reads `StagedFrames` of them
+        (replacing what was staged before); count what crosses to the device."""
+        raise NotImplementedError
+
+    def _stage_device(self, contexts: list, normalized: bool) -> bool:
+        """The same from device arrays (one [1, C, N, D] per context, as `_device_input` returned
+        them), without a host copy; False where this backend cannot (then they are refused)."""
+        return False
+
+    def _device_input(self, name: str, x):
+        """A device-resident input this backend takes as it is (e.g. a torch tensor on its device),
+        or None for a host array. Default: CUDA arrays where the backend accepts them."""
+        return self._device(name, x)
+
+    # -- host traffic ---------------------------------------------------------------------------------
+    def _sent(self, nbytes: int) -> None:
+        self._traffic[0] += int(nbytes)
+
+    def _received(self, nbytes: int) -> None:
+        self._traffic[1] += int(nbytes)
+
+    @property
+    def host_traffic(self) -> HostTraffic:
+        """Bytes this runtime has copied from host arrays into its buffers and back since it opened
+        (on the CPU: the same copies and host bindings a CUDA run makes). The difference of two
+        readings is what crossed in between, e.g. per CEM step."""
+        return HostTraffic(*self._traffic)
 
     def _stage_goal(self, goal: np.ndarray) -> None:
         """Keep the goal [N, D] float32 where `_energy` reads it."""
@@ -152,6 +193,7 @@ class Runtime:
             self._allocate(self.max_batch or batch)
             self._capacity = self.max_batch or batch
         self.batch, self.frames = int(batch), 0
+        self._rollout_frames = None
 
     @serialized
     def append(self, features, action, state, extrinsics=None) -> np.ndarray:
@@ -161,6 +203,7 @@ class Runtime:
         B, cfg = self.batch, self.cfg
         feats = self._check("features", features, (B, cfg.tokens_per_frame, cfg.embed_dim))
         cond = self._cond(action, state, extrinsics, B)
+        self._rollout_frames = None   # streaming: every frame's K/V may be read by the next append
         self._run(feats, cond)
         self.frames += 1
         return self._prediction()
@@ -201,11 +244,94 @@ class Runtime:
         """The goal of `rollout_energy`: normalized features [N, D] or [1, N, D], staged once (on the
         device for device backends) and kept until the next `set_goal`."""
         N, D = self.cfg.tokens_per_frame, self.cfg.embed_dim
+        dev = self._device_input("goal", goal)
+        if dev is not None:   # a device goal stays on the device (backends that take it)
+            shape = tuple(dev.shape)
+            if shape not in ((N, D), (1, N, D)):
+                raise VitacError(f"goal must have shape [{N}, {D}] or [1, {N}, {D}], got {list(shape)}")
+            self._stage_goal_device(dev)
+            self._goal_staged, self._goal_copy = True, None
+            return
         g = np.asarray(goal)
         if g.ndim == 3 and g.shape[0] == 1:
             g = g[0]
-        self._stage_goal(self._check("goal", g, (N, D)))
+        g = self._check("goal", g, (N, D))
+        # a plan sets its goal before every step: staged once, unless it changed (compared with a
+        # private copy, so a caller's array changed in place is staged again)
+        if not (getattr(self, "_goal_staged", False) and self._goal_copy is not None
+                and np.array_equal(self._goal_copy, g)):
+            self._stage_goal(g)
+        self._goal_copy = g.copy()
         self._goal_staged = True
+
+    def _stage_goal_device(self, goal) -> None:
+        """Keep a device goal ([N, D] or [1, N, D]) where `_energy` reads it."""
+        raise VitacError(f"the {self.backend} runtime takes the goal as a host array")
+
+    def device_features(self, x, name: str = "features"):
+        """`x` as this runtime takes it without a host copy (a tensor on a torch runtime's device, a
+        CUDA array on a CUDA backend), or None for a host array. The planner hands such features
+        (the encoder's, kept on the device) to `stage_context` and `set_goal` as they are."""
+        return self._device_input(name, x)
+
+    @serialized
+    def stage_context(self, context, normalized: bool = False) -> StagedContext:
+        """Stage context features once where this runtime computes: one array [R, C, N, D] or a
+        list of R arrays [1, C, N, D] (R contexts, e.g. one per robot). Rollouts given the result
+        (or `.for_robot(r)`, `.for_groups(...)`) read them there: each backend broadcasts a context
+        to the batch on its own device, so nothing of batch x tokens x width is built or copied on
+        the host per rollout. Valid until the next `stage_context` on this runtime.
+
+        The features are raw (what `rollout` takes), or with `normalized=True` LayerNorm outputs
+        (what the planner takes), staged as their raw equivalent (planning.energy.raw_equivalent).
+        Device arrays (CUDA arrays, or tensors on a torch runtime's device) are taken without a host
+        copy where the backend can (`_stage_device`)."""
+        cfg = self.cfg
+        N, D = cfg.tokens_per_frame, cfg.embed_dim
+        items = list(context) if isinstance(context, (list, tuple)) else [context]
+        if not items:
+            raise VitacError("stage_context needs at least one context")
+        devices = [self._device_input("context", x) for x in items]
+        if any(d is not None for d in devices):
+            if not all(d is not None for d in devices):
+                raise VitacError("stage_context: give every context on the host or every one on the device")
+            shapes = {tuple(d.shape) for d in devices}
+            C = next(iter(shapes))[1] if len(shapes) == 1 and len(next(iter(shapes))) == 4 else 0
+            if len(shapes) != 1 or next(iter(shapes)) != (1, C, N, D) or not 1 <= C <= self.max_frames:
+                raise VitacError(f"each device context must have shape [1, C, {N}, {D}] with 1 <= C <= "
+                                 f"{self.max_frames}, got {[list(s) for s in shapes]}")
+            if not self._stage_device(devices, normalized and cfg.normalize_reps):
+                raise VitacError(f"the {self.backend} runtime cannot stage {'normalized ' if normalized else ''}"
+                                 f"device features: pass them as host arrays"
+                                 + (" (or the encoder's raw features)" if normalized else ""))
+            return self._new_staged(len(devices), C)
+        arrays = [np.asarray(x) for x in items]
+        if len(arrays) > 1 and any(a.ndim != 4 or a.shape[0] != 1 for a in arrays):
+            raise VitacError(f"a list of contexts takes arrays of shape [1, C, {N}, {D}], got "
+                             f"{[list(a.shape) for a in arrays]}")
+        array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        if array.ndim != 4 or array.shape[2:] != (N, D) or array.shape[0] < 1 or array.shape[1] < 1:
+            raise VitacError(f"context must have shape [R, C, {N}, {D}], got {list(array.shape)}")
+        R, C = array.shape[:2]
+        if C > self.max_frames:
+            raise VitacError(f"context of {C} frames exceeds max_frames={self.max_frames}")
+        array = self._check("context", array, (R, C, N, D))
+        if normalized and cfg.normalize_reps:
+            from ..planning.energy import raw_equivalent
+
+            array = raw_equivalent(array, cfg.feature_norm_eps)
+        self._stage_host(np.ascontiguousarray(array, np.float32))
+        return self._new_staged(R, C)
+
+    def _new_staged(self, R: int, C: int) -> StagedContext:
+        self._stage_generation += 1
+        return StagedContext(self._runtime_id, self._stage_generation, R, C)
+
+    def _check_staged(self, staged: StagedContext) -> None:
+        if staged.runtime != self._runtime_id:
+            raise VitacError("this context was staged on another runtime: stage it on this one")
+        if staged.generation != self._stage_generation:
+            raise VitacError("this staged context was replaced by a later stage_context on this runtime: stage it again")
 
     @serialized
     def rollout_energy(self, context, actions, states, horizon: int, extrinsics=None,
@@ -226,13 +352,25 @@ class Runtime:
                               extrinsics=None, state_update: StateUpdate = None) -> np.ndarray:
         """`rollout_energy` with a goal per group of rows (several robots in one batch): rows
         lo:hi are scored against goals[g] for each (lo, hi, g) in `groups`, which must cover every
-        row. goals: normalized features [G, N, D]. Each row's energy is the one `rollout_energy`
-        gives it with goals[g] staged (the energy is per row); the last goal stays staged."""
+        row. goals: normalized features [G, N, D], or a list of G goals [1, N, D] (device arrays
+        where the backend takes them). Each row's energy is the one `rollout_energy` gives it with
+        goals[g] staged (the energy is per row); the last goal stays staged."""
         N, D = self.cfg.tokens_per_frame, self.cfg.embed_dim
-        goals = np.asarray(goals)
-        if goals.ndim != 3 or goals.shape[1:] != (N, D):
-            raise VitacError(f"goals must have shape [G, {N}, {D}], got {list(goals.shape)}")
-        staged = [self._check("goal", g, (N, D)) for g in goals]
+        if not isinstance(goals, (list, tuple)):
+            goals = np.asarray(goals)
+            if goals.ndim != 3 or goals.shape[1:] != (N, D):
+                raise VitacError(f"goals must have shape [G, {N}, {D}], got {list(goals.shape)}")
+        staged = []
+        for g in goals:
+            dev = self._device_input("goal", g)
+            if dev is not None:
+                if tuple(dev.shape) not in ((N, D), (1, N, D)):
+                    raise VitacError(f"goal must have shape [{N}, {D}] or [1, {N}, {D}], got {list(dev.shape)}")
+                staged.append((self._stage_goal_device, dev))
+            else:
+                g = np.asarray(g)
+                staged.append((self._stage_goal, self._check("goal", g[0] if g.ndim == 3 and g.shape[0] == 1 else g,
+                                                             (N, D))))
         B = np.asarray(actions).shape[0] if not isinstance(actions, DeviceArray) else actions.shape[0]
         covered = np.zeros(B, bool)
         for lo, hi, g in groups:
@@ -248,11 +386,12 @@ class Runtime:
             if j != horizon - 1:
                 return
             for lo, hi, g in groups:   # the energy is cheap beside the rollout: one pass per goal
-                self._stage_goal(staged[g])
+                stage, goal = staged[g]
+                stage(goal)
                 out[lo:hi] = self._energy()[lo:hi]
 
         self._roll(context, actions, states, horizon, extrinsics, state_update, None, score)
-        self._goal_staged = True
+        self._goal_staged, self._goal_copy = True, None
         return out
 
     def _roll(self, context, actions, states, horizon: int, extrinsics, state_update: StateUpdate,
@@ -261,25 +400,32 @@ class Runtime:
         `on_prediction(j)` when predicted frame j (0..horizon-1) is in the backend's buffers."""
         cfg = self.cfg
         N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
-        dev_context = self._device("context", context)
-        context = dev_context or np.asarray(context)
+        staged = context if isinstance(context, StagedContext) else None
+        if staged is not None:
+            self._check_staged(staged)
+            context_shape = (1 if staged.shared else None, staged.frames, N, D)
+        else:
+            dev_context = self._device("context", context)
+            context = dev_context or np.asarray(context)
+            context_shape = tuple(context.shape)
         actions, states, extrinsics = (self._host(n, x) for n, x in
                                        (("actions", actions), ("states", states), ("extrinsics", extrinsics)))
-        if len(context.shape) != 4 or context.shape[2:] != (N, D):
-            raise VitacError(f"context must have shape [B, C, {N}, {D}], got {list(context.shape)}")
+        if len(context_shape) != 4 or context_shape[2:] != (N, D):
+            raise VitacError(f"context must have shape [B, C, {N}, {D}], got {list(context_shape)}")
         if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
             raise VitacError(f"horizon must be a positive integer, got {horizon!r}")
         actions = np.asarray(actions)
         if actions.ndim != 3:
             raise VitacError(f"actions must have shape [B, C+horizon-1, {A}], got {list(actions.shape)}")
-        B, C = actions.shape[0], context.shape[1]
+        B, C = actions.shape[0], context_shape[1]
         if C < 1:   # nothing to condition on: the backends' buffers would be returned unwritten
-            raise VitacError(f"context must hold at least one frame, got shape {list(context.shape)}")
+            raise VitacError(f"context must hold at least one frame, got shape {list(context_shape)}")
         if B < 1:
             raise VitacError(f"actions must hold at least one row, got shape {list(actions.shape)}")
         F = C + horizon - 1
-        if context.shape[0] not in (1, B):
-            raise VitacError(f"context batch {context.shape[0]} must be 1 or the actions' batch {B}")
+        groups = staged.rows(B) if staged is not None else None
+        if staged is None and context_shape[0] not in (1, B):
+            raise VitacError(f"context batch {context_shape[0]} must be 1 or the actions' batch {B}")
         if F > self.max_frames:
             raise VitacError(f"context {C} + horizon {horizon} - 1 = {F} frames exceed max_frames={self.max_frames}")
         actions = self._check("actions", actions, (B, F, A))
@@ -289,9 +435,12 @@ class Runtime:
             if extrinsics is None:
                 raise VitacError(f"this model uses extrinsics: pass extrinsics of shape {[B, F, A - 1]}")
             ext = self._check("extrinsics", extrinsics, (B, F, A - 1))
-        context = self._check("context", context, (context.shape[0], C, N, D))
+        if staged is None:
+            context = self._check("context", context, (context_shape[0], C, N, D))
 
         def frame(t: int, batch: int):
+            if staged is not None:   # broadcast by the backend where it computes
+                return StagedFrames(staged, t, groups if batch == B else ((0, 1, groups[0][2]),))
             if isinstance(context, DeviceArray):
                 return DeviceFrames(context, t, batch)
             return np.ascontiguousarray(np.broadcast_to(context[:, t], (batch, N, D)))
@@ -304,21 +453,23 @@ class Runtime:
 
         # Frames of a shared context whose conditioning is the same in every row run once at batch 1.
         shared = 0
-        if context.shape[0] == 1 and B > 1:
+        if context_shape[0] == 1 and B > 1:
             while shared < C - 1 and all(np.array_equal(v[:1], v) for v in cond(shared).values()):
                 shared += 1
         tick = on_frame or (lambda done, total: None)
         if shared:
             self.reset(B)  # allocates for B once, so the broadcast fits
             self.reset(1)
+        else:
+            self.reset(B)
+        self._rollout_frames = F   # backends may skip work no later frame reads (the last frame's K/V)
+        if shared:
             for t in range(shared):
                 self._run(frame(t, 1), cond(t, slice(0, 1)))
                 self.frames += 1
                 tick(t + 1, F)
             self._broadcast_cache(B)
             self.batch = B
-        else:
-            self.reset(B)
         for t in range(shared, C):
             self._run(frame(t, B), cond(t))
             self.frames += 1

@@ -58,12 +58,17 @@ class Backend:
     memory_layout: Optional[MemoryLayout] = None
     runs_exported_graphs: bool = False       # runs the artifact's step graphs (a bench row per cache contract)
     needs_first_frame_graph: bool = False    # its default build reads first*.onnx
+    graph_forms: tuple[str, ...] = ("portable",)   # the step-graph forms it runs (vitac_deploy.graph_forms)
     variants: dict[str, dict[str, Any]] = {}  # other names it answers to, with the options they imply
 
     @property
     def precisions(self) -> tuple[str, ...]:
         """The precisions it runs (the precision model says which backends run each)."""
         return tuple(p.name for p in PRECISIONS.values() if self.name in p.backends)
+
+    def has_cuda_graphs(self, options: dict[str, Any]) -> bool:
+        """Whether it replays frames as CUDA graphs when opened with `options` (a variant's)."""
+        return self.cuda_graphs
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.library) is not None

@@ -2,6 +2,7 @@
 
 - `protocol`: request keys and checks, metadata, replies (no transport).
 - `batching`: `PlanService`, several robots' requests planned together (no transport).
+- `policy`: what every transport shares (`Policy`: auth, atomic admission, error lines, refusal logs).
 - `server`: the websocket transport (`PolicyServer`), needs the `serve` extra (websockets, msgpack).
 - `ray_serve`: the same as Ray Serve replicas (`serve_ray`), needs the `ray` extra.
 """
@@ -29,7 +30,7 @@ def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str,
     """Open ARTIFACT as `vitac-deploy plan` does (encoder in ARTIFACT/encoder or `encoder`) and wrap it
     in a PlanService. `max_batch`: rows rolled out at once (default samples x max_robots: every
     robot of a full batch in one rollout per CEM step; lower it where memory is short: see
-    `vitac-deploy info --plan-samples`). The runtime's cache is sized for `cem.rollout` frames."""
+    `vitac-deploy info --samples`). The runtime's cache is sized for `cem.rollout` frames."""
     from ..runtimes import open_models
 
     cem = cem or CEMOptions()

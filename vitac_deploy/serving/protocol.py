@@ -10,10 +10,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..encoder.preprocess import check_frame_size
 from ..errors import VitacError
+from ..inputs import check_seed
 
-MAX_SEED = 2**63 - 1
-MIN_IMAGE_SIDE = 2
 # two 1080p RGB frames (about 12.4 MB) and the msgpack framing, rounded up
 DEFAULT_MAX_MESSAGE_MB = 16.0
 
@@ -69,9 +69,10 @@ def _image(name: str, x: Any) -> np.ndarray:
         raise RequestError(f"{name} must be uint8 [H, W, 3], got dtype {x.dtype}")
     if x.ndim != 3 or x.shape[2] != 3:
         raise RequestError(f"{name} must be uint8 [H, W, 3] (RGB), got shape {list(x.shape)}")
-    if min(x.shape[:2]) < MIN_IMAGE_SIDE:
-        raise RequestError(f"{name} must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got "
-                           f"{x.shape[0]}x{x.shape[1]}")
+    try:
+        check_frame_size(name, x.shape[0], x.shape[1])
+    except VitacError as e:
+        raise RequestError(str(e)) from None
     return x
 
 
@@ -105,9 +106,10 @@ def parse_request(message: Any, opts: ServeOptions, state_dim: int) -> Request:
     if seed is not None:
         if isinstance(seed, np.ndarray) and seed.ndim == 0:
             seed = seed[()]
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
-            raise RequestError(f"seed must be an integer in 0..2**63-1, got {seed!r}"[:200])
-        seed = int(seed)
+        try:
+            seed = check_seed(seed)
+        except VitacError as e:
+            raise RequestError(str(e)[:200]) from None
     return Request(image, state.astype(np.float32)[None], goal, seed)
 
 

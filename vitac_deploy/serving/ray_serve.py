@@ -11,7 +11,6 @@ cached goal features stay where they are. Needs the `ray` extra (ray[serve], whi
 # no `from __future__ import annotations`: FastAPI must see the WebSocket annotation itself (as a
 # string it would take `ws` for a query parameter and refuse every connection with 1008)
 import asyncio
-import hmac
 import logging
 import signal
 import threading
@@ -22,19 +21,15 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse
 from ray import serve
 
-from ..client.msgpack_numpy import WireError, packb
+from ..client.msgpack_numpy import packb
 from ..errors import VitacError
 from ..planning.cem import CEMOptions
-from .protocol import RequestError, ServeOptions
+from .policy import Policy, Refusal
+from .protocol import ServeOptions
 
 APP_NAME = "vitac"
 log = logging.getLogger("vitac_deploy.serving")
 api = FastAPI(title="vitac-deploy serve --ray")
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 @serve.deployment(name="VitacPolicy")
@@ -54,8 +49,7 @@ class VitacPolicy:
         opts = self.service.options
         self._plan_batch.set_max_batch_size(opts.max_robots)
         self._plan_batch.set_batch_wait_timeout_s(opts.batch_window_ms / 1e3)
-        self._api_key = api_key.encode() if api_key else None
-        self.connections = 0
+        self.policy = Policy(self.service, api_key)
         ctx = serve.get_replica_context()
         rid = getattr(ctx, "replica_id", None)
         self.replica = str(getattr(rid, "unique_id", None) or getattr(ctx, "replica_tag", "replica"))
@@ -64,47 +58,47 @@ class VitacPolicy:
     async def healthz(self) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    async def _deny(self, ws: WebSocket, status: int, reason: str) -> None:
+    async def _deny(self, ws: WebSocket, refusal: Refusal) -> None:
         """Refuse the handshake with its HTTP status (401, 503) where the ASGI server has the denial
         extension (Ray 2.60's proxy does), else with a close before accept (HTTP 403)."""
-        log.warning("refused a connection from %s: %s", ws.client, reason)
         try:
-            await ws.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
+            await ws.send_denial_response(PlainTextResponse(refusal.reason + "\n", status_code=refusal.status))
         except Exception:  # noqa: BLE001 - the denial extension is missing behind this proxy
-            await ws.close(code=1008, reason=reason[:120])
+            await ws.close(code=1008, reason=refusal.reason[:120])
+
+    @property
+    def connections(self) -> int:
+        return self.policy.connected
 
     @api.websocket("/")
-    async def policy(self, ws: WebSocket) -> None:
-        opts = self.service.options
-        if self._api_key is not None:
-            got = ws.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode("utf-8", "replace"), b"Api-Key " + self._api_key):
-                return await self._deny(ws, 401, "missing or wrong API key (send Authorization: Api-Key KEY)")
-        if self.connections >= opts.max_robots:
-            return await self._deny(ws, 503, f"replica full: {self.connections} robots connected "
-                                             f"(--max-robots {opts.max_robots})")
-        await ws.accept()
-        self.connections += 1
-        session = self.service.new_session()
+    async def policy_socket(self, ws: WebSocket) -> None:
         try:
-            await ws.send_bytes(packb(self.service.metadata))
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                data = msg.get("bytes")
-                try:
-                    request = self.service.parse(data if data is not None else msg.get("text", ""))
-                    reply = (await self._plan_batch((session, request))).result()
-                except (WireError, RequestError) as e:
-                    await ws.send_text(f"error: {_one_line(str(e))}")
-                    continue
-                reply["server_timing"]["replica"] = self.replica
-                await ws.send_bytes(packb(reply))
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.connections -= 1
+            self.policy.authorize(ws.headers.getlist("authorization"), ws.client)
+            ticket = self.policy.admit(ws.client)   # counted before the first await: atomic
+        except Refusal as e:
+            return await self._deny(ws, e)
+        with ticket:
+            try:
+                await ws.accept()
+                await ws.send_bytes(packb(self.service.metadata))
+                while True:
+                    msg = await ws.receive()
+                    if msg["type"] == "websocket.disconnect":
+                        break
+                    data = msg.get("bytes")
+                    frame = await self.policy.answer(ticket.session, data if data is not None else msg.get("text", ""),
+                                                     self._plan_one)
+                    if isinstance(frame, str):
+                        await ws.send_text(frame)
+                    elif frame is not None:
+                        await ws.send_bytes(frame)
+            except WebSocketDisconnect:
+                pass
+
+    async def _plan_one(self, session, request) -> dict:
+        reply = (await self._plan_batch((session, request))).result()
+        reply["server_timing"]["replica"] = self.replica
+        return reply
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _plan_batch(self, pairs: list) -> list:

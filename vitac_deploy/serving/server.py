@@ -10,7 +10,6 @@ SIGTERM: stop accepting, finish the plans in flight, close the connections, retu
 from __future__ import annotations
 
 import asyncio
-import hmac
 import http
 import logging
 import os
@@ -19,20 +18,18 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..client.msgpack_numpy import WireError, packb
+from ..client.msgpack_numpy import packb
 from ..errors import VitacError
 from .batching import PlanService
-from .protocol import RequestError
+from .policy import Policy, Refusal
 
 log = logging.getLogger("vitac_deploy.serving")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HARD_LIMIT_FACTOR = 4   # frames up to this many times the message limit get an error frame; larger ones close
+# frames a connection buffers while its plan runs: reading pauses once one waits (websockets'
+# default, 16, let one client hold 16 frames of 4x the message limit: GBs; docs/serving.md)
+MAX_QUEUE = (0, 0)
 SHUTDOWN_GRACE_S = 60.0
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 class PolicyServer:
@@ -42,7 +39,7 @@ class PolicyServer:
                  api_key: Optional[str] = None, verbose: bool = False,
                  say: Callable[[str], None] = lambda m: None) -> None:
         self.service, self.host, self.port, self.verbose, self.say = service, host, port, verbose, say
-        self._api_key = api_key.encode() if api_key else None
+        self.policy = Policy(service, api_key, verbose=verbose, say=say)
         self.ready = threading.Event()
         self.connections: set = set()
         self.in_flight = 0
@@ -54,62 +51,36 @@ class PolicyServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if self._api_key is not None:
-            got = request.headers.get("Authorization", "")
-            want = b"Api-Key " + self._api_key
-            if not hmac.compare_digest(got.encode("utf-8", "replace"), want):
-                log.warning("refused a connection from %s: %s API key", connection.remote_address,
-                            "missing" if not got else "wrong")
-                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
-                                          "missing or wrong API key (send Authorization: Api-Key KEY)\n")
-        if len(self.connections) >= self.service.options.max_robots:
-            log.warning("refused a connection from %s: %d robots connected", connection.remote_address,
-                        len(self.connections))
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"server full: {len(self.connections)} robots connected (--max-robots "
-                                      f"{self.service.options.max_robots})\n")
-        if self._stopping is not None and self._stopping.is_set():
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n")
+        try:
+            self.policy.authorize(request.headers.get_all("Authorization"), connection.remote_address)
+            self.policy.check_room(connection.remote_address)   # an early 503; the handler admits
+        except Refusal as e:
+            return connection.respond(http.HTTPStatus(e.status), e.reason + "\n")
         return None
 
     # -- one connection -------------------------------------------------------------------------------
     async def _handler(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        if len(self.connections) >= self.service.options.max_robots:   # two handshakes raced past the check
-            await ws.close(1013, "server full (--max-robots)")
+        try:
+            ticket = self.policy.admit(ws.remote_address)
+        except Refusal as e:   # two handshakes raced past the early check: the count decides
+            await ws.close(1013, e.reason[:120])
             return
         self.connections.add(ws)
-        self.service.connected = len(self.connections)
-        session = self.service.new_session()
-        log.info("robot %d connected from %s", session.id, ws.remote_address)
+        session = ticket.session
         try:
             await ws.send(packb(self.service.metadata))
             async for message in ws:
-                try:
-                    request = self.service.parse(message)
-                    if self._stopping.is_set():
-                        raise RequestError("the server is shutting down")
-                    reply = await self._infer(ws, session, request)
-                except (WireError, RequestError) as e:
-                    if self.verbose:
-                        self.say(f"robot {session.id}: refused: {_one_line(str(e))}")
-                    await ws.send(f"error: {_one_line(str(e))}")
-                    continue
-                if reply is None:   # the client left during its plan
+                frame = await self.policy.answer(session, message, lambda s, r: self._infer(ws, s, r))
+                if frame is None:   # the client left during its plan
                     break
-                await ws.send(packb(reply))
-                if self.verbose:
-                    t = reply["server_timing"]
-                    self.say(f"robot {session.id}: seed {reply['seed']}, {t['infer_ms']:.0f} ms (queue "
-                             f"{t['queue_ms']:.0f}, encode {t['encode_ms']:.0f}, plan {t['plan_ms']:.0f}; batch "
-                             f"{t['batch']}), action {[round(float(v), 4) for v in reply['actions'][0]]}")
+                await ws.send(frame)
         except ConnectionClosed:
             pass
         finally:
             self.connections.discard(ws)
-            self.service.connected = len(self.connections)
-            log.info("robot %d disconnected after %d plans", session.id, session.requests)
+            ticket.release()
 
     async def _infer(self, ws: Any, session: Any, request: Any) -> Optional[dict]:
         """The reply, or None when the connection closed first (its plan dropped if not started)."""
@@ -124,13 +95,7 @@ class PolicyServer:
                 reply.cancel()
                 return None
             closed.cancel()
-            try:
-                return reply.result()
-            except RequestError:
-                raise
-            except Exception:  # noqa: BLE001 - no traceback leaves the server
-                log.exception("robot %d: request failed", session.id)
-                raise RequestError("internal error (see the server's log)") from None
+            return reply.result()
         finally:
             self.in_flight -= 1
 
@@ -145,12 +110,13 @@ class PolicyServer:
                 self._loop.add_signal_handler(sig, self._stopping.set)
         limit = self.service.options.max_message_bytes * HARD_LIMIT_FACTOR
         async with serve(self._handler, self.host, self.port, process_request=self._process_request,
-                         compression=None, max_size=limit, ping_interval=20, ping_timeout=60,
-                         server_header="vitac-deploy") as server:
+                         compression=None, max_size=limit, max_queue=MAX_QUEUE, ping_interval=20,
+                         ping_timeout=60, server_header="vitac-deploy") as server:
             sock = next(iter(server.sockets))
             self.port = sock.getsockname()[1]
             self.ready.set()
             await self._stopping.wait()
+            self.policy.stop()
             # stop accepting, let the plans in flight be answered, then close the connections
             server.close(close_connections=False)
             deadline = time.monotonic() + SHUTDOWN_GRACE_S

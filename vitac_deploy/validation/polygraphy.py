@@ -16,22 +16,22 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ..contract import past_names, rope_rows, static_max_len, static_rows
-from ..errors import VitacError, first_line
+from ..errors import VitacError
 from ..precision import precision as get_precision
-from ..artifacts import cache_contract, umask
+from ..artifacts import MANIFEST, cache_contract, check_out, publishing, sha256_file, umask, write_json_atomic
+from ..artifacts.manifest import POLYGRAPHY_FORMAT, POLYGRAPHY_STEPS_FORMAT
 from .metrics import TOLERANCES
 from .parity import ParityInputs
 
 REFERENCE_RUNNER = "pytorch-reference"
 COMMAND_FILE = "command.txt"
+FLAG = "--save-polygraphy"
 COMPARED_OUTPUT = "next_features"   # what the parity check compares (normalized, |x| ~ 1)
 
 
@@ -158,21 +158,18 @@ def tensorrt_available() -> bool:
 
 
 def check_save_target(out_dir: str | os.PathLike) -> Path:
-    """Refuse early what `save_polygraphy` could not write (before an export spends its minutes):
-    Polygraphy missing, a file in the way, a directory of other files, a missing parent."""
+    """Refuse early what `save_polygraphy` could not write or must not replace (before an export
+    spends its minutes): Polygraphy missing, a file in the way, a directory holding anything but
+    what an earlier --save-polygraphy wrote and listed, a missing or unwritable parent."""
     import_polygraphy()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise VitacError(f"--save-polygraphy {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / COMMAND_FILE).is_file():
-        raise VitacError(f"--save-polygraphy {out} is a non-empty directory not written by --save-polygraphy: "
-                         f"give a new or empty directory")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise VitacError(f"cannot write {out}: {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise VitacError(f"cannot write {out}: {parent} is not writable")
-    return out
+    check_out(out_dir, force=True, formats=(POLYGRAPHY_FORMAT,), flag=FLAG)
+    return Path(out_dir)
+
+
+def _listing(folder: Path, fmt: str, **extra: Any) -> None:
+    """`folder/manifest.json`: every file written into `folder` (a later run replaces only these)."""
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    write_json_atomic(folder / MANIFEST, {"format": fmt, "files": files, **extra})
 
 
 def save_polygraphy(out_dir: str | os.PathLike, artifact: str | os.PathLike, model, inputs: ParityInputs,
@@ -184,20 +181,17 @@ def save_polygraphy(out_dir: str | os.PathLike, artifact: str | os.PathLike, mod
     `tensorrt` (default: whether TensorRT is importable) adds a `--trt` command per precision on
     `inputs.trt.json` / `reference.trt.json`: the steps after the first, as the project's engines
     run the first frame through first*.onnx (TensorRT profiles may not express past_len = 0).
-    The directory is written beside `out_dir` and renamed into place: never half written.
+    Published as export publishes an artifact: written beside `out_dir` and swapped in atomically;
+    each folder's `manifest.json` lists what was written, and an existing `out_dir` is replaced only
+    if it holds nothing else (what it listed is removed, file by file, nothing more).
     """
-    out = check_save_target(out_dir)
+    check_save_target(out_dir)
+    out = Path(out_dir)
     art = Path(artifact).resolve()
-    parent = out.resolve().parent
-    trt = tensorrt_available() if tensorrt is None else tensorrt
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as e:
-        raise VitacError(f"cannot write {out}: {e.strerror}") from None
     final = out.resolve()
+    trt = tensorrt_available() if tensorrt is None else tensorrt
     commands: list[str] = []
-    try:
-        os.chmod(tmp, 0o777 & ~umask())
+    with publishing(out, force=True, formats=(POLYGRAPHY_FORMAT,), flag=FLAG) as tmp:
         for p in precisions:
             graph = manifest["graphs"].get(f"step.{p}")
             if graph is None:
@@ -217,18 +211,13 @@ def save_polygraphy(out_dir: str | os.PathLike, artifact: str | os.PathLike, mod
                                                 final / p / "reference.trt.json", atol, tensorrt=True,
                                                 strongly_typed=get_precision(p).strongly_typed, shapes=_profile(feeds[1:])))
             (sub / COMMAND_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            _listing(sub, POLYGRAPHY_STEPS_FORMAT)
             commands += lines
         (tmp / COMMAND_FILE).write_text("\n".join(commands) + "\n", encoding="utf-8")
+        _listing(tmp, POLYGRAPHY_FORMAT, artifact=str(art), precisions=list(precisions))
         for f in tmp.rglob("*"):
             if f.is_file():
                 os.chmod(f, 0o666 & ~umask())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as e:   # disk full, permissions: one line, and nothing half written
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise VitacError(f"cannot write {out}: {e.strerror or first_line(e)}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            elif f.is_dir():
+                os.chmod(f, 0o777 & ~umask())
     return commands

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from ...artifacts import cache_contract, graph_names, verify_files
 from ...errors import VitacError
+from ...graph_forms import graph_form
 from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout, lazy_classes
 
 __all__ = ["BACKEND", "OnnxRuntimeRuntime", "OnnxRuntimeEncoder"]
@@ -19,10 +20,12 @@ class OnnxRuntimeBackend(Backend):
     opens = (PREDICTOR, ENCODER)
     devices = ("cpu", "cuda")
     cache_contracts = ("concat", "static")
+    graph_forms = ("portable", "ort-fused", "trt-attention")
     cuda_graphs = True
     runs_exported_graphs = True
-    # a prediction and two raw predictions in device memory; the weights once (one session)
-    memory_layout = MemoryLayout(frame_buffers=3, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
+    # the staged input features, a prediction and two raw predictions in device memory; the weights
+    # once (one session)
+    memory_layout = MemoryLayout(frame_buffers=4, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
 
     def available(self, device: str) -> bool:
         if not super().available(device):
@@ -47,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
         return OnnxRuntimeRuntime(path / manifest["graphs"][key]["file"], PredictorConfig.from_dict(manifest["config"]),
                                   precision, device, max_batch, max_frames, energy_graph=energy_graph_path(path, manifest),
                                   cache=cache, cache_frames=manifest["cache"]["frames"] if cache == "static" else None,
-                                  **options)
+                                  graph_form=graph_form(manifest, path), **options)
 
     def open_encoder(self, path: Path, manifest: dict[str, Any], precision: str, device: str,
                      max_batch: Optional[int], verify: bool, **options: Any):

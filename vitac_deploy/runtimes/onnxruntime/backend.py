@@ -12,7 +12,9 @@ device memory (cuda-python), so the cache never crosses to the host; the RoPE ro
 sit on the device too and are bound by address.
 
 The planner's energy runs as a second, tiny graph (`energy.onnx`) bound to the prediction buffer:
-only [batch] floats cross to the host per rollout.
+only [batch] floats cross to the host per rollout. A staged context (`stage_context`) is kept in a
+buffer of its own and broadcast into the features buffer where the graph runs (only when that
+buffer does not hold it already): a plan's steps bind it there, nothing of batch x tokens crosses.
 
 With `cuda_graphs=True` (CUDA, ONNX Runtime >= 1.18) the CUDA execution provider captures one graph
 per (batch, frame index, buffer parity), each under a graph id never reused; every input is then
@@ -35,7 +37,9 @@ from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, check_cache, past_names, present_names, rope_rows, static_max_len, static_rows
 from ...errors import BackendUnavailable, VitacError, first_line
 from ...precision import precision as get_precision
+from ..arrays import DeviceArray, as_device_array
 from ..base import Runtime
+from ..staging import StagedFrames
 from . import BACKEND
 from .memory import CudaMemory, HostMemory
 
@@ -57,12 +61,16 @@ def version_tuple(version: str) -> tuple[int, int]:
     return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
 
-def cuda_provider_options(cuda_graphs: bool, tf32: bool) -> dict[str, str]:
+def cuda_provider_options(cuda_graphs: bool, tf32: bool, strict_skip_norm: bool = False) -> dict[str, str]:
     """CUDA execution provider options. TF32 is ONNX Runtime's default for float32 MatMuls on Ampere
-    and newer; it would break the fp32 tolerance (1e-4), so it is off unless asked for."""
+    and newer; it would break the fp32 tolerance (1e-4), so it is off unless asked for.
+    `strict_skip_norm`: SkipLayerNormalization with float32 statistics (its strict mode; the default
+    kernel accumulates float16 inputs in float16 in ONNX Runtime releases before May 2026)."""
     opts = {"use_tf32": "1" if tf32 else "0"}
     if cuda_graphs:
         opts["enable_cuda_graph"] = "1"
+    if strict_skip_norm:
+        opts["enable_skip_layer_norm_strict_mode"] = "1"
     return opts
 
 
@@ -98,8 +106,9 @@ class OnnxRuntimeRuntime(Runtime):
                  max_batch: Optional[int] = None, max_frames: Optional[int] = None,
                  session_options: Any = None, threads: Optional[int] = None, cuda_graphs: bool = False,
                  tf32: bool = False, energy_graph: Optional[str | Path] = None, cache: str = "concat",
-                 cache_frames: Optional[int] = None):
+                 cache_frames: Optional[int] = None, graph_form: str = "portable"):
         self.cache = check_cache(cache)
+        self.graph_form = graph_form   # vitac_deploy.graph_forms: ort-fused turns on strict SkipLayerNormalization
         if cache == "static":   # the buffer length is fixed in the graph: rollouts fit within it
             cache_frames = cache_frames or cfg.max_frames
             if max_frames is not None and max_frames > cache_frames:
@@ -167,6 +176,8 @@ class OnnxRuntimeRuntime(Runtime):
         self._run_options: dict[tuple, Any] = {}  # frame key -> RunOptions carrying its gpu_graph_id
         self._graph_ids = itertools.count(1)      # never reused: an id names one captured graph for good
         self._buffers: list = []
+        self._context_buf = None   # the staged context [R, C, N, D], kept across allocations
+        self._feat_holds = None    # which staged frames the features buffer holds (None: anything else)
 
     def _check_contract(self, graph_path) -> None:
         """The graph's inputs must be the ones the config implies (names and fixed sizes): a config
@@ -188,7 +199,8 @@ class OnnxRuntimeRuntime(Runtime):
         ort = self._ort
         providers: list = ["CPUExecutionProvider"]
         if self.device == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(cuda_graphs, self._tf32)))
+            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(
+                cuda_graphs, self._tf32, strict_skip_norm=self.graph_form == "ort-fused")))
             if cuda_graphs:
                 providers = providers[:1]   # graphs need every node on CUDA: no CPU fallback
         try:
@@ -218,7 +230,7 @@ class OnnxRuntimeRuntime(Runtime):
             self._static = {"write_index": mem.alloc(write.size, np.int64),
                             "attn_bias": mem.alloc(bias.size, self.cache_dtype)}
             for name, table in (("write_index", write), ("attn_bias", bias)):
-                mem.upload(self._static[name], table)
+                self._upload(self._static[name], table)
             self._static_row = {"write_index": write[0].nbytes, "attn_bias": bias[0].nbytes}
         else:
             n = batch * self.max_frames * per_frame
@@ -227,23 +239,25 @@ class OnnxRuntimeRuntime(Runtime):
         frame = batch * cfg.tokens_per_frame * cfg.embed_dim
         self._pred = mem.alloc(frame, np.float32)
         self._raw = [mem.alloc(frame, np.float32) for _ in range(2)]
+        self._feat = mem.alloc(frame, np.float32)   # a staged context broadcast to the batch
+        self._feat_holds = None
         cos, sin = rope_rows(cfg, self.cache_dtype.name)   # [frames, 1, L, hd]: row t bound for frame t
         self._rope = {}
         for name, table in zip(ROPE_INPUTS, (cos, sin)):
             self._rope[name] = mem.alloc(table.size, self.cache_dtype)
-            mem.upload(self._rope[name], table)
+            self._upload(self._rope[name], table)
         self._rope_row = cfg.tokens_per_step * cfg.head_dim * self.cache_dtype.itemsize
         self._goal_buf = mem.alloc(cfg.tokens_per_frame * cfg.embed_dim, np.float32)
         self._energies = mem.alloc(batch, np.float32)
-        self._buffers = ([b for a in self._arenas for b in a.values()] + [self._pred, *self._raw, self._goal_buf,
-                         self._energies, *self._rope.values(), *self._static.values()])
+        self._buffers = ([b for a in self._arenas for b in a.values()] + [self._pred, *self._raw, self._feat,
+                         self._goal_buf, self._energies, *self._rope.values(), *self._static.values()])
         self._cur = 0          # arena holding the cache
         self._raw_cur = 0      # raw-prediction buffer holding the last prediction
         # captured graphs read the addresses they were captured with: a new allocation starts afresh
         self._run_options.clear()
         self._staged.clear()
         if getattr(self, "_goal", None) is not None:
-            mem.upload(self._goal_buf, self._goal)
+            self._put_goal()
 
     def _release(self) -> None:
         for b in self._buffers:
@@ -252,8 +266,69 @@ class OnnxRuntimeRuntime(Runtime):
 
     def close(self) -> None:
         self._release()
+        if self._context_buf is not None:
+            self._context_buf.free()
+            self._context_buf = None
         self._mem.close()
         self._capacity = 0
+
+    # -- host traffic ---------------------------------------------------------------------------------
+    def _upload(self, buf, array: np.ndarray, offset: int = 0) -> None:
+        self._mem.upload(buf, array, offset)
+        self._sent(np.asarray(array).size * buf.dtype.itemsize)
+
+    def _download(self, buf, shape) -> np.ndarray:
+        out = self._mem.download(buf, shape)
+        self._received(out.nbytes)
+        return out
+
+    # -- staged context -------------------------------------------------------------------------------
+    def _device_input(self, name: str, x):
+        """CUDA arrays are taken as a staged context or goal (copied device to device) on cuda."""
+        if self.device == "cuda":
+            dev = as_device_array(x, name)
+            if dev is not None:
+                if dev.dtype != np.float32:
+                    raise VitacError(f"{name} must be a float32 CUDA array, got {dev.dtype}")
+                return dev
+        return super()._device_input(name, x)
+
+    def _context_buffer(self, n: int):
+        if self._context_buf is None or self._context_buf.nbytes < n * 4:
+            if self._context_buf is not None:
+                self._context_buf.free()
+            self._context_buf = self._mem.alloc(n, np.float32)
+        self._feat_holds = None
+        return self._context_buf
+
+    def _stage_host(self, context: np.ndarray) -> None:
+        self._context_shape = context.shape
+        self._upload(self._context_buffer(context.size), context)
+
+    def _stage_device(self, contexts: list, normalized: bool) -> bool:
+        if normalized or self.device != "cuda":   # the raw equivalent needs arithmetic this backend has no kernel for
+            return False
+        R, (_, C, N, D) = len(contexts), contexts[0].shape
+        buf = self._context_buffer(R * C * N * D)
+        for r, dev in enumerate(contexts):
+            self._mem.copy_from_device(buf, r * C * N * D, dev)
+        self._mem.synchronize()
+        self._context_shape = (R, C, N, D)
+        return True
+
+    def _load_staged(self, frames: StagedFrames) -> None:
+        """Broadcast frame t of the staged context(s) into the features buffer, by group of rows
+        (device to device, doubling); skipped when the buffer holds exactly that already."""
+        key = (frames.context.generation, frames.t, frames.groups)
+        if self._feat_holds == key:
+            return
+        _, C, N, D = self._context_shape
+        row = N * D
+        for lo, hi, r in frames.groups:
+            self._mem.copy(self._feat, lo * row, self._context_buf, (r * C + frames.t) * row, row)
+            self._mem.tile(self._feat, row, 1, hi - lo, offset=lo * row)
+        self._mem.synchronize()   # ONNX Runtime computes on its own stream
+        self._feat_holds = key
 
     @property
     def cache_bytes(self) -> int:
@@ -279,6 +354,7 @@ class OnnxRuntimeRuntime(Runtime):
         return value
 
     def _bind_host(self, binding, name: str, array: np.ndarray) -> None:
+        self._sent(array.nbytes)   # copied to the device on cuda; bound in place on the CPU
         if self.cuda_graphs:
             v = self._stage(name, array)
             binding.bind_input(name, "cuda", 0, array.dtype.type, list(array.shape), v.data_ptr())
@@ -311,6 +387,9 @@ class OnnxRuntimeRuntime(Runtime):
         bind.clear_binding_outputs()
         if features is None:
             self._bind(bind, "features", raw_in, frame)
+        elif isinstance(features, StagedFrames):
+            self._load_staged(features)
+            self._bind(bind, "features", self._feat, frame)
         else:
             self._bind_host(bind, "features", features)
         for name, value in cond.items():
@@ -332,7 +411,7 @@ class OnnxRuntimeRuntime(Runtime):
             self._bind(bind, "next_features", raw_out, frame, output=True)
         run_options = None
         if self.cuda_graphs:
-            key = (B, P, self._cur, self._raw_cur, features is None)
+            key = (B, P, self._cur, self._raw_cur, features is None, isinstance(features, StagedFrames))
             run_options = self._run_options.get(key)
             if run_options is None:   # once per key: ids start at 1 (0 is ORT's own) and are never reused
                 run_options = self._run_options[key] = self._ort.RunOptions()
@@ -351,13 +430,27 @@ class OnnxRuntimeRuntime(Runtime):
 
     def _prediction(self) -> np.ndarray:
         cfg = self.cfg
-        return self._mem.download(self._last(), (self.batch, cfg.tokens_per_frame, cfg.embed_dim))
+        return self._download(self._last(), (self.batch, cfg.tokens_per_frame, cfg.embed_dim))
 
     # -- energy ---------------------------------------------------------------------------------------
     def _stage_goal(self, goal: np.ndarray) -> None:
         self._goal = goal
         if self._capacity:
-            self._mem.upload(self._goal_buf, goal)
+            self._put_goal()
+
+    def _stage_goal_device(self, goal: DeviceArray) -> None:
+        if self.energy_session is None:
+            raise VitacError("this artifact has no energy graph: the goal is scored on the host, pass it as a host array")
+        self._goal = goal   # kept (with its owner) to be copied again into a re-allocated buffer
+        if self._capacity:
+            self._put_goal()
+
+    def _put_goal(self) -> None:
+        if isinstance(self._goal, DeviceArray):
+            self._mem.copy_from_device(self._goal_buf, 0, self._goal)
+            self._mem.synchronize()
+        else:
+            self._upload(self._goal_buf, self._goal)
 
     def _energy(self) -> np.ndarray:
         if self.energy_session is None:   # an artifact without energy.onnx: score on the host
@@ -373,7 +466,7 @@ class OnnxRuntimeRuntime(Runtime):
             self.energy_session.run_with_iobinding(bind)
         except Exception as e:
             raise VitacError(f"onnxruntime failed on the energy graph: {first_line(e)}") from None
-        return self._mem.download(self._energies, (B,))
+        return self._download(self._energies, (B,))
 
     # -- rollout hooks --------------------------------------------------------------------------------
     def _broadcast_cache(self, batch: int) -> None:
@@ -391,7 +484,8 @@ class OnnxRuntimeRuntime(Runtime):
 
     def describe(self) -> str:
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
-        return f"{self.backend} ({self.device}, {self.precision}, {self.cache} cache{graphs})"
+        form = f", {self.graph_form} graphs" if self.graph_form != "portable" else ""
+        return f"{self.backend} ({self.device}, {self.precision}, {self.cache} cache{form}{graphs})"
 
 
 def energy_graph_path(artifact: Path, manifest: dict[str, Any]) -> Optional[Path]:

@@ -40,13 +40,18 @@ class HostMemory:
         n = int(np.prod(shape))
         return buf.host[:n].reshape(shape).copy()
 
-    def tile(self, buf: Buffer, row_elems: int, have: int, want: int) -> None:
-        """Repeat the first `have` rows up to `want` rows (the same doubling copies as on CUDA)."""
+    def tile(self, buf: Buffer, row_elems: int, have: int, want: int, offset: int = 0) -> None:
+        """Repeat the first `have` rows (from element `offset`) up to `want` rows (the same doubling
+        copies as on CUDA)."""
         from ..gpu import tile_copies
 
-        flat = buf.host
+        flat = buf.host[offset:]
         for first, n in tile_copies(have, want):
             flat[first * row_elems:(first + n) * row_elems] = flat[:n * row_elems]
+
+    def copy(self, dst: Buffer, dst_offset: int, src: Buffer, src_offset: int, n: int) -> None:
+        """n elements from one buffer to another, both where the runtime computes."""
+        dst.host[dst_offset:dst_offset + n] = src.host[src_offset:src_offset + n]
 
     def synchronize(self) -> None:
         pass
@@ -88,8 +93,17 @@ class CudaMemory:
         self.stream.synchronize()
         return out
 
-    def tile(self, buf: Buffer, row_elems: int, have: int, want: int) -> None:
-        self.stream.tile(buf.ptr, row_elems * buf.dtype.itemsize, have, want)
+    def tile(self, buf: Buffer, row_elems: int, have: int, want: int, offset: int = 0) -> None:
+        self.stream.tile(buf.ptr + offset * buf.dtype.itemsize, row_elems * buf.dtype.itemsize, have, want)
+
+    def copy(self, dst: Buffer, dst_offset: int, src: Buffer, src_offset: int, n: int) -> None:
+        e = dst.dtype.itemsize
+        self.stream.copy(dst.ptr + dst_offset * e, src.ptr + src_offset * e, n * e, "d2d")
+
+    def copy_from_device(self, dst: Buffer, dst_offset: int, array) -> None:
+        """A caller's CUDA array (arrays.DeviceArray) into a buffer, ordered after its producer's stream."""
+        self.stream.wait_for(array.stream)
+        self.stream.copy(dst.ptr + dst_offset * dst.dtype.itemsize, array.ptr, array.nbytes, "d2d")
 
     def synchronize(self) -> None:
         self.stream.synchronize()

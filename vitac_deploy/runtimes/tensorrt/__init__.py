@@ -22,6 +22,7 @@ class TensorRTBackend(Backend):
     opens = (ENGINE, ENCODER_ENGINE)
     devices = ("cuda",)
     cache_contracts = ("concat", "static")
+    graph_forms = ("portable", "trt-attention")   # which TensorRT parses which: tensorrt/compat.py
     cuda_graphs = True
     runs_exported_graphs = True
     needs_first_frame_graph = True

@@ -18,6 +18,9 @@
   once, then captured; later runs of the key replay the graph. Any capture failure turns graphs off
   with a warning. TensorRT for RTX uses its own whole-graph capture instead.
 - CUDA arrays (PyTorch, CuPy) are taken by pointer; the copy waits for the producer's stream.
+- A staged context (`stage_context`, host or CUDA arrays) lives in a device buffer of its own and
+  is broadcast into the features buffer on the stream (skipped when the buffer holds it already):
+  per CEM step only the conditioning goes in and the energies come out.
 - No PyTorch: device memory and streams come from cuda-python.
 """
 
@@ -31,10 +34,12 @@ import numpy as np
 
 from ...config import PredictorConfig
 from ...contract import ROPE_INPUTS, past_names, rope_rows, static_max_len, static_rows
+from ...graph_forms import graph_form
 from ...errors import VitacError, first_line
 from ...artifacts import cache_contract, file_digest
 from ..arrays import DeviceArray, DeviceFrames
 from ..base import Runtime
+from ..staging import StagedFrames
 from ..gpu import DeviceBuffer, PinnedBuffer, Stream, device_to_host, gpu_info, import_cudart
 from .binding import FrameBinding, FrameBuffers, bind_frame
 from . import BACKEND
@@ -57,6 +62,7 @@ class TensorRTRuntime(Runtime):
         cfg = PredictorConfig.from_dict(manifest["config"])
         self.cache = cache_contract(manifest)
         check_kv_cache_support(trt, flavour, self.cache)   # before anything is deserialized
+        self.graph_form = graph_form(manifest)            # what the engines were built from (describe)
         flags = manifest.get("build_flags", {})
         engine_batch = flags.get("batch", [1, 1, 1])[2]
         engine_frames = flags.get("max_frames", cfg.max_frames)
@@ -118,6 +124,8 @@ class TensorRTRuntime(Runtime):
         self._bindings: dict[tuple, FrameBinding] = {}
         self._buffers: list = []
         self._last_pred = 0
+        self._context_buf: Optional[DeviceBuffer] = None   # the staged context, kept across allocations
+        self._feat_holds = None   # which staged frames _d_feat holds (None: anything else)
 
     def _check_validity(self, path: Path, data: bytes) -> None:
         """TensorRT for RTX (1.1+) says from the header alone whether a plan runs on this GPU."""
@@ -173,7 +181,7 @@ class TensorRTRuntime(Runtime):
         tables = dict(zip(ROPE_INPUTS, rope_rows(cfg, self.rope_dtype.name)))
         self._d_rope = {n: DeviceBuffer(c, t.nbytes) for n, t in tables.items()}
         for n, t in tables.items():
-            self._stream.copy(self._d_rope[n].ptr, t.ctypes.data, t.nbytes, "h2d")
+            self._h2d(self._d_rope[n].ptr, t.ctypes.data, t.nbytes)
         self._rope_row_bytes = cfg.tokens_per_step * cfg.head_dim * self.rope_dtype.itemsize
         self._d_static: dict = {}
         self._static_tables: dict = {}   # kept until the copies below are done
@@ -183,7 +191,7 @@ class TensorRTRuntime(Runtime):
             write, bias = static_rows(cfg, self.cache_frames, self.cache_dtype.name, batch)
             for n, t in (("write_index", write), ("attn_bias", bias)):
                 self._d_static[n] = DeviceBuffer(c, t.nbytes)
-                self._stream.copy(self._d_static[n].ptr, t.ctypes.data, t.nbytes, "h2d")
+                self._h2d(self._d_static[n].ptr, t.ctypes.data, t.nbytes)
                 self._static_tables[n] = t
             self._static_row_bytes = {"write_index": write[0].nbytes, "attn_bias": bias[0].nbytes}
             # the frame's rows are copied (on the stream, before the engine) to fixed slots: every
@@ -200,8 +208,9 @@ class TensorRTRuntime(Runtime):
                          self._d_goal, self._d_energy, *self._d_static.values(),
                          *getattr(self, "_d_static_slots", [])])
         self._cur, self._raw_cur = 0, 0
+        self._feat_holds = None
         if getattr(self, "_goal", None) is not None:
-            self._stream.copy(self._d_goal.ptr, self._goal.ctypes.data, self._goal.nbytes, "h2d")
+            self._put_goal()
         self._stream.synchronize()   # the tables above were copied from temporaries
         self._static_tables = {}
 
@@ -226,6 +235,9 @@ class TensorRTRuntime(Runtime):
     def close(self) -> None:
         """Free device memory now (it is freed with the runtime otherwise)."""
         self._release()
+        if getattr(self, "_context_buf", None) is not None:
+            self._context_buf.free()
+            self._context_buf = None
         self._eager = {}
         if getattr(self, "_contexts", None) is not None:
             self._contexts.release()
@@ -249,9 +261,13 @@ class TensorRTRuntime(Runtime):
         row = self.cfg.tokens_per_frame * self.cfg.embed_dim * 4
         if features is None:
             return self._d_raw[self._raw_cur].ptr
+        if isinstance(features, StagedFrames):
+            self._load_staged(features)
+            return self._d_feat.ptr
+        self._feat_holds = None
         if isinstance(features, np.ndarray):
             self._h_feat.array[:features.size] = features.ravel()
-            s.copy(self._d_feat.ptr, self._h_feat.ptr, features.nbytes, "h2d")
+            self._h2d(self._d_feat.ptr, self._h_feat.ptr, features.nbytes)
         elif isinstance(features, DeviceArray):   # copied so a captured graph keeps its address
             s.wait_for(features.stream)
             s.copy(self._d_feat.ptr, features.ptr, features.nbytes, "d2d")
@@ -271,7 +287,7 @@ class TensorRTRuntime(Runtime):
         feat_ptr = self._load_features(features)
         for name, value in cond.items():
             self._h_cond[name].array[:value.size] = value.ravel()
-            s.copy(self._d_cond[name].ptr, self._h_cond[name].ptr, value.nbytes, "h2d")
+            self._h2d(self._d_cond[name].ptr, self._h_cond[name].ptr, value.nbytes)
         static = self.cache == "static"
         # shapes and every address are fixed by this key: one binding (and one captured graph) serves
         # it. Static: the frame's rows go to fixed slots, so the frame index is not part of the key
@@ -339,7 +355,7 @@ class TensorRTRuntime(Runtime):
     def _prediction(self) -> np.ndarray:
         cfg = self.cfg
         out = np.empty((self.batch, cfg.tokens_per_frame, cfg.embed_dim), np.float32)
-        self._stream.copy(out.ctypes.data, self._last_pred, out.nbytes, "d2h")
+        self._d2h(out.ctypes.data, self._last_pred, out.nbytes)
         self._stream.synchronize()
         return out
 
@@ -347,8 +363,79 @@ class TensorRTRuntime(Runtime):
         self._goal = goal
         if self._capacity:
             self._stream.synchronize()
-            self._stream.copy(self._d_goal.ptr, goal.ctypes.data, goal.nbytes, "h2d")
+            self._put_goal()
             self._stream.synchronize()
+
+    def _stage_goal_device(self, goal: DeviceArray) -> None:
+        if goal.dtype != np.float32:
+            raise VitacError(f"goal must be a float32 CUDA array, got {goal.dtype}")
+        self._goal = goal   # kept (with its owner) to be copied again into a re-allocated buffer
+        if self._capacity:
+            self._stream.synchronize()
+            self._put_goal()
+            self._stream.synchronize()
+
+    def _put_goal(self) -> None:
+        g = self._goal
+        if isinstance(g, DeviceArray):
+            self._stream.wait_for(g.stream)
+            self._stream.copy(self._d_goal.ptr, g.ptr, g.nbytes, "d2d")
+        else:
+            self._h2d(self._d_goal.ptr, g.ctypes.data, g.nbytes)
+
+    # -- host traffic and the staged context ----------------------------------------------------------
+    def _h2d(self, dst: int, src: int, nbytes: int) -> None:
+        self._stream.copy(dst, src, nbytes, "h2d")
+        self._sent(nbytes)
+
+    def _d2h(self, dst: int, src: int, nbytes: int) -> None:
+        self._stream.copy(dst, src, nbytes, "d2h")
+        self._received(nbytes)
+
+    def _context_buffer(self, nbytes: int) -> DeviceBuffer:
+        if self._stream is None:
+            raise VitacError("this TensorRT runtime was closed: open a new one")
+        self._stream.synchronize()   # a frame may still read the old staged context
+        if self._context_buf is None or self._context_buf.nbytes < nbytes:
+            if self._context_buf is not None:
+                self._context_buf.free()
+            self._context_buf = DeviceBuffer(self._cudart, nbytes)
+        self._feat_holds = None
+        return self._context_buf
+
+    def _stage_host(self, context: np.ndarray) -> None:
+        buf = self._context_buffer(context.nbytes)
+        self._h2d(buf.ptr, context.ctypes.data, context.nbytes)
+        self._stream.synchronize()   # `context` may be a temporary
+        self._context_shape = context.shape
+
+    def _stage_device(self, contexts: list, normalized: bool) -> bool:
+        if normalized:   # the raw equivalent needs arithmetic outside the engines
+            return False
+        R, (_, C, N, D) = len(contexts), contexts[0].shape
+        if any(d.dtype != np.float32 for d in contexts):
+            raise VitacError("device contexts must be float32")
+        one = C * N * D * 4
+        buf = self._context_buffer(R * one)
+        for r, dev in enumerate(contexts):
+            self._stream.wait_for(dev.stream)
+            self._stream.copy(buf.ptr + r * one, dev.ptr, one, "d2d")
+        self._context_shape = (R, C, N, D)
+        return True
+
+    def _load_staged(self, frames: StagedFrames) -> None:
+        """Broadcast frame t of the staged context(s) into the features buffer on the stream, by
+        group of rows (device to device, doubling); skipped when it holds exactly that already."""
+        key = (frames.context.generation, frames.t, frames.groups)
+        if self._feat_holds == key:
+            return
+        _, C, N, D = self._context_shape
+        row = N * D * 4
+        s = self._stream
+        for lo, hi, r in frames.groups:
+            s.copy(self._d_feat.ptr + lo * row, self._context_buf.ptr + (r * C + frames.t) * row, row, "d2d")
+            s.tile(self._d_feat.ptr + lo * row, row, 1, hi - lo)
+        self._feat_holds = key
 
     def _energy(self) -> np.ndarray:
         if "energy" not in self._eager:   # an engine built without its energy engine: score on the host
@@ -368,7 +455,7 @@ class TensorRTRuntime(Runtime):
             self._eager_key["energy"] = key
         self._execute(ctx)
         out = np.empty(B, np.float32)
-        self._stream.copy(out.ctypes.data, self._d_energy.ptr, out.nbytes, "d2h")
+        self._d2h(out.ctypes.data, self._d_energy.ptr, out.nbytes)
         self._stream.synchronize()
         return out
 
@@ -384,6 +471,7 @@ class TensorRTRuntime(Runtime):
         # stream order puts these copies before the next frame's engine: no host wait needed
 
     def _to_host(self, array: DeviceArray) -> np.ndarray:
+        self._received(array.nbytes)
         return device_to_host(self._stream, array)
 
     @property
@@ -393,7 +481,8 @@ class TensorRTRuntime(Runtime):
 
     def describe(self) -> str:
         graphs = "CUDA graphs" if self.cuda_graphs or self._rtx_graphs else "no CUDA graphs"
-        return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {self.cache} cache, {graphs})"
+        form = f", {self.graph_form} graphs" if self.graph_form != "portable" else ""
+        return f"{self.flavour} {self._trt.__version__} (cuda, {self.precision}, {self.cache} cache{form}, {graphs})"
 
     @property
     def weight_copies(self) -> int:

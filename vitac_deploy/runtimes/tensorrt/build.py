@@ -3,7 +3,9 @@
 Written against the TensorRT Python API documentation; version differences are looked up, not
 assumed:
 - TensorRT >= 9 (and TensorRT for RTX): the float16 graph as a STRONGLY_TYPED network; the ONNX
-  types decide precision (TensorRT 11 has no other way).
+  types decide precision. TensorRT 11 has no other way: every network is strongly typed (the
+  creation flag is accepted and ignored) and the FP16 / OBEY_PRECISION_CONSTRAINTS builder flags
+  are gone, so no weak-typing flag is ever set there.
 - TensorRT 8.x: no strong typing; the float32 graph with the FP16 builder flag, and the layers
   that the float16 graph keeps in float32 (normalization) pinned to float32 with
   OBEY_PRECISION_CONSTRAINTS. The manifest says so.
@@ -20,11 +22,12 @@ from typing import Any, Callable, Optional
 
 from ...config import PredictorConfig
 from ...errors import VitacError
+from ...graph_forms import graph_form
 from ...precision import REFERENCE_PRECISION, precision as get_precision
 from ...artifacts import (CONCAT_ENGINE_FORMAT_VERSION, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST, cache_contract,
                          now_iso, read_manifest, seal, sha256_file, verify_files, write_json_atomic)
 from ..gpu import gpu_info
-from .compat import check_kv_cache_support
+from .compat import check_graph_form_support, check_kv_cache_support
 from .module import import_tensorrt
 from .profiles import ProfileOptions, check_profile_options, step_profile
 
@@ -57,7 +60,7 @@ def _network_flags(trt, strongly_typed: bool) -> int:
     explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
     if explicit is not None and int(trt.__version__.split(".")[0]) < 10:
         flags |= 1 << int(explicit)
-    if strongly_typed:
+    if strongly_typed and _strongly_typed(trt) is not None:   # TensorRT 11 may drop the flag: typed anyway
         flags |= _strongly_typed(trt)
     return flags
 
@@ -156,7 +159,7 @@ def energy_profile(cfg: PredictorConfig, prof: ProfileOptions) -> dict[str, tupl
 def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_version: str, gpu: Optional[dict],
                     targets: list, opts: EngineOptions, prof: ProfileOptions, how: str,
                     engines: list[dict[str, Any]], cache: Optional[dict[str, Any]] = None,
-                    kind: str = "predictor") -> dict[str, Any]:
+                    kind: str = "predictor", graph_form: str = "portable") -> dict[str, Any]:
     """ENGINE.plan.json: how, where and from what the engines were built (the runtime checks it
     before deserializing anything), with the artifact's cache contract, sealed with its own sha256.
     `kind`: "predictor", or "encoder" for an encoder's engine (its config is the encoder's)."""
@@ -165,7 +168,7 @@ def engine_manifest(artifact: Path, cfg: PredictorConfig, flavour: str, trt_vers
     encoder = kind == "encoder"
     return seal({
         "format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION if static else CONCAT_ENGINE_FORMAT_VERSION,
-        "created": now_iso(), "kind": kind, "cache": cache,
+        "created": now_iso(), "kind": kind, "cache": cache, "graph_form": graph_form,
         "tensorrt": {"flavour": flavour, "version": trt_version},
         "gpu": gpu, "config": cfg.to_dict(), "artifact": str(artifact),
         **({"compute_capabilities": targets} if flavour == "tensorrt-rtx" else {}),
@@ -237,12 +240,15 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
     check_parser_opset(trt.__version__, opts.flavour, int(manifest.get("opset", 17)))
     static = cache_contract(manifest, artifact) == "static"
     check_kv_cache_support(trt, opts.flavour, "static" if static else "concat")
+    form = graph_form(manifest, artifact)
+    check_graph_form_support(trt, opts.flavour, form)
     # TensorRT for RTX compiles ahead of time without a GPU (kernels are JIT-compiled where it runs).
     gpu = gpu_info(required=not rtx)
     targets = list(opts.compute_capabilities) or ([gpu["compute_capability"]] if gpu else ["default"])
     sm_targets = _compute_capabilities(trt, targets) if rtx and targets != ["default"] else []
     major = int(trt.__version__.split(".")[0])
-    strong = opts.flavour == "tensorrt-rtx" or (major >= 9 and _strongly_typed(trt) is not None)
+    # TensorRT 11 builds strongly typed networks only, with or without the flag
+    strong = opts.flavour == "tensorrt-rtx" or major >= 11 or (major >= 9 and _strongly_typed(trt) is not None)
     if prec.name == REFERENCE_PRECISION:
         source_precision, how = prec.name, "float32 network from the fp32 graphs"
     elif strong and prec.strongly_typed:
@@ -352,7 +358,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             Path(b.get("tmp", "")).unlink(missing_ok=True)
         raise
     data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines,
-                           manifest.get("cache"), kind)
+                           manifest.get("cache"), kind, form)
     write_json_atomic(out.with_name(out.name + ".json"), data)
     return data
 

@@ -27,6 +27,24 @@ def check_kv_cache_support(trt, flavour: str, contract: str) -> None:
                      f"`vitac-deploy export --cache concat`")
 
 
+def check_graph_form_support(trt, flavour: str, form: str) -> None:
+    """Refuse, before parsing, a graph form this TensorRT cannot parse: ort-fused holds ONNX Runtime's
+    contrib operators (no TensorRT parses them); trt-attention needs the ONNX Attention operator's
+    IAttention (TensorRT >= 10.15, TensorRT for RTX 1.7)."""
+    from ...graph_forms import ATTENTION_TENSORRT, ORT_FUSED, TRT_ATTENTION
+
+    redo = "re-export with `vitac-deploy export --graph-form portable`"
+    if form == ORT_FUSED:
+        raise VitacError(f"this artifact's step graphs are the ort-fused form (ONNX Runtime's contrib operators: "
+                         f"MultiHeadAttention with the KV cache as outputs, SkipLayerNormalization, BiasGelu; "
+                         f"TensorRT's parser does not import them): {redo} (or trt-attention for TensorRT >= "
+                         f"{ATTENTION_TENSORRT})")
+    if form == TRT_ATTENTION and not hasattr(trt, "IAttention"):
+        need = f"TensorRT >= {ATTENTION_TENSORRT}" if flavour == "tensorrt" else "a TensorRT for RTX with IAttention"
+        raise VitacError(f"{trt.__name__} {trt.__version__} cannot build the trt-attention graphs: the ONNX "
+                         f"Attention operator needs {need} (IAttention); {redo}")
+
+
 def check_engine_compat(manifest: dict[str, Any], trt_version: str, trt_flavour: str,
                         gpu_name: Optional[str], compute_capability: Optional[str]) -> None:
     """Refuse, with a message that says where the engine was built and what to do, an engine that

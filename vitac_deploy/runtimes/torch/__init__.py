@@ -1,6 +1,8 @@
-"""PyTorch backend: the reference model behind the runtime interface (`backend.py`, the parity
-baseline; `torch-compile` compiles its blocks), the reference encoder (`encoder.py`) and the
-upstream way of rolling out, recomputing the whole sequence (`full_recompute.py`)."""
+"""PyTorch backends: `torch` (`fast.py`, the fast path: K/V written in place, SDPA over the cache
+view, RoPE resident; `torch-compile` runs it under torch.compile) and `torch-reference`
+(`backend.py`, the reference model behind the runtime interface: the parity baseline); the
+reference encoder (`encoder.py`) and the upstream way of rolling out, recomputing the whole
+sequence (`full_recompute.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from ...artifacts import graph_names, verify_files
 from ...errors import VitacError
 from ..registry import ENCODER, PREDICTOR, Backend, MemoryLayout, lazy_classes
 
-__all__ = ["BACKEND", "TorchRuntime", "TorchEncoder"]
+__all__ = ["BACKEND", "TorchRuntime", "FastTorchRuntime", "TorchEncoder"]
 
 
 class TorchBackend(Backend):
@@ -20,9 +22,16 @@ class TorchBackend(Backend):
     opens = (PREDICTOR, ENCODER)
     devices = ("cpu", "cuda")
     cache_contracts = ()   # its own preallocated cache, written in place; no ONNX contract
-    # counted as ONNX Runtime's (two cache arenas, three frame buffers): an upper bound of what it holds
-    memory_layout = MemoryLayout(frame_buffers=3, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
-    variants = {"torch-compile": {"compile": True}}   # the reference under torch.compile
+    graph_forms = ("portable", "ort-fused", "trt-attention")   # it reads the weights only
+    cuda_graphs = True     # the fast path replays frames as CUDA graphs (cuda_graphs=True)
+    # counted as the graph runtimes' (input, prediction, two raw frame buffers): an upper bound
+    memory_layout = MemoryLayout(frame_buffers=4, pinned_staging=False, weight_copies=(1,), default_weight_copies=1)
+    # torch-compile: the fast path under torch.compile (mode "default" unless compile= says);
+    # torch-reference: the reference model itself, the parity baseline
+    variants = {"torch-compile": {"compile": "default"}, "torch-reference": {"reference": True}}
+
+    def has_cuda_graphs(self, options: dict[str, Any]) -> bool:
+        return self.cuda_graphs and not options.get("reference")   # the reference runs eager
 
     def available(self, device: str) -> bool:
         if not super().available(device):
@@ -35,11 +44,17 @@ class TorchBackend(Backend):
 
     def open_predictor(self, path: Path, manifest: dict[str, Any], precision: str, device: str,
                        max_batch: Optional[int], max_frames: Optional[int], verify: bool, **options: Any):
-        from .backend import TorchRuntime
-
         if verify:
             verify_files(path, manifest, graph_names(manifest, ("step.fp32",)))
-        return TorchRuntime.from_artifact(path, manifest, precision, device, max_batch, max_frames, **options)
+        if options.pop("reference", False):
+            from .backend import TorchRuntime
+
+            return TorchRuntime.from_artifact(path, manifest, precision, device, max_batch, max_frames, **options)
+        from .fast import FastTorchRuntime
+
+        if "compile" in options and options["compile"] is None:
+            options.pop("compile")
+        return FastTorchRuntime.from_artifact(path, manifest, precision, device, max_batch, max_frames, **options)
 
     def open_encoder(self, path: Path, manifest: dict[str, Any], precision: str, device: str,
                      max_batch: Optional[int], verify: bool, **options: Any):
@@ -47,6 +62,7 @@ class TorchBackend(Backend):
         from ...reference import encoder_from_graph
         from .encoder import TorchEncoder
 
+        options = {k: v for k, v in options.items() if k not in ("reference", "compile")}   # one reference encoder
         if options:
             raise VitacError(f"the torch encoder takes no options ({', '.join(options)})")
         if "encoder.fp32" not in manifest["graphs"]:
@@ -59,6 +75,5 @@ class TorchBackend(Backend):
 
 
 BACKEND = TorchBackend()
-
-
-__getattr__ = lazy_classes(__name__, {"TorchRuntime": ".backend", "TorchEncoder": ".encoder"})
+__getattr__ = lazy_classes(__name__, {"TorchRuntime": ".backend", "FastTorchRuntime": ".fast",
+                                      "TorchEncoder": ".encoder"})

@@ -1,9 +1,11 @@
-"""The reference model behind the `Runtime` interface: the parity baseline on CPU and CUDA.
+"""The reference model behind the `Runtime` interface (backend `torch-reference`): the parity
+baseline on CPU and CUDA.
 
 Its cache is preallocated like the other backends' (per block [max batch, heads, max tokens,
 head_dim] for keys and values, each frame written in place), but the reference attention
 concatenates past and new keys into a temporary every frame: this backend is the parity
-baseline, not the fast path.
+baseline, not the fast path (that is `fast.py`, backend `torch`). A staged context is uploaded
+once and broadcast on the device.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ...errors import BackendUnavailable, VitacError
 from ...precision import precision as get_precision
 from ..base import Runtime
 from . import BACKEND
+from ..staging import StagedFrames
+from .features import device_tensor, raw_equivalent
 
 
 def _import_torch():
@@ -29,7 +33,7 @@ def _import_torch():
 
 
 class TorchRuntime(Runtime):
-    backend = BACKEND.name
+    backend = "torch-reference"
     memory_layout = BACKEND.memory_layout
     cache = "reference"   # its own preallocated cache, written in place; no ONNX contract
 
@@ -46,7 +50,7 @@ class TorchRuntime(Runtime):
             # the blocks only (rope tables and the frame index stay eager); dynamic: the cache
             # length changes every frame, and one graph (two with the empty first cache) serves all
             self.model.run_blocks = torch.compile(self.model.run_blocks, dynamic=True)
-            self.backend = "torch-compile"
+            self.backend = "torch-reference-compile"
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
@@ -54,21 +58,7 @@ class TorchRuntime(Runtime):
     def from_artifact(cls, path: Path, manifest: dict[str, Any], precision: str, device: str,
                       max_batch: Optional[int], max_frames: Optional[int], compile: bool = False) -> "TorchRuntime":
         """The reference model with the weights of the artifact's float32 graph."""
-        _import_torch()
-        from ...reference import predictor_from_graph
-
-        cfg = PredictorConfig.from_dict(manifest["config"])
-        graph = manifest["graphs"].get("step.fp32")
-        if graph is None:
-            raise VitacError(f"{path}: the torch backend reads the weights of step.onnx (fp32), which is missing")
-        _check_graph_contract(path / graph["file"], cfg)
-        try:
-            model = predictor_from_graph(path / graph["file"], cfg)
-        except (KeyError, RuntimeError, ValueError) as e:   # a config that does not describe the graph
-            raise VitacError(f"{path / graph['file']}: its weights do not fit the manifest's config "
-                             f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}): "
-                             f"the manifest was edited, re-export the artifact") from None
-        return cls(model.eval(), precision, device, max_batch, max_frames, compile)
+        return cls(reference_from_artifact(path, manifest), precision, device, max_batch, max_frames, compile)
 
     def _allocate(self, batch: int) -> None:
         torch, cfg = self._torch, self.cfg
@@ -78,15 +68,24 @@ class TorchRuntime(Runtime):
         self._last = None
         self._last_raw = None
 
+    def _upload(self, a: np.ndarray, dtype=None):
+        """A host array on the device (counted)."""
+        self._sent(a.nbytes)
+        return self._torch.tensor(a, device=self.device, dtype=dtype)
+
     def _run(self, features: Optional[np.ndarray], cond: dict[str, np.ndarray]) -> None:
         torch, cfg, B = self._torch, self.cfg, self.batch
         P, L = self.frames * cfg.tokens_per_step, cfg.tokens_per_step
-        t = lambda a: torch.tensor(a, device=self.device, dtype=self.dtype)[:, None]  # noqa: E731
+        t = lambda a: self._upload(a, self.dtype)[:, None]  # noqa: E731
         with torch.no_grad():
             if features is None:
                 h = self.model.normalize(self._last_raw.float()).to(self.dtype)
+            elif isinstance(features, StagedFrames):   # normalized at batch 1, broadcast on the device
+                rows = [self.model.normalize(self._context[r:r + 1, features.t]).to(self.dtype).expand(hi - lo, -1, -1)
+                        for lo, hi, r in features.groups]
+                h = rows[0] if len(rows) == 1 else torch.cat(rows)
             else:
-                h = self.model.normalize(torch.tensor(features, device=self.device)).to(self.dtype)
+                h = self.model.normalize(self._upload(features)).to(self.dtype)
             cache = [(k[:B, :, :P], v[:B, :, :P]) for k, v in zip(self._k, self._v)] if P else None
             out, new = self.model.forward_frames(h[:, None], t(cond["action"]), t(cond["state"]),
                                                  t(cond["extrinsics"]) if "extrinsics" in cond else None,
@@ -119,16 +118,53 @@ class TorchRuntime(Runtime):
                 if hasattr(self, "_k") else 0.0}
 
     def _prediction(self) -> np.ndarray:
-        return self._last.detach().cpu().numpy().astype(np.float32, copy=True)
+        out = self._last.detach().cpu().numpy().astype(np.float32, copy=True)
+        self._received(out.nbytes)
+        return out
 
     def _stage_goal(self, goal: np.ndarray) -> None:
-        self._goal = self._torch.from_numpy(goal).to(self.device)
+        self._goal = self._upload(goal)
+
+    def _device_input(self, name: str, x):
+        return device_tensor(self._torch, x, self.device, name)
+
+    def _stage_goal_device(self, goal) -> None:
+        self._goal = goal.reshape(goal.shape[-2:])
+
+    def _stage_host(self, context: np.ndarray) -> None:
+        self._context = self._upload(context)
+
+    def _stage_device(self, contexts: list, normalized: bool) -> bool:
+        ctx = self._torch.cat(contexts)
+        self._context = raw_equivalent(self._torch, ctx, self.cfg.feature_norm_eps) if normalized else ctx
+        return True
 
     def _energy(self) -> np.ndarray:
         """On the runtime's device, float32 (the prediction is kept float32 whatever the precision)."""
         with self._torch.no_grad():
             e = (self._last - self._goal).abs().mean(dim=(1, 2))
-        return e.cpu().numpy().astype(np.float32)
+        out = e.cpu().numpy().astype(np.float32)
+        self._received(out.nbytes)
+        return out
+
+
+def reference_from_artifact(path: Path, manifest: dict[str, Any]):
+    """The reference model (float32, eval) with the weights of the artifact's float32 graph."""
+    _import_torch()
+    from ...reference import predictor_from_graph
+
+    cfg = PredictorConfig.from_dict(manifest["config"])
+    graph = manifest["graphs"].get("step.fp32")
+    if graph is None:
+        raise VitacError(f"{path}: the torch backends read the weights of step.onnx (fp32), which is missing")
+    _check_graph_contract(path / graph["file"], cfg)
+    try:
+        model = predictor_from_graph(path / graph["file"], cfg)
+    except (KeyError, RuntimeError, ValueError) as e:   # a config that does not describe the graph
+        raise VitacError(f"{path / graph['file']}: its weights do not fit the manifest's config "
+                         f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}): "
+                         f"the manifest was edited, re-export the artifact") from None
+    return model.eval()
 
 
 def _check_graph_contract(graph_path: Path, cfg: PredictorConfig) -> None:

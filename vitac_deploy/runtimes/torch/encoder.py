@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import BackendUnavailable
+from ...errors import BackendUnavailable, VitacError
 from ...precision import precision as get_precision
 from ..encoder_base import EncoderRuntime
 from . import BACKEND
@@ -28,6 +28,9 @@ class TorchEncoder(EncoderRuntime):
         self.model = model.to(device=device, dtype=self.dtype).eval()
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return self._features(pixels).cpu().numpy()
+
+    def _features(self, pixels: np.ndarray):
         torch = self._torch
         with torch.no_grad():
             x = torch.from_numpy(pixels).to(self.device, self.dtype)
@@ -35,4 +38,19 @@ class TorchEncoder(EncoderRuntime):
             raw = self.model(clips).float()
             if self.cfg.normalize_reps:
                 raw = torch.nn.functional.layer_norm(raw, (raw.shape[-1],), eps=self.cfg.feature_norm_eps)
-            return raw.cpu().numpy()
+            return raw
+
+    def encode_pixels_on_device(self, pixels: np.ndarray):
+        """As `encode_pixels`, but the features stay where the encoder runs: a float32 tensor
+        [M, N, D] on its device. A torch predictor runtime on the same device takes them as the
+        planner's current and goal features (`planning.plan`) without a host round trip."""
+        S = self.cfg.img_size
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S) \
+                or pixels.shape[0] == 0:
+            raise VitacError(f"pixels must be a numpy array [M, 3, {S}, {S}] with M >= 1, got "
+                             f"{list(getattr(pixels, 'shape', [])) or type(pixels).__name__}")
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            raise VitacError("pixels contain NaN or Inf")
+        out = [self._features(pixels[i:i + self.max_batch]) for i in range(0, pixels.shape[0], self.max_batch)]
+        return self._torch.cat(out) if len(out) > 1 else out[0]

@@ -1,17 +1,30 @@
-"""Hostile and careless attempts against vitac-deploy's CLI and Python API (issue 13): --out
-mistakes, garbage inputs and checkpoints, edited/truncated/relinked artifacts, malformed configs
-and manifests, markup in names, threads. Small config, CPU only; about 15 minutes on 2 cores.
+"""Hostile and careless attempts against vitac-deploy: its CLI, Python API, server, client, Ray
+transport and set-up script. One line per failed attempt, then the totals per category.
 
-    PYTHONPATH=. python scripts/attack_issue13.py [out garbage integrity cli threads]
+    PYTHONPATH=TREE python scripts/attack_harness.py [CATEGORY ...]
 
-Prints one line per failed attempt and the totals. It also runs against trees from before issue 13
-(it computes the manifest seal itself), which is how the before/after counts were taken. Against such
-a tree its --out cases really replace directories: run it only in a throwaway machine or container,
-never as root on a machine you keep."""
+TREE is the vitac-deploy under test (this checkout: `.`; an older one, for the before counts:
+`git archive main | tar -x -C /tmp/base`, then PYTHONPATH=/tmp/base). Categories:
+  out garbage integrity cli threads          --out mistakes, garbage inputs and checkpoints,
+                                             damaged artifacts, malformed configs, threads (~15 min)
+  client bootstrap polygraphy memory auth    a late reply, replies, connect timeouts; VITAC_VENV;
+  ray landscape images preprocess safety     --save-polygraphy; server memory; auth headers and
+                                             logs; --max-robots under Ray; energy-landscape
+                                             bounds; huge images; preprocessing at odd sizes; the
+                                             test helpers' deletions (~5 min, Ray ~1 min more)
+
+Safe against any tree, the oldest included (whose --out and VITAC_VENV handling really deleted
+directories): everything runs in a fresh folder made here by tempfile, which is the working
+directory, HOME and TMPDIR of every command; every path a destructive case hands to a command is
+checked to lie inside it first (the harness stops otherwise), and while it runs, deletions by this
+process outside that folder raise instead of deleting (tests/deletion_guard.py). Never point a
+case at a real path: build the folder it attacks inside ROOT."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -24,6 +37,7 @@ import time
 import traceback
 import tracemalloc
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,27 +51,59 @@ from vitac_deploy.exporters import ExportOptions, export_artifact
 from vitac_deploy.reference import random_predictor
 from vitac_deploy.runtimes import open_runtime
 
+TREE = Path(vitac_deploy.__file__).resolve().parents[1]
 print("testing", vitac_deploy.__file__)
 SMALL = PredictorConfig(embed_dim=32, predictor_embed_dim=48, depth=2, num_heads=2, action_dim=3,
                         grid_height=4, grid_width=4, max_frames=4)
-ROOT = Path(tempfile.mkdtemp(prefix="attack13."))
+
+# -- the throwaway folder: everything happens inside ROOT ---------------------------------------------
+ROOT = Path(tempfile.mkdtemp(prefix="vitac-attack.")).resolve()
+if not ROOT.is_dir() or any(ROOT.iterdir()) or Path(tempfile.gettempdir()).resolve() not in ROOT.parents:
+    sys.exit(f"refusing to run: {ROOT} is not a fresh folder inside {tempfile.gettempdir()}")
+for sub in ("home", "tmp"):
+    (ROOT / sub).mkdir()
+os.chdir(ROOT)
+os.environ.update(HOME=str(ROOT / "home"), TMPDIR=str(ROOT / "tmp"))
+tempfile.tempdir = str(ROOT / "tmp")
+_guard_spec = importlib.util.spec_from_file_location("deletion_guard",
+                                                     Path(__file__).resolve().parents[1] / "tests" / "deletion_guard.py")
+deletion_guard = importlib.util.module_from_spec(_guard_spec)
+_guard_spec.loader.exec_module(deletion_guard)
+deletion_guard.ALLOWED_ROOTS[:] = [ROOT]
+deletion_guard.install()
+
+
+def inside(*paths) -> None:
+    """Stop the harness unless every path lies inside ROOT (checked before a destructive case)."""
+    for p in paths:
+        full = Path(os.path.abspath(p))
+        if ROOT not in full.parents:
+            sys.exit(f"refusing to run a destructive case on {p}: outside {ROOT}")
+
+
 CFG = ROOT / "small.json"
 CFG.write_text(SMALL.to_json())
 attempts = 0
 failures: list[str] = []
+per_category: dict = {}
 
 
 def attempt(cat: str, name: str, fn) -> None:
     global attempts
     attempts += 1
+    tally = per_category.setdefault(cat, [0, 0])
+    tally[0] += 1
     cwd = os.getcwd()
     try:
         why = fn()
+    except deletion_guard.OutsideTemporaryFolder:
+        raise   # never a failure to count: a case reached outside ROOT, the harness stops
     except Exception as e:  # noqa: BLE001
         why = f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         os.chdir(cwd)
     if why:
+        tally[1] += 1
         failures.append(f"[{cat}] {name}: {why}")
         print(f"FAIL [{cat}] {name}: {why}", flush=True)
 
@@ -158,7 +204,10 @@ def out_cases():
             if setup:
                 setup(d, work)
             os.chdir(work)
-            why = expect(EXPORT + ["--out", out(d, work)] + (["--force"] if force else []), code, must)()
+            target = out(d, work)
+            if force:
+                inside(os.path.join(work, target))
+            why = expect(EXPORT + ["--out", target] + (["--force"] if force else []), code, must)()
             if why:
                 return why
             if not (work / "precious.txt").exists() or not (d / "sibling.txt").exists():
@@ -227,8 +276,9 @@ def out_cases():
     in_dir("out is a file", lambda d, w: "../f", setup=lambda d, w: (d / "f").write_text("file"),
            check=lambda d, w: None if (d / "f").read_text() == "file" else "DATA LOST: file")
     in_dir("out parent missing", lambda d, w: "../no/such/a")
-    in_dir("out under /proc", lambda d, w: "/proc/sys/vitac")
-    in_dir("out under /sys", lambda d, w: "/sys/vitac")
+    # outside ROOT: without --force (nothing there may be replaced; they check the write probe)
+    in_dir("out under /proc", lambda d, w: "/proc/sys/vitac", force=False)
+    in_dir("out under /sys", lambda d, w: "/sys/vitac", force=False)
     for nm in ("x[bold]y", "[red]r", "x[", "ünï cødé", "with space", "-dash", "a\nb"):
         def chk(d, w, nm=nm):
             return None if (d / nm / "manifest.json").exists() else "artifact missing"
@@ -830,16 +880,518 @@ def thread_cases():
         attempt("threads", f"8 threads reset+append (holding rt.lock) on one {backend} runtime", stream)
 
 
+
+# -- the robot-facing edges: server, client, Ray, landscape, images, set-up ---------------------------
+PEAK = """
+import runpy, sys
+sys.argv = ["vitac-deploy"] + sys.argv[1:]
+code = 0
+try:
+    runpy.run_module("vitac_deploy", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM"):
+        print("PEAK_MIB", int(line.split()[1]) // 1024, file=sys.stderr)
+sys.exit(code)
+"""
+_SERVE: dict = {}
+
+
+def serve_scene() -> dict:
+    """A tiny artifact with its encoder, camera frames and a goal, made once inside ROOT."""
+    if not _SERVE:
+        try:
+            from vitac_deploy.benchmarks.serving import robot_requests, tiny_artifact
+        except ImportError:   # a tree from before benchmarks/
+            from vitac_deploy.serving.bench import robot_requests, tiny_artifact
+
+        d = ROOT / "serve"
+        d.mkdir()
+        art = tiny_artifact(d / "art")
+        req = robot_requests(1, 3)[0]
+        np.savez(d / "obs.npz", images=req["observation/image"][None])
+        np.savez(d / "goal.npz", images=req["goal/image"][None])
+        (d / "peak.py").write_text(PEAK)
+        _SERVE.update(dir=d, art=art, req=req)
+    return _SERVE
+
+
+def cli_peak(*args, timeout: float = 600) -> tuple:
+    """`vitac-deploy ARGS` in a child process: (returncode, stderr, peak RSS in MiB)."""
+    p = subprocess.run([sys.executable, str(serve_scene()["dir"] / "peak.py"), *map(str, args)],
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    peak = [int(line.split()[1]) for line in p.stderr.splitlines() if line.startswith("PEAK_MIB")]
+    return p.returncode, p.stderr, (peak[0] if peak else -1)
+
+
+def one_error(err: str) -> Optional[str]:
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    if len(lines) != 1 or "internal error" in lines[0] or "Traceback" in err:
+        return f"not one clear error line: {err.strip()[-200:]!r}"
+    return None
+
+
+def start_server(key=None, **opts):
+    from vitac_deploy.planning import CEMOptions
+    from vitac_deploy.serving import ServeOptions, open_service
+    from vitac_deploy.serving.server import PolicyServer
+
+    service = open_service(serve_scene()["art"], backend="onnxruntime",
+                           cem=CEMOptions(samples=8, topk=3, cem_steps=2), options=ServeOptions(**opts))
+    server = PolicyServer(service, port=0, api_key=key)
+    server.start_in_thread()
+    return server
+
+
+def in_thread(fn, seconds: float):
+    """fn() in a daemon thread: (finished, result or exception)."""
+    out: dict = {}
+
+    def go():
+        try:
+            out["r"] = fn()
+        except Exception as e:  # noqa: BLE001 - the result
+            out["r"] = e
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), out.get("r")
+
+
+def client_cases():
+    from vitac_deploy.client import PolicyClient, PolicyError, packb
+
+    req = serve_scene()["req"]
+
+    def late():
+        s = start_server(batch_window_ms=1500.0)
+        idle = PolicyClient("127.0.0.1", s.port)
+        try:
+            c = PolicyClient("127.0.0.1", s.port, timeout=0.1)
+            try:
+                c.infer({**req, "seed": 111})
+                return "inconclusive: no timeout"
+            except TimeoutError:
+                pass
+            c.timeout = 60.0
+            time.sleep(2.0)
+            rep = c.infer({**req, "seed": 222})
+            return None if int(rep["seed"]) == 222 else f"WRONG ACTION: seed 222 got the plan of seed {rep['seed']}"
+        finally:
+            idle.close()
+            s.stop()
+    attempt("client", "a late reply is not returned for the next request", late)
+
+    from websockets.sync.server import serve as sync_serve
+
+    def bad_server(reply: bytes):
+        def handler(ws):
+            try:
+                ws.send(packb({"protocol": "openpi-websocket-msgpack", "rollout": 2, "action_dim": 7}))
+                ws.recv()
+                ws.send(reply)
+                ws.recv()
+            except Exception:  # noqa: BLE001 - the client leaves
+                pass
+        srv = sync_serve(handler, "127.0.0.1", 0, compression=None)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+    replies = {
+        "NaN actions": packb({"actions": np.full((2, 7), np.nan, np.float32), "seed": 5}),
+        "inf actions": packb({"actions": np.full((2, 7), np.inf, np.float32), "seed": 5}),
+        "actions of the wrong shape": packb({"actions": np.zeros((3, 7), np.float32), "seed": 5}),
+        "1-D actions": packb({"actions": np.zeros(7, np.float32), "seed": 5}),
+        "integer actions": packb({"actions": np.zeros((2, 7), np.int64), "seed": 5}),
+        "actions as a list": packb({"actions": [[0.0] * 7] * 2, "seed": 5}),
+        "no actions": packb({"seed": 5}),
+        "a list, not a map": packb([1, 2]),
+        "the plan of another seed": packb({"actions": np.zeros((2, 7), np.float32), "seed": 6}),
+    }
+    for name, reply in replies.items():
+        def fn(reply=reply):
+            srv = bad_server(reply)
+            try:
+                c = PolicyClient("127.0.0.1", srv.socket.getsockname()[1], timeout=10)
+                try:
+                    c.infer({"seed": 5})
+                    return "accepted: handed to the robot"
+                except PolicyError:
+                    return None
+                finally:
+                    c.close()
+            finally:
+                srv.shutdown()
+        attempt("client", f"reply with {name}", fn)
+
+    def silent_ws():
+        gate = threading.Event()
+        srv = sync_serve(lambda ws: gate.wait(30), "127.0.0.1", 0)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            done, r = in_thread(lambda: PolicyClient("127.0.0.1", srv.socket.getsockname()[1], connect_timeout=1.5), 15)
+            return None if done and isinstance(r, Exception) else "hangs past connect_timeout waiting for metadata"
+        finally:
+            gate.set()
+            srv.shutdown()
+    attempt("client", "a server that accepts and never sends metadata", silent_ws)
+
+    def silent_tcp():
+        import socket
+        with socket.socket() as ls:
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(4)
+            done, r = in_thread(lambda: PolicyClient("127.0.0.1", ls.getsockname()[1], connect_timeout=1.5), 15)
+            return None if done and isinstance(r, Exception) else "hangs on a silent listener"
+    attempt("client", "a listener that never answers the handshake", silent_tcp)
+
+
+def bootstrap_cases():
+    script = TREE / "scripts" / "bootstrap.py"
+    offline = dict(os.environ, PIP_NO_INDEX="1", PIP_INDEX_URL="http://127.0.0.1:9/",
+                   VITAC_TORCH_INDEX="http://127.0.0.1:9")
+
+    def project(d: Path) -> Path:
+        (d / "src").mkdir(parents=True)
+        (d / "src" / "main.py").write_text("mine")
+        return d
+
+    def run_with(venv, cwd):
+        inside(os.path.join(cwd, venv))
+        return subprocess.run([sys.executable, str(script), "test", "--version"], capture_output=True, text=True,
+                              env={**offline, "VITAC_VENV": str(venv)}, cwd=cwd, timeout=300)
+
+    def case(make, venv_of, want_code=2):
+        def fn():
+            d = fresh("boot")
+            target = make(d)
+            p = run_with(venv_of(d, target), d)
+            if target.is_dir() and not (target / "src" / "main.py").exists():
+                return "DATA LOST: the directory's files were deleted"
+            if target.is_file() and target.read_text() != "mine":
+                return "DATA LOST: the file was replaced"
+            if p.returncode != want_code:
+                return f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}"
+            return one_error(p.stderr)
+        return fn
+
+    attempt("bootstrap", "VITAC_VENV=a project directory", case(lambda d: project(d / "proj"), lambda d, t: t))
+    attempt("bootstrap", "VITAC_VENV=. (the working directory)", case(lambda d: project(d), lambda d, t: "."))
+    attempt("bootstrap", "VITAC_VENV=a file", case(lambda d: (d / "f").write_text("mine") and d / "f",
+                                                    lambda d, t: t))
+
+    def no_pip():
+        d = fresh("boot")
+        venv = d / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        (venv / "vitac-bootstrap.json").write_text("{}")
+        run_with(venv, d)
+        ok = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True)
+        return None if ok.returncode == 0 else "a venv of ours without pip is not repaired"
+    attempt("bootstrap", "a venv of ours whose pip was lost", no_pip)
+
+
+def polygraphy_cases():
+    def users(d: Path) -> Path:
+        u = d / "mine"
+        (u / "data").mkdir(parents=True)
+        (u / "command.txt").write_text("my notes")
+        (u / "thesis.tex").write_text("mine")
+        (u / "data" / "run.csv").write_text("1,2")
+        return u
+
+    def intact(u: Path) -> bool:
+        return (u / "thesis.tex").exists() and (u / "data" / "run.csv").exists() and \
+            (u / "command.txt").read_text() == "my notes"
+
+    for cmd in ("validate", "export"):
+        def fn(cmd=cmd):
+            d = fresh("pg")
+            u = users(d)
+            inside(u)
+            args = ["validate", BASE, "--random-init", "--seed", "3", "--steps", "2"] if cmd == "validate" else \
+                EXPORT + ["--out", d / "a"]
+            args = [a for a in args if a != "--no-validate"] if cmd == "export" else args
+            why = expect(args + ["--save-polygraphy", u], 2)()
+            if not intact(u):
+                return "DATA LOST: the user's files in the folder were deleted"
+            return why
+        attempt("polygraphy", f"{cmd} --save-polygraphy on a user's folder holding command.txt", fn)
+
+    def added():
+        d = fresh("pg")
+        out = d / "pg"
+        inside(out)
+        args = ["validate", BASE, "--random-init", "--seed", "3", "--steps", "2", "--save-polygraphy", out]
+        c, _, err, _ = run(*args)
+        if c != 0:
+            return f"first save: exit {c} {err[-200:]}"
+        (out / "fp32" / "my_plot.png").write_bytes(b"mine")
+        run(*args)
+        return None if (out / "fp32" / "my_plot.png").exists() else "DATA LOST: a file the user added was deleted"
+    attempt("polygraphy", "save again over our folder holding a file the user added", added)
+
+
+def memory_cases():
+    def flood():
+        from vitac_deploy.client import PolicyClient, packb
+        from websockets.sync.client import connect
+
+        sc = serve_scene()
+        p = subprocess.Popen([sys.executable, "-m", "vitac_deploy", "serve", str(sc["art"]), "--backend",
+                              "onnxruntime", "--port", "0", "--samples", "8", "--topk", "3", "--cem-steps", "2",
+                              "--batch-window-ms", "4000", "--max-message-mb", "4"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            port = int(p.stdout.readline().split("ws://127.0.0.1:")[1].split()[0])
+
+            def vm(field):
+                return next(int(x.split()[1]) // 1024 for x in open(f"/proc/{p.pid}/status") if x.startswith(field))
+            with PolicyClient("127.0.0.1", port) as idle:
+                idle.infer(sc["req"])
+                base = vm("VmRSS")
+                kw = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+                ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, **kw)
+                ws.recv(timeout=30)
+                ws.send(packb(sc["req"]))
+                junk = b"\0" * (15 << 20)
+
+                def send():
+                    try:
+                        for _ in range(24):
+                            ws.send(junk)
+                    except Exception:  # noqa: BLE001 - closed at the end
+                        pass
+                t = threading.Thread(target=send, daemon=True)
+                t.start()
+                t.join(3.0)
+                time.sleep(0.5)
+                grown = vm("VmHWM") - base
+                ws.close()
+            print(f"  memory: peak RSS grew by {grown} MiB", flush=True)
+            return None if grown < 120 else f"one connection grew the server's peak RSS by {grown} MiB"
+        finally:
+            p.kill()
+            p.wait()
+    attempt("memory", "24 frames of 15 MiB sent while the connection's plan waits", flood)
+
+
+def auth_cases():
+    import http.client
+    import logging
+
+    def handshake(port, headers):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("GET", "/", skip_accept_encoding=True)
+        for k, v in [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
+                     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")] + headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    s = start_server(key="k3y")
+    try:
+        key = ("Authorization", "Api-Key k3y")
+        for name, headers in (("two right Authorization headers", [key, key]),
+                              ("a right and a wrong Authorization header", [key, ("Authorization", "Api-Key x")]),
+                              ("three wrong Authorization headers", [("Authorization", "x")] * 3)):
+            attempt("auth", name, lambda headers=headers: None if (st := handshake(s.port, headers)) == 401
+                    else f"HTTP {st}")
+
+        def flood():
+            from vitac_deploy.client import PolicyClient
+
+            records = []
+            h = logging.Handler()
+            h.emit = records.append
+            lg = logging.getLogger("vitac_deploy.serving")
+            lg.addHandler(h)
+            old = lg.level
+            lg.setLevel(logging.WARNING)
+            try:
+                for i in range(40):
+                    try:
+                        PolicyClient("127.0.0.1", s.port, api_key=f"wrong{i}", connect_timeout=2).close()
+                    except Exception:  # noqa: BLE001 - refused, as it should be
+                        pass
+            finally:
+                lg.removeHandler(h)
+                lg.setLevel(old)
+            n = len([r for r in records if "API key" in r.getMessage()])
+            return None if n <= 2 else f"{n} log lines for 40 wrong keys"
+        attempt("auth", "40 wrong keys flood the log", flood)
+    finally:
+        s.stop()
+
+
+def ray_cases():
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        print("  ray: not installed, skipped")
+        return
+    import socket
+
+    from vitac_deploy.planning import CEMOptions
+    from vitac_deploy.serving import ServeOptions
+    from vitac_deploy.serving.ray_serve import build_app, run_ray
+    from websockets.sync.client import connect
+
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    app = build_app(serve_scene()["art"], backend="onnxruntime", cem=CEMOptions(samples=8, topk=3, cem_steps=2),
+                    options=ServeOptions(batch_window_ms=300.0, max_robots=2), replicas=1)
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=lambda: run_ray(app, "127.0.0.1", port, None, 1, say=lambda m: None, stop=stop,
+                                                ready=ready), daemon=True)
+    t.start()
+    if not ready.wait(240):
+        print("  ray: did not start")
+        return
+    try:
+        def race():
+            barrier, lock, opened = threading.Barrier(6), threading.Lock(), []
+            kw = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+
+            def go():
+                barrier.wait()
+                try:
+                    ws = connect(f"ws://127.0.0.1:{port}", compression=None, open_timeout=60, **kw)
+                    ws.recv(timeout=60)
+                    with lock:
+                        opened.append(ws)
+                except Exception:  # noqa: BLE001 - refused
+                    pass
+            ts = [threading.Thread(target=go) for _ in range(6)]
+            [x.start() for x in ts]
+            [x.join(120) for x in ts]
+            [ws.close() for ws in opened]
+            return None if len(opened) <= 2 else f"{len(opened)} of 6 simultaneous handshakes got in (--max-robots 2)"
+        attempt("ray", "6 simultaneous handshakes against --max-robots 2", race)
+    finally:
+        stop.set()
+        t.join(120)
+
+
+def landscape_cases():
+    sc = serve_scene()
+    base = ["energy-landscape", sc["art"], "--observation", sc["dir"] / "obs.npz", "--goal", sc["dir"] / "goal.npz",
+            "--pose", "0,0,0,0,0,0,0.5", "--plot", ROOT / "l.png"]
+
+    def grid40():
+        code, err, peak = cli_peak(*base, "--grid", 40)
+        print(f"  landscape: --grid 40 peak {peak} MiB", flush=True)
+        if code != 0:
+            return f"exit {code}: {err.strip()[-200:]}"
+        return None if peak < 600 else f"--grid 40 (64000 actions) peaked at {peak} MiB on a tiny model"
+    attempt("landscape", "--grid 40 on a tiny model", grid40)
+    for g in (100000, 2000):
+        def fn(g=g):
+            code, err, _ = cli_peak(*base, "--grid", g)
+            return (f"exit {code}" if code != 2 else None) or one_error(err)
+        attempt("landscape", f"--grid {g}", fn)
+
+
+def image_cases():
+    from PIL import Image
+
+    sc = serve_scene()
+    d = ROOT / "img"
+    d.mkdir(exist_ok=True)
+    Image.new("RGB", (9000, 9000), (30, 90, 150)).save(d / "huge.png", compress_level=1)
+    Image.new("RGB", (6000, 4000), (200, 10, 60)).save(d / "big.png", compress_level=1)
+    np.save(d / "huge.npy", np.zeros((1, 7000, 7000, 3), np.uint8))
+    plan = ["plan", sc["art"], "--goal", sc["dir"] / "goal.npz", "--pose", "0,0,0,0,0,0,0.5", "--samples", 8,
+            "--topk", 3, "--cem-steps", 1]
+    for name, f, want in (("a 9000 x 9000 PNG", d / "huge.png", 2), ("a 7000 x 7000 .npy", d / "huge.npy", 2),
+                          ("a 6000 x 4000 PNG", d / "big.png", 0)):
+        def fn(f=f, want=want, name=name):
+            code, err, peak = cli_peak(*plan, "--observation", f)
+            print(f"  images: {name}: exit {code}, peak {peak} MiB", flush=True)
+            if code != want:
+                return f"exit {code} (want {want}), peak {peak} MiB"
+            if peak > 600:
+                return f"peak {peak} MiB"
+            return one_error(err) if want == 2 else None
+        attempt("images", f"plan from {name}", fn)
+
+
+def preprocess_cases():
+    import torch
+
+    from vitac_deploy.encoder import preprocess
+
+    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
+    for H, W, S in ((77, 132, 48), (37, 30, 64), (301, 210, 224), (123, 77, 48), (97, 131, 64), (1080, 1920, 256)):
+        def fn(H=H, W=W, S=S):
+            frames = np.random.default_rng(H * W).integers(0, 256, (2, H, W, 3), dtype=np.uint8)
+            side = min(H, W)
+            top, left = (H - side) // 2, (W - side) // 2
+            x = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[:, :, top:top + side, left:left + side]
+            y = torch.nn.functional.interpolate(x, size=(S, S), mode="bilinear", align_corners=False)
+            want = ((y - mean[:, None, None, None]) / std[:, None, None, None]).numpy()
+            err = float(np.abs(preprocess(frames, S)[0] - want).max())
+            return None if err < 1e-5 else f"{err:.2e} from torch's float32 resize (1e-5 asked)"
+        attempt("preprocess", f"{H}x{W} -> {S} against torch.nn.functional.interpolate", fn)
+
+
+def safety_cases():
+    def openpi_helper():
+        spec = importlib.util.spec_from_file_location("serving_tests", TREE / "tests" / "test_serving.py")
+        if not (TREE / "tests" / "test_serving.py").exists():
+            return "inconclusive: no tests/test_serving.py"
+        mod = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(TREE))
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            sys.path.remove(str(TREE))
+        mine = fresh("openpi") / "mine"
+        mine.mkdir()
+        (mine / "notes.txt").write_text("mine")
+        inside(mine)
+        mod.OPENPI_VENV = mine
+        old = {k: os.environ.get(k) for k in ("PIP_NO_INDEX", "PIP_INDEX_URL")}
+        os.environ.update(PIP_NO_INDEX="1", PIP_INDEX_URL="http://127.0.0.1:9/")
+        try:
+            mod._openpi_python()
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        return None if (mine / "notes.txt").exists() else "DATA LOST: the test helper removed VITAC_OPENPI_VENV"
+    attempt("safety", "tests' openpi helper on an existing VITAC_OPENPI_VENV, install failing", openpi_helper)
+
+
+CATEGORIES = {"out": out_cases, "garbage": garbage_cases, "integrity": integrity_cases, "cli": cli_cases,
+              "threads": thread_cases, "client": client_cases, "bootstrap": bootstrap_cases,
+              "polygraphy": polygraphy_cases, "memory": memory_cases, "auth": auth_cases, "ray": ray_cases,
+              "landscape": landscape_cases, "images": image_cases, "preprocess": preprocess_cases,
+              "safety": safety_cases}
+
 if __name__ == "__main__":
     only = sys.argv[1:]
-    for name, fn in (("out", out_cases), ("garbage", garbage_cases), ("integrity", integrity_cases),
-                     ("cli", cli_cases), ("threads", thread_cases)):
+    unknown = sorted(set(only) - set(CATEGORIES))
+    if unknown:
+        sys.exit(f"unknown categories {unknown}; known: {' '.join(CATEGORIES)}")
+    for name, fn in CATEGORIES.items():
         if only and name not in only:
             continue
         try:
             fn()
+        except deletion_guard.OutsideTemporaryFolder as e:
+            print(f"STOPPED: {e}")
+            break
         except Exception:  # noqa: BLE001
             print("HARNESS ERROR in", name)
             traceback.print_exc()
-    print(f"\n{attempts} attempts, {len(failures)} failures")
+    print()
+    for cat, (n, bad) in per_category.items():
+        print(f"  {cat:12s} {n:4d} attempts, {bad:3d} failures")
+    print(f"{attempts} attempts, {len(failures)} failures")
+    os.chdir(ROOT.parent)
+    deletion_guard.ALLOWED_ROOTS[:] = [ROOT.parent]   # ROOT itself, last: the one deletion outside it
     shutil.rmtree(ROOT, ignore_errors=True)
