@@ -273,3 +273,23 @@ def test_demo_keeps_npy_frames_without_pillow(tmp_path, monkeypatch):
     assert (tmp_path / "now.npy").is_file() and (tmp_path / "goal.npy").is_file()
     assert f"--observation {tmp_path / 'now.npy'}" in demo.next_steps(tmp_path, 7, True).plain
     demo.check_demo_out(tmp_path)   # its own files: accepted again
+
+
+def test_plan_steps_in_a_log_with_a_heartbeat_while_a_step_runs(capsys, monkeypatch):
+    """Piped: one line per finished CEM step with the time per step and left, and a line every
+    HEARTBEAT_S while a long step runs (a default-size plan on a CPU spends minutes in one step)."""
+    import time
+
+    from rich.console import Console
+
+    from vitac_deploy.cli.plan import step_progress
+
+    monkeypatch.setattr(step_progress, "HEARTBEAT_S", 0.2)
+    with step_progress(Console(file=sys.stderr, width=200), 2) as on_step:
+        time.sleep(0.7)
+        on_step(1, 2, 0.5)
+        on_step(2, 2, 0.25)
+    err = capsys.readouterr().err
+    assert "CEM step 1/2 running: " in err, err
+    assert "CEM step 1/2: " in err and "left" in err.split("CEM step 1/2: ")[1].splitlines()[0]
+    assert "CEM step 2/2: " in err and "best energy 0.25000" in err

@@ -96,7 +96,7 @@ def say_estimate(err, runtime, current, goal, pose, opts, chunk: Optional[int]) 
 
     if not worth_probing(runtime.cfg, opts, chunk):
         return
-    with err.status("estimating the plan's time (a few samples through the runtime)"):
+    with live_status(err, "estimating the plan's time (a few samples through the runtime)"):
         est = estimate_plan(runtime, current, goal, pose, opts, chunk)
     err.print(f"this plan: {est.flops / 1e12:.3g} TFLOP, about {format_seconds(est.seconds)} on {runtime.describe()} "
               f"({est.flops_per_second / 1e9:.1f} GFLOP/s measured on {est.probe_samples} samples)")
@@ -110,16 +110,36 @@ def say_estimate(err, runtime, current, goal, pose, opts, chunk: Optional[int]) 
 
 class step_progress:
     """The CEM steps as they finish, with the time per step and the time left: a live bar on a
-    terminal (its clock ticks while a step runs), one line per step in a log."""
+    terminal (its clock ticks while a step runs); in a log one line per step, and a line every
+    `HEARTBEAT_S` while a long step runs."""
+
+    HEARTBEAT_S = 30.0
 
     def __init__(self, err, steps: int) -> None:
-        self.err, self.steps, self.t0, self.bar = err, steps, None, None
+        self.err, self.steps, self.t0, self.bar, self.done, self.stop = err, steps, None, None, 0, None
 
-    def __enter__(self):
+    def _heartbeat(self) -> None:
         import time as _time
 
-        self.t0 = _time.perf_counter()
-        if progress_enabled():
+        from ..planning.estimate import format_seconds
+
+        last = self.t0
+        while not self.stop.wait(self.HEARTBEAT_S):
+            now = _time.perf_counter()
+            if now - max(last, self.last_step) >= self.HEARTBEAT_S:
+                last = now
+                self.err.print(f"CEM step {self.done + 1}/{self.steps} running: {format_seconds(now - self.t0)} "
+                               f"since the plan started")
+
+    def __enter__(self):
+        import threading
+        import time as _time
+
+        self.t0 = self.last_step = _time.perf_counter()
+        if not progress_enabled():
+            self.stop = threading.Event()
+            threading.Thread(target=self._heartbeat, daemon=True).start()
+        else:
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, \
                 TimeRemainingColumn
 
@@ -133,7 +153,8 @@ class step_progress:
     def on_step(self, i: int, n: int, best: float) -> None:
         import time as _time
 
-        elapsed = _time.perf_counter() - self.t0
+        self.last_step, self.done = _time.perf_counter(), i
+        elapsed = self.last_step - self.t0
         per = elapsed / i
         from ..planning.estimate import format_seconds
 
@@ -145,8 +166,12 @@ class step_progress:
             self.err.print(line)
 
     def __exit__(self, *exc) -> None:
+        if self.stop is not None:
+            self.stop.set()
         if self.bar is not None:
             self.bar.stop()
+
+
 DEFAULT_LANDSCAPE_BUDGET = "1GiB"
 
 
