@@ -112,8 +112,6 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     weights = weights_source(engine_source_manifest(path, manifest) if engine else manifest, checkpoint, random_init,
                              seed, str(path))
     checkpoint, random_init, seed = weights.checkpoint, weights.random_init, weights.seed
-    if weights.random_init:
-        stderr_console().print(f"comparing with {weights.describe()}")
     if frames < 1:
         raise VitacError("--batch (frames) must be >= 1")
     for out_path, flag in ((report, "--report"), (plot, "--plot")):
@@ -153,6 +151,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     if bad:
         console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad)}", style="red")
     console.print("PASSED" if passed else "FAILED", style="bold")
+    console.print(f"reference: {weights.describe()}")
     if report:
         try:
             write_json_atomic(report, {"passed": passed, "artifact": str(path), "kind": "encoder", "backend": backend,

@@ -140,8 +140,6 @@ def validate(
     weights = weights_source(engine_source_manifest(path, manifest) if engine else manifest, checkpoint, random_init,
                              seed, str(path))
     checkpoint, random_init, seed = weights.checkpoint, weights.random_init, weights.seed
-    if weights.random_init:
-        stderr_console().print(f"comparing with {weights.describe()}")
     if steps < 2 or batch < 1:
         raise VitacError("--steps must be >= 2, --batch >= 1 and --seed >= 0")
     if steps > cfg.max_frames:
@@ -189,6 +187,7 @@ def validate(
         console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad_files)}",
                       style="red")
     console.print("PASSED" if passed else "FAILED", style="bold")
+    console.print(f"reference: {weights.describe()}")
     data = {"passed": passed, "artifact": str(path), "backend": backend, "device": device,
             "checkpoint": str(checkpoint) if checkpoint else None,
             "random_init_seed": seed if random_init else None, "files_match_manifest": files_ok,
