@@ -33,7 +33,9 @@ TORCH = "torch==2.13.0"
 # PyPI's Linux wheel of torch is the CUDA build (GBs of CUDA libraries); PyTorch's own CPU index holds
 # the same release without them (2.13.0+cpu, which `torch==2.13.0` matches and pip prefers).
 TORCH_CPU_INDEX = os.environ.get("VITAC_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
-EXTRAS = {"demo": "export,onnxruntime", "test": "test"}
+# demo: what `vitac-deploy demo` and the README's quick start after it use (serve: the policy server
+# and client; images: PNG camera frames)
+EXTRAS = {"demo": "export,onnxruntime,serve,images", "test": "test"}
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = "vitac-bootstrap.json"
 

@@ -4,7 +4,7 @@ the docs come from the code:
     python scripts/plan_memory_table.py > /tmp/tables.md    # then paste into docs/planning-memory.md
     python scripts/plan_memory_table.py --write              # or replace the generated block in place
 
-Setup: the upstream CEM (shared planner.md section 5): 400 samples, horizon 2, context 1, 10 CEM
+Setup: the upstream CEM (docs/planner.md section 5): 400 samples, horizon 2, context 1, 10 CEM
 steps; fp16; TensorRT; activations as the unfused upper bound unless a column says "fused".
 """
 

@@ -189,7 +189,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     _current_item = None
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
+def _skip_reason(report) -> str:
     """The reason of a skip report: longrepr is (file, line, 'Skipped: reason')."""
     lr = report.longrepr
     msg = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
@@ -209,6 +209,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         o["golden_ran"] += golden
     elif report.failed:   # setup or teardown errors
         o["error"] += 1
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # a module that skips as a whole (pytest.importorskip at its top: the Ray tests without ray)
+    # is one skip in pytest's own count: count it here too, with its reason
+    if report.skipped:
+        _outcomes["skipped"].append(_skip_reason(report))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

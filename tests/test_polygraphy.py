@@ -235,7 +235,13 @@ def test_debug_precision_clean_artifact_flags_nothing(exported, tmp_path):
     out = tmp_path / "layers.json"
     p = cli("debug-precision", art, "--json", out)
     assert "no tensor past the tolerance" in p.stdout
+    # a summary, and not every tensor unless asked
+    assert "tensors compared over 3 steps, 0 past the tolerance" in p.stdout
+    assert "15 largest relative errors" in p.stdout and "--all prints every one" in p.stdout
     r = json.loads(out.read_text())
+    every = cli("debug-precision", art, "--all")
+    assert every.returncode == 0 and all(f" {t['name']} " in every.stdout for t in r["tensors"][:: 10])
+    assert_one_line_error(cli("debug-precision", art, "--all", "--flagged-only", ok=False))
     assert r["first"] is None and r["flagged"] == 0
     names = [t["name"] for t in r["tensors"]]
     # graph order, intermediate tensors of every block, each with its upstream module

@@ -229,5 +229,12 @@ PRESETS: dict[str, PredictorConfig] = {
     "vjepa2-ac-vitg": PredictorConfig(
         embed_dim=1408, predictor_embed_dim=1024, depth=24, num_heads=16, action_dim=7,
         grid_height=16, grid_width=16, max_frames=32),
+    # The published model's shape rules at a size a laptop CPU plans with in seconds: the Franka
+    # action space (7: xyz, extrinsic xyz Euler angles, gripper), 256 px crops (16 x 16 tokens per
+    # frame), head_dim 32 (RoPE 10/10/10 + 2 unrotated, as head_dim 64 leaves 4). Its encoder
+    # preset is `vit-small` (encoder/config.py). For the quick start, the demo and the examples.
+    "franka-small": PredictorConfig(
+        embed_dim=256, predictor_embed_dim=128, depth=4, num_heads=4, action_dim=7,
+        grid_height=16, grid_width=16, max_frames=8),
 }
 DEFAULT_PRESET = "vitac-l384"

@@ -104,7 +104,7 @@ def step_io(cfg: PredictorConfig, cache_dtype: str, first_frame: bool = False, c
 
 
 def energy_io(cfg: PredictorConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The energy graph: mean over N x D of |prediction - goal| per batch row (planner.md section 3)."""
+    """The energy graph: mean over N x D of |prediction - goal| per batch row (docs/planner.md section 3)."""
     frame = (cfg.tokens_per_frame, cfg.embed_dim)
     return ([TensorSpec("prediction", "float32", (BATCH,) + frame), TensorSpec("goal", "float32", (1,) + frame)],
             [TensorSpec("energy", "float32", (BATCH,))])

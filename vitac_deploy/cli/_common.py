@@ -76,3 +76,60 @@ def plain(message: str):
 
 def progress_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def format_action(action, digits: int = 4) -> str:
+    """An action as plain rounded numbers, `[0.0123, -0.045, 0, ...]` (no padding, no -0): what a
+    person reads and a robot script copies."""
+    return "[" + ", ".join(f"{round(float(v), digits) + 0.0:g}" for v in action) + "]"
+
+
+def action_legend(action_dim: int) -> str:
+    """What the entries of an action are, where the model says (7: the Franka space)."""
+    return " (dx, dy, dz, rotation x, y, z, gripper)" if action_dim == 7 else ""
+
+
+class live_status:
+    """Long work in stages: on a terminal a spinner with the stage and a clock that ticks while it
+    runs (never a silent wait); in a log one line per stage that lasts more than `LOG_AFTER_S`, with
+    the time so far (quick stages and immediate errors print nothing). Enter it to get `say(message)`."""
+
+    LOG_AFTER_S = 2.0
+
+    def __init__(self, console, message: str) -> None:
+        self.console, self.message, self.bar, self.t0, self.timer = console, message, None, 0.0, None
+
+    def __enter__(self):
+        import time
+
+        self.t0 = time.perf_counter()
+        if progress_enabled():
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(plain(self.message), total=None)
+        else:
+            self.say(self.message)
+        return self.say
+
+    def say(self, message: str) -> None:
+        import threading
+        import time
+
+        if self.bar is not None:
+            self.bar.update(self.task, description=plain(message))
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        log = lambda: self.console.print(plain(f"[{time.perf_counter() - self.t0:5.0f} s] {message}"))  # noqa: E731
+        self.timer = threading.Timer(self.LOG_AFTER_S, log)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.bar is not None:
+            self.bar.stop()

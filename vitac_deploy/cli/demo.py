@@ -14,18 +14,29 @@ from rich.text import Text
 
 from ..errors import VitacError
 from . import options as o
-from ._common import cli_errors, plain, stderr_console, stdout_console
+from ._common import action_legend, cli_errors, format_action, live_status, plain, stderr_console, stdout_console
+
+
+# what the demo's planning stage runs by default: the robot's action space at a small size
+PLANNER_PRESET = "franka-small"
+# a plan a 2-core CPU makes in seconds on that preset (the upstream defaults are 400 x 10)
+QUICK_PLAN = "--samples 64 --topk 8 --cem-steps 3"
 
 
 @cli_errors
 def demo(
-    preset: str = typer.Option("vitac-l384", "--preset", help="Config to run (seeded random weights)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Keep the artifact here (default: a temp dir)."),
+    preset: str = typer.Option("vitac-l384", "--preset", help="Config of the rollout stage (seeded random weights)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the artifacts and camera frames in this folder and "
+                                                           "print the commands that use them (default: a temp dir, "
+                                                           "removed)."),
     horizon: int = typer.Option(7, "--horizon", help="Frames to predict from 1 context frame."),
     batch: int = typer.Option(1, "--batch", help="Trajectories rolled out at once."),
     seed: int = o.seed("Seed of the weights and inputs."),
-    encoder: str = typer.Option("vit-l-demo", "--encoder", help="Encoder preset of the camera stage (random weights)."),
-    samples: int = typer.Option(8, "--samples", help="CEM samples of the planning stage (0: skip it)."),
+    planner: str = typer.Option(PLANNER_PRESET, "--planner",
+                                help="Predictor preset of the camera -> plan stage (7-dim Franka actions by default)."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder preset of the camera stage (default: the "
+                                                                  "planner preset's, vit-small for franka-small)."),
+    samples: int = typer.Option(16, "--samples", help="CEM samples of the planning stage (0: skip it)."),
     cem_steps: int = typer.Option(2, "--cem-steps", help="CEM steps of the planning stage."),
     plan_samples: Optional[int] = o.hidden("--plan-samples"),   # the old names of --samples and --cem-steps
     plan_steps: Optional[int] = o.hidden("--plan-steps"),
@@ -35,6 +46,7 @@ def demo(
     import torch
 
     from ..config import PredictorConfig
+    from ..encoder import ENCODER_FOR_PREDICTOR
     from ..exporters import ExportOptions, export_artifact
     from ..validation.metrics import TOLERANCES, frame_errors, within
     from ..reference import random_predictor
@@ -42,15 +54,19 @@ def demo(
     from ..validation import ParityInputs
     from .export import summary_table
 
-    plan_samples = o.alias(samples, plan_samples, "--samples", "--plan-samples", 8)
+    plan_samples = o.alias(samples, plan_samples, "--samples", "--plan-samples", 16)
     plan_steps = o.alias(cem_steps, plan_steps, "--cem-steps", "--plan-steps", 2)
     console, err = stdout_console(), stderr_console()
     cfg = PredictorConfig.preset(preset)
+    planner_cfg = PredictorConfig.preset(planner)    # unknown names fail before any work
+    encoder = encoder or ENCODER_FOR_PREDICTOR.get(planner, "vit-l-demo")
+    if out is not None:
+        check_demo_out(out)
     console.print(Text.assemble((str(preset), "bold"), f": {cfg.num_parameters():,} parameters, seeded random weights "
                                                         f"(seed {seed})"))
     model = random_predictor(cfg, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        art = out or Path(tmp) / "artifact"
+        art = (out / "predictor") if out is not None else Path(tmp) / "artifact"
         with err.status("exporting") as status:
             manifest = export_artifact(model, art, ExportOptions(force=out is not None),
                                        progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
@@ -69,14 +85,17 @@ def demo(
             return res, time.perf_counter() - t0
 
         err.print(f"  timing {H}-frame rollouts (batch {batch}): reference full recompute, reference cached, runtimes")
-        ref, t_full = timed(lambda: model.rollout(*targs, use_cache=False).numpy())
-        rows = [("torch, full recompute (upstream)", "fp32", t_full, ref)]
-        cached, t_cached = timed(lambda: model.rollout(*targs, use_cache=True).numpy())
-        rows.append(("torch, KV cache", "fp32", t_cached, cached))
-        for precision in ("fp32", "fp16"):
-            rt = open_runtime(art, backend="onnxruntime", precision=precision)
-            pred, secs = timed(lambda: rt.rollout(*args))
-            rows.append(("onnxruntime, KV cache", precision, secs, pred))
+        with live_status(err, "  torch, full recompute (the upstream way): a warm-up run, then a timed one") as say:
+            ref, t_full = timed(lambda: model.rollout(*targs, use_cache=False).numpy())
+            rows = [("torch, full recompute (upstream)", "fp32", t_full, ref)]
+            say("  torch, KV cache: a warm-up run, then a timed one")
+            cached, t_cached = timed(lambda: model.rollout(*targs, use_cache=True).numpy())
+            rows.append(("torch, KV cache", "fp32", t_cached, cached))
+            for precision in ("fp32", "fp16"):
+                say(f"  onnxruntime {precision}, KV cache: a warm-up run, then a timed one")
+                rt = open_runtime(art, backend="onnxruntime", precision=precision)
+                pred, secs = timed(lambda: rt.rollout(*args))
+                rows.append(("onnxruntime, KV cache", precision, secs, pred))
 
     table = Table(title=f"{H}-frame rollout from 1 context frame, batch {batch} (this machine, CPU)",
                   header_style="bold")
@@ -93,10 +112,71 @@ def demo(
     console.print(table)
     console.print("speedup: against the full recompute measured in this run; max abs err: against it too "
                   "(normalized features)")
+    times = {(name.split(",")[0], p): secs for name, p, secs, _ in rows}
+    if times.get(("onnxruntime", "fp16"), 0) > times.get(("onnxruntime", "fp32"), float("inf")):
+        console.print(FP16_ON_CPU)
     if plan_samples > 0:
-        ok &= camera_to_action(console, err, model, encoder, plan_samples, plan_steps, seed, out)
+        planner_model = random_predictor(planner_cfg, seed)
+        console.print(Text.assemble((str(planner), "bold"), f": {planner_cfg.num_parameters():,} parameters, "
+                                                             f"{planner_cfg.action_dim}-dim actions, seeded random "
+                                                             f"weights: the planning stage"))
+        ok &= camera_to_action(console, err, planner_model, encoder, plan_samples, plan_steps, seed, out)
+    if out is not None:
+        console.print(next_steps(out, planner_cfg.action_dim, plan_samples > 0))
+    else:
+        console.print("The artifacts were written to a temporary folder, now removed: `vitac-deploy demo --out DIR` "
+                      "keeps them and prints the commands that plan and serve with them.")
     if not ok:
         raise typer.Exit(1)
+
+
+FP16_ON_CPU = ("fp16 slower than fp32: ONNX Runtime's CPU provider has no fp16 arithmetic for these ops, so it runs "
+               "the fp16 graph in fp32 with a cast around each op; fp16 is for GPUs (CUDA, TensorRT), where it halves "
+               "memory and runs on tensor cores.")
+ENCODER_ON_CPU = ("encoder speedup below 1: the encoder has no cache to reuse (unlike the predictor's rollout), so the "
+                  "exported graph does the same arithmetic as PyTorch and the ratio is only ONNX Runtime's CPU kernels "
+                  "against PyTorch's; fp16 adds the casts above. Its gain is on a GPU, fp16, as an engine.")
+FRANKA_HOME = (0.45, 0.0, 0.35, 3.14, 0.0, 0.0, 0.0)   # the pose the demo and examples/robot_loop.py start from
+
+
+DEMO_FILES = ("predictor", "planner", "now.png", "goal.png", "now.npy", "goal.npy")
+
+
+def check_demo_out(out: Path) -> None:
+    """--out is a new folder or one of an earlier demo (nothing in it but what the demo writes,
+    which it replaces): a user's files are never overwritten. Made here, before the work."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise VitacError(f"--out {out} exists and is not a folder")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES and not p.name.startswith("."))
+        if other:
+            raise VitacError(f"--out {out} holds files the demo did not write ({', '.join(other[:4])}"
+                             f"{', ...' if len(other) > 4 else ''}): give a new or empty folder")
+    elif not out.parent.is_dir():
+        raise VitacError(f"cannot write --out {out}: {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+
+
+def demo_pose(action_dim: int) -> np.ndarray:
+    """[1, A]: a Franka pose (xyz, extrinsic xyz Euler angles, gripper) for 7-dim models, else zeros."""
+    return np.array([FRANKA_HOME if action_dim == 7 else [0.0] * action_dim], np.float32)
+
+
+def next_steps(out: Path, action_dim: int, planned: bool) -> Text:
+    """What the demo kept in `out` and the commands that go on from there."""
+    pose = ",".join(f"{v:g}" for v in demo_pose(action_dim)[0])
+    ext = frame_suffix()
+    lines = Text()
+    lines.append(f"Kept in {out}: ", style="bold")
+    lines.append("predictor/ (the rollout stage's artifact)")
+    if not planned:
+        return lines
+    lines.append(f", planner/ (predictor + planner/encoder), now{ext}, goal{ext}. Next:\n")
+    lines.append(f"  vitac-deploy plan {out / 'planner'} --observation {out / ('now' + ext)} "
+                 f"--goal {out / ('goal' + ext)} --pose {pose} {QUICK_PLAN}\n")
+    lines.append(f"  vitac-deploy serve {out / 'planner'} {QUICK_PLAN}     "
+                 f"# then, in a second shell: python examples/robot_loop.py --steps 5")
+    return lines
 
 
 def camera_to_action(console, err, model, encoder_preset, samples: int, cem_steps: int, seed: int,
@@ -131,6 +211,8 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
                                 f"blocks, seeded random weights)"))
     enc_model = random_encoder(ecfg, seed)
     frames = validation_images(ecfg, 2, seed + 7, size=(480, 640))[0]      # two 480x640 camera frames
+    if out is not None:
+        _write_frames(out, frames)
     with tempfile.TemporaryDirectory() as tmp:
         art = (out or Path(tmp)) / "planner"
         with err.status("exporting") as status:
@@ -161,13 +243,15 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
         opts = CEMOptions(samples=samples, topk=max(2, samples // 4), cem_steps=cem_steps)
         space = ActionSpace.for_dim(cfg.action_dim)
         noise = np.random.default_rng(seed).standard_normal((cem_steps * opts.rollout, samples, len(space.sampled)))
-        pose = np.zeros((1, cfg.action_dim), np.float32)
+        pose = demo_pose(cfg.action_dim)
         err.print(f"  planning: {samples} samples x top {opts.topk} x {cem_steps} CEM steps, horizon {opts.rollout}")
-        upstream = plan(FullRecompute(model), current, goal, pose, opts, noise=noise)
-        rt = open_runtime(art, backend="onnxruntime", precision="fp32", max_batch=samples)
-        plan(rt, current, goal, pose, CEMOptions(**{**opts.__dict__, "cem_steps": 1}),
-             noise=noise[:opts.rollout])   # warm-up
-        ours = plan(rt, current, goal, pose, opts, noise=noise)
+        with live_status(err, "  planning the upstream way (PyTorch, full recompute)") as say:
+            upstream = plan(FullRecompute(model), current, goal, pose, opts, noise=noise)
+            say("  planning with the exported predictor (ONNX Runtime, KV cache): a warm-up step, then the plan")
+            rt = open_runtime(art, backend="onnxruntime", precision="fp32", max_batch=samples)
+            plan(rt, current, goal, pose, CEMOptions(**{**opts.__dict__, "cem_steps": 1}),
+                 noise=noise[:opts.rollout])   # warm-up
+            ours = plan(rt, current, goal, pose, opts, noise=noise)
         # same draws: step 0 scores the same samples, so its energies compare one to one (the final
         # actions agree only while no two samples score within rounding: random weights barely
         # react to actions, so they often do; the golden planner case checks the plan itself)
@@ -190,6 +274,32 @@ def camera_to_action(console, err, model, encoder_preset, samples: int, cem_step
                   f"(errors: features, then the energies of the first CEM step's samples). Plan "
                   f"{'identical to' if same_plan else 'differs from'} the upstream way's"
                   + ("" if same_plan else f" (the {samples} samples' energies span only {spread:.1e}: random weights, "
-                                          f"samples within rounding swap places)")
-                  + f". Action to execute: {np.array2string(ours.actions[0], precision=5, separator=', ')}")
+                                          f"samples within rounding swap places)") + ".")
+    if any(ref_s < secs for name, secs, ref_s, _, _ in rows if name.startswith("encoder")):
+        console.print(ENCODER_ON_CPU)
+    console.print(f"Action to execute: {format_action(ours.actions[0])}{action_legend(cfg.action_dim)}")
     return ok
+
+
+def frame_suffix() -> str:
+    """How the demo keeps its camera frames: PNG where Pillow is installed (the `images` extra), else
+    .npy (which `plan` reads without it)."""
+    import importlib.util
+
+    return ".png" if importlib.util.find_spec("PIL") is not None else ".npy"
+
+
+def _write_frames(out: Path, frames: np.ndarray) -> None:
+    """The demo's two camera frames as out/now.png and out/goal.png (.npy without Pillow): the next
+    commands read them."""
+    out.mkdir(parents=True, exist_ok=True)
+    ext = frame_suffix()
+    for name, frame in (("now", frames[0]), ("goal", frames[1])):
+        tmp = out / f".{name}.partial{ext}"
+        if ext == ".png":
+            from PIL import Image
+
+            Image.fromarray(frame).save(tmp)
+        else:
+            np.save(tmp, frame)
+        tmp.replace(out / f"{name}{ext}")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import VitacError
 from . import options as o
-from ._common import cli_errors, plain, stderr_console, stdout_console
+from ._common import cli_errors, live_status, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -44,8 +44,9 @@ def export_encoder(
 
     check_out(out, force, (ENCODER_FORMAT,))   # before the model is loaded: a refused --out costs nothing
     with publish_lock(out):   # held from here: two commands started together cannot both write --out
-        err.print("loading the reference encoder")
-        model = encoder_from_source(checkpoint, EncoderConfig.resolve(config, preset), random_init, seed, encoder_key)
+        with live_status(err, "loading the reference encoder"):
+            model = encoder_from_source(checkpoint, EncoderConfig.resolve(config, preset), random_init, seed,
+                                        encoder_key)
         opts = EncoderExportOptions(precisions=[p.strip() for p in precision.split(",") if p.strip()], opset=opset,
                                     validate=validate, force=force, source=source)
         with err.status("exporting the encoder") as status:
@@ -78,7 +79,8 @@ def is_encoder(path: Path) -> bool:
     return artifact_kind(path) in ("encoder", "encoder-engine")
 
 
-def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Path], random_init: bool, seed: int,
+def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Path], random_init: bool,
+                     seed: Optional[int],
                      backend: str, device: Optional[str], precision: Optional[str], frames: int,
                      report: Optional[Path], plot: Optional[Path], encoder_key: str = "encoder") -> None:
     """`validate` for an encoder artifact or engine: its features of seeded camera-like frames
@@ -105,18 +107,22 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
         device, precision = device or "cpu", precision or ",".join(p for p in PRECISIONS if p in have)
         listed = manifest["files"]
     cfg = EncoderConfig.resolve(config) if config else EncoderConfig.from_dict(manifest["config"])
-    if checkpoint is None and not random_init:
-        raise VitacError("give --checkpoint (or --random-init --seed N for an encoder exported that way)")
+    from ..artifacts.source import engine_source_manifest, weights_source
+
+    weights = weights_source(engine_source_manifest(path, manifest) if engine else manifest, checkpoint, random_init,
+                             seed, str(path))
+    checkpoint, random_init, seed = weights.checkpoint, weights.random_init, weights.seed
     if frames < 1:
         raise VitacError("--batch (frames) must be >= 1")
-    if checkpoint is not None and random_init:
-        raise VitacError("give either --checkpoint or --random-init, not both")
     for out_path, flag in ((report, "--report"), (plot, "--plot")):
         if out_path is not None:   # before the work: a failure to write is exit 2, never 1 (mismatch)
             check_output(out_path, flag)
-    model = encoder_from_source(checkpoint, cfg, random_init, seed, encoder_key)
+    err = stderr_console()
+    with live_status(err, "loading the reference encoder"):
+        model = encoder_from_source(checkpoint, cfg, random_init, seed, encoder_key)
     folder = path.parent if engine else path
-    files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
+    with live_status(err, f"checking {len(listed)} files against their sha256"):
+        files_ok = {n: (folder / n).is_file() and sha256_file(folder / n) == d for n, d in listed.items()}
     images = validation_images(cfg, frames, seed + 1)
     results = {}
     console = stdout_console()
@@ -128,8 +134,9 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     # files that differ from the manifest are a mismatch (exit 1) and nothing of them is run
     for p in [] if bad else precisions:
         # verify=False: every listed file was hashed just above
-        enc = open_encoder(path, backend=backend, device=device, precision=p, verify=False)
-        r = results[p] = encoder_parity(enc, model, images, p)
+        with live_status(err, f"{p}: encoding {frames} frames with the graph and the reference"):
+            enc = open_encoder(path, backend=backend, device=device, precision=p, verify=False)
+            r = results[p] = encoder_parity(enc, model, images, p)
         tol = r["tolerance"]
         table = Table(title=f"encoder {p} via {enc.describe()}: tolerance max abs {tol['max_abs']:g}, "
                             f"mean abs {tol['mean_abs']:g}, cosine >= {tol['cosine_min']}", header_style="bold")
@@ -144,6 +151,7 @@ def validate_encoder(path: Path, checkpoint: Optional[Path], config: Optional[Pa
     if bad:
         console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad)}", style="red")
     console.print("PASSED" if passed else "FAILED", style="bold")
+    console.print(f"reference: {weights.describe()}")
     if report:
         try:
             write_json_atomic(report, {"passed": passed, "artifact": str(path), "kind": "encoder", "backend": backend,
@@ -168,17 +176,20 @@ def _plot_encoder(path: Path, results: dict) -> None:
         raise VitacError("--plot needs matplotlib: pip install 'vitac-deploy[plot]'") from None
     from ..artifacts import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for p, r in results.items():
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.2), layout="constrained")
+    for i, (p, r) in enumerate(results.items()):
+        colour = f"C{i}"   # one colour per precision: its errors and its tolerance
         frames = [e["frame"] + 1 for e in r["frames"]]
-        ax.semilogy(frames, [e["max_abs"] for e in r["frames"]], "o-", label=f"{p} max abs")
-        ax.semilogy(frames, [e["mean_abs"] for e in r["frames"]], "s--", label=f"{p} mean abs")
-        ax.axhline(r["tolerance"]["max_abs"], color="gray", lw=0.8, ls=":")
-        ax.set_xticks(frames)
+        ax.semilogy(frames, [e["max_abs"] for e in r["frames"]], "o-", color=colour, label=f"{p} max abs")
+        ax.semilogy(frames, [e["mean_abs"] for e in r["frames"]], "s--", color=colour, alpha=0.6, label=f"{p} mean abs")
+        tol = r["tolerance"]["max_abs"]
+        ax.axhline(tol, color=colour, lw=1.0, ls=":", label=f"{p} tolerance, max abs {tol:g}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("camera frame")
-    ax.set_ylabel("feature error vs PyTorch reference")
-    ax.set_title("encoder parity")
-    ax.legend()
+    ax.set_ylabel("feature error vs the PyTorch reference")
+    ax.set_title("encoder parity", fontsize=11)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     save_figure(fig, path)

@@ -11,9 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import VitacError, first_line
 from . import options as o
-from ._common import cli_errors, plain, stderr_console, stdout_console
+from ._common import cli_errors, live_status, plain, stderr_console, stdout_console
 
 
 @cli_errors
@@ -75,8 +74,8 @@ def _export(out: Path, checkpoint: Optional[Path], config: Optional[Path], prese
                          cache=cache, cache_frames=cache_frames, save_polygraphy=save_polygraphy,
                          graph_form=graph_form)
     check_options(opts)   # before the model loads: a bad flag costs nothing
-    err.print("loading the reference model")
-    model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
+    with live_status(err, "loading the reference model"):
+        model = predictor_from_source(checkpoint, PredictorConfig.resolve(config, preset), random_init, seed)
     with err.status("exporting") as status:
         manifest = export_artifact(model, out, opts,
                                    progress=lambda m: (status.update(plain(m)), err.print(f"  {m}")))
@@ -111,68 +110,63 @@ def summary_table(out: Path, manifest: dict) -> Table:
 
 
 @cli_errors
-def inspect(path: Path = typer.Argument(..., help="Artifact directory, .onnx file or ENGINE.plan.")) -> None:
-    """Manifest summary and IO table (name, dtype, shape with symbolic dims); for an engine, how and
-    where it was built and its optimization profiles."""
+def inspect(path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), .onnx file or ENGINE.plan."),
+            json_out: bool = typer.Option(False, "--json", help="Print it as one JSON object instead of tables.")) -> None:
+    """Manifest summary, tolerances and IO table (name, dtype, shape with symbolic dims); for an
+    engine, how and where it was built and its optimization profiles."""
+    from ..summaries import artifact_summary
+
+    data = artifact_summary(path)
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+        return
     console = stdout_console()
-    if not path.exists():
-        raise VitacError(f"not found: {path}")
-    if path.suffix in (".plan", ".engine"):
+    if data["kind"] == "engine":
         _inspect_engine(console, path)
         return
-    if path.is_dir():
-        from ..artifacts import read_manifest
-
-        m = read_manifest(path)
-        exporter = m.get("exporter", {})
-        cache = m.get("cache", {"contract": "concat"})
-        static = f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache.get("contract") == "static" else ""
-        console.print(Text.assemble((str(path), "bold"), f"  created {m.get('created')}, opset {m.get('opset')}, "
-                                    f"{cache.get('contract')} cache{static}, {m.get('graph_form', 'portable')} graphs, "
-                                    f"vitac-deploy {exporter.get('vitac_deploy')}, torch {exporter.get('torch')}, "
-                                    f"onnx {exporter.get('onnx')}"))
-        cfg = m["config"]
-        console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
-        src = m.get("source", {})
-        console.print("source: " + json.dumps(src))
-        val = m.get("validation", {})
-        for p, tol in m.get("tolerances", {}).items():
-            v = val.get(p)
-            got = "not validated" if not isinstance(v, dict) else (
-                f"max abs {_num(v.get('worst_max_abs'), '.2e')}, cosine {_num(v.get('worst_cosine'), '.7f')}, "
-                f"{'passed' if v.get('passed') is True else 'FAILED'}")
-            console.print(f"{p}: tolerance {tol} -> {got}")
-        for key, g in m["graphs"].items():
-            console.print(_io_table(f"{key} ({g['file']})", g["inputs"], g["outputs"]))
+    if data["kind"] == "onnx":
+        console.print(Text.assemble((str(path), "bold"), f"  opset {data['opset']}, {data['nodes']} nodes, "
+                                                         f"{data['initializers']} initializers"))
+        console.print(_io_table(path.name, data["inputs"], data["outputs"]))
         return
-    if path.suffix != ".onnx":
-        raise VitacError(f"inspect takes an artifact directory or an .onnx file, got {path}")
-    try:
-        import onnx
-    except ImportError:
-        raise VitacError("inspecting an .onnx file needs onnx: pip install onnx") from None
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise VitacError(f"cannot read {path}: {first_line(e)}") from None
-    if model.ir_version == 0 or not model.opset_import or not model.graph.node:
-        # protobuf parses an empty (or zeroed) file as an empty message: not a model
-        raise VitacError(f"{path} is not an ONNX model (empty or damaged: no IR version, opset or nodes)")
+    exporter = data.get("exporter") or {}
+    if data["kind"] == "encoder":
+        what = f"encoder, {data.get('parameters') or 0:,} parameters"
+    else:
+        cache = data.get("cache") or {"contract": "concat"}
+        static = f" ({cache['frames']} frames, max_len {cache['max_len']})" if cache.get("contract") == "static" else ""
+        what = f"{cache.get('contract')} cache{static}, {data.get('graph_form', 'portable')} graphs"
+    console.print(Text.assemble((str(path), "bold"), f"  created {data.get('created')}, opset {data.get('opset')}, "
+                                f"{what}, vitac-deploy {exporter.get('vitac_deploy')}, torch {exporter.get('torch')}, "
+                                f"onnx {exporter.get('onnx')}"))
+    console.print("config: " + ", ".join(f"{k}={v}" for k, v in data["config"].items()))
+    console.print("source: " + _source_line(data.get("source") or {}))
+    console.print(_tolerance_table(data["tolerances"]))
+    for key, g in data["graphs"].items():
+        console.print(_io_table(f"{key} ({g['file']})", g["inputs"], g["outputs"]))
 
-    def spec(v):
-        t = v.type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        except (KeyError, ValueError, TypeError):   # undefined or exotic element type
-            dtype = f"elem_type {t.elem_type}"
-        return {"name": v.name, "dtype": dtype, "shape": dims}
 
-    inits = {i.name for i in model.graph.initializer}
-    console.print(Text.assemble((str(path), "bold"), f"  opset {[o.version for o in model.opset_import]}, "
-                                f"{len(model.graph.node)} nodes, {len(inits)} initializers"))
-    console.print(_io_table(path.name, [spec(v) for v in model.graph.input if v.name not in inits],
-                            [spec(v) for v in model.graph.output]))
+def _source_line(src: dict) -> str:
+    """The weights an artifact holds, as its manifest records them."""
+    if isinstance(src.get("random_init_seed"), int):
+        return f"seeded random weights, seed {src['random_init_seed']} (validate reads it from here)"
+    if src.get("checkpoint"):
+        sha = src.get("checkpoint_sha256")
+        return f"checkpoint {src['checkpoint']}" + (f" (sha256 {sha[:16]}...)" if isinstance(sha, str) else "")
+    return "not recorded" if not src else json.dumps(src)
+
+
+def _tolerance_table(rows: list) -> Table:
+    """Each precision's tolerance and what export measured against it."""
+    table = Table(title="tolerances (against the PyTorch reference) and what export measured", header_style="bold")
+    for col, justify in (("precision", "left"), ("max abs", "right"), ("mean abs", "right"), ("cosine >=", "right"),
+                         ("measured max abs", "right"), ("measured cosine", "right"), ("export check", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        status = "not validated" if r["passed"] is None else "passed" if r["passed"] else "FAILED"
+        table.add_row(r["precision"], _num(r["max_abs"], "g"), _num(r["mean_abs"], "g"), _num(r["cosine_min"], "g"),
+                      _num(r["measured_max_abs"], ".2e"), _num(r["measured_cosine"], ".7f"), status)
+    return table
 
 
 def _inspect_engine(console: Console, path: Path) -> None:

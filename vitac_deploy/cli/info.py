@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+import json
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -11,19 +12,8 @@ from rich.table import Table
 
 from ..config import PredictorConfig
 from ..errors import VitacError
-from ..planning.memory import (
-    DEVICES,
-    affine_terms,
-    chunks_needed,
-    device,
-    largest_chunk,
-    memory_layout,
-    parse_bytes,
-    plan_flops,
-    plan_memory,
-    upstream_plan_flops,
-)
-from ..precision import precision as get_precision
+from ..planning.memory import DEVICES
+from ..summaries import backends_summary, config_summary, encoder_summary, plan_summary
 from . import options as opt
 from ._common import cli_errors, stdout_console
 
@@ -33,19 +23,19 @@ def _mib(n: int) -> str:
 
 
 def config_table(cfg: PredictorConfig, title: str, n_params: Optional[int] = None) -> Table:
+    c = config_summary(cfg, n_params)
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("field")
     table.add_column("value", justify="right")
-    for key, value in cfg.to_dict().items():
+    for key, value in c["config"].items():
         table.add_row(key, str(value))
     table.add_section()
-    table.add_row("parameters", f"{n_params if n_params is not None else cfg.num_parameters():,}")
-    table.add_row("head_dim / rope dims per axis", f"{cfg.head_dim} / {cfg.rope_dim}")
-    table.add_row("tokens per frame (patch + cond)", f"{cfg.tokens_per_frame} + {cfg.cond_tokens}")
-    for name, nbytes in (("float16", 2), ("float32", 4)):
-        per = cfg.kv_bytes_per_frame(nbytes)
-        table.add_row(f"KV cache per frame, batch 1 ({name})", _mib(per))
-        table.add_row(f"KV cache at max_frames, batch 1 ({name})", _mib(per * cfg.max_frames))
+    table.add_row("parameters", f"{c['parameters']:,}")
+    table.add_row("head_dim / rope dims per axis", f"{c['head_dim']} / {c['rope_dims_per_axis']}")
+    table.add_row("tokens per frame (patch + cond)", f"{c['tokens_per_frame']} + {c['conditioning_tokens']}")
+    for name in ("float16", "float32"):
+        table.add_row(f"KV cache per frame, batch 1 ({name})", _mib(c["kv_cache_bytes_per_frame"][name]))
+        table.add_row(f"KV cache at max_frames, batch 1 ({name})", _mib(c["kv_cache_bytes_at_max_frames"][name]))
     return table
 
 
@@ -75,74 +65,46 @@ class PlanOptions:
         return False
 
 
-def _positive(flag: str, value: Optional[int], default: int) -> int:
-    value = default if value is None else value
-    if value < 1:
-        raise VitacError(f"{flag} must be at least 1, got {value}")
-    return value
-
-
 def plan_table(cfg: PredictorConfig, o: PlanOptions) -> Table:
     """Memory of a chunk of a CEM plan by component (MiB), totals, FLOPs, and against a budget the
     largest chunk that fits. Raises VitacError on a bad option, before anything is printed."""
-    S = _positive("--samples", o.samples, 1)
-    H = _positive("--horizon", o.horizon, 2)
-    C = _positive("--context", o.context, 1)
-    steps = _positive("--cem-steps", o.cem_steps, 10)
-    chunk = _positive("--chunk", o.chunk, S)
-    if chunk > S:
-        raise VitacError(f"--chunk {chunk} is more than --samples {S}")
-    precision = get_precision(o.precision or "fp16", "--precision").name
-    backend = o.backend or "tensorrt"
-    layout = memory_layout(backend)   # a backend without a memory model: one line naming those with one
-    engines = o.engines if o.engines is not None else layout.default_weight_copies
-    if engines not in layout.weight_copies:
-        raise VitacError(f"--engines must be {' or '.join(map(str, layout.weight_copies))} for {backend}, got {engines}")
-    if o.budget is not None and o.device_budget is not None:
-        raise VitacError("give either --budget or --device-budget, not both")
-    if o.device_budget is not None and o.unified is not None:
-        raise VitacError("--unified/--discrete go with --budget; a --device-budget knows its memory")
-    budget, unified, dev = None, bool(o.unified), None
-    if o.budget is not None:
-        budget = parse_bytes(o.budget)
-    elif o.device_budget is not None:
-        dev = device(o.device_budget)
-        budget, unified = dev.budget, dev.unified
-    fused = bool(o.fused_attention)
-    kw = {"horizon": H, "context": C, "precision": precision, "backend": backend, "engines": engines,
-          "fused_attention": fused}
-    mem = plan_memory(cfg, chunk, **kw)
+    return render_plan(plan_summary(cfg, **asdict(o)))
 
-    attention = "fused" if fused else "unfused (upper bound)"
-    title = (f"CEM plan: {S} samples, horizon {H}, context {C}, chunk {chunk} ({precision}, {backend}, "
-             f"{engines} engine{'s' if engines > 1 else ''}, {attention} attention)")
+
+def render_plan(p: dict) -> Table:
+    """The table of a `summaries.plan_summary`."""
+    attention = "fused" if p["fused_attention"] else "unfused (upper bound)"
+    title = (f"CEM plan: {p['samples']} samples, horizon {p['horizon']}, context {p['context']}, chunk {p['chunk']} "
+             f"({p['precision']}, {p['backend']}, {p['engines']} engine{'s' if p['engines'] > 1 else ''}, "
+             f"{attention} attention)")
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("per chunk of the plan")
     table.add_column("value", justify="right")
-    for label, nbytes in mem.rows():
-        table.add_row(label, _mib(nbytes))
+    for key, nbytes in p["memory_bytes"].items():
+        table.add_row(p["memory_labels"][key], _mib(nbytes))
     table.add_section()
-    table.add_row("device total", _mib(mem.device_total))
-    table.add_row("unified total (device + pinned host, Jetson)", _mib(mem.total(unified=True)))
-    fixed, per_sample = affine_terms(cfg, unified=unified, **kw)
-    which = "unified" if unified else "device"
-    table.add_row(f"fixed + per sample ({which} total)", f"{_mib(fixed)} + {_mib(per_sample)}")
+    table.add_row("device total", _mib(p["device_total_bytes"]))
+    table.add_row("unified total (device + pinned host, Jetson)", _mib(p["unified_total_bytes"]))
+    which = "unified" if p["unified"] else "device"
+    table.add_row(f"fixed + per sample ({which} total)", f"{_mib(p['fixed_bytes'])} + {_mib(p['per_sample_bytes'])}")
     table.add_section()
-    table.add_row(f"FLOPs of the plan ({steps} CEM steps, KV cache)", f"{plan_flops(cfg, S, H, steps, C, chunk):.4g}")
-    table.add_row("FLOPs, upstream full recompute", f"{upstream_plan_flops(cfg, S, H, steps, C):.4g}")
-    if budget is not None:
-        best = largest_chunk(cfg, budget, samples=S, unified=unified, **kw)
+    table.add_row(f"FLOPs of the plan ({p['cem_steps']} CEM steps, KV cache)", f"{p['flops']:.4g}")
+    table.add_row("FLOPs, upstream full recompute", f"{p['upstream_flops']:.4g}")
+    b = p["budget"]
+    if b is not None:
+        dev = b["device"]
         table.add_section()
         if dev is not None:
-            table.add_row(f"budget: {dev.name}", f"{_mib(dev.total)} - {_mib(dev.reserve)} reserve")
-        table.add_row(f"budget, compared with the {which} total", _mib(budget))
-        table.add_row(f"chunk {chunk} fits", "yes" if mem.total(unified) <= budget else "no")
-        table.add_row("largest chunk that fits", str(best))
-        table.add_row(f"chunks per CEM step for {S} samples", str(chunks_needed(S, best)) if best else "-")
-        table.add_row("plan fits at all", "yes" if best else "no (not even 1 sample)")
-        if dev is not None and dev.fp16_dense_tflops:
-            seconds = plan_flops(cfg, S, H, steps, C, best or chunk) / (dev.fp16_dense_tflops * 1e12)
-            table.add_row(f"compute limit at {dev.fp16_dense_tflops:g} TFLOP/s dense fp16", f"{seconds:.3f} s")
+            table.add_row(f"budget: {dev['name']}", f"{_mib(dev['total_bytes'])} - {_mib(dev['reserve_bytes'])} reserve")
+        table.add_row(f"budget, compared with the {which} total", _mib(b["bytes"]))
+        table.add_row(f"chunk {p['chunk']} fits", "yes" if b["chunk_fits"] else "no")
+        table.add_row("largest chunk that fits", str(b["largest_chunk"]))
+        table.add_row(f"chunks per CEM step for {p['samples']} samples",
+                      str(b["chunks_per_cem_step"]) if b["chunks_per_cem_step"] else "-")
+        table.add_row("plan fits at all", "yes" if b["plan_fits"] else "no (not even 1 sample)")
+        if b["compute_limit_seconds"] is not None:
+            table.add_row(f"compute limit at {dev['fp16_dense_tflops']:g} TFLOP/s dense fp16",
+                          f"{b['compute_limit_seconds']:.3f} s")
     return table
 
 
@@ -183,6 +145,8 @@ def info(
                                  "optimizer, and the roofline time on named devices. Its config is the one shown."),
     backends: bool = typer.Option(False, "--backends", help="Also list the runtime backends: what each opens and "
                                                             "runs, and whether it is installed here."),
+    json_out: bool = typer.Option(False, "--json", help="Print it all as one JSON object (bytes and FLOPs as "
+                                                        "numbers) instead of tables."),
     plan_samples: Optional[int] = opt.hidden("--plan-samples"),     # the old names of --samples, --horizon,
     plan_horizon: Optional[int] = opt.hidden("--plan-horizon"),     # --context and --cem-steps
     plan_context: Optional[int] = opt.hidden("--plan-context"),
@@ -190,7 +154,7 @@ def info(
 ) -> None:
     """Config table, parameter count, tokens per frame and KV-cache bytes of a preset or checkpoint;
     with --samples, the memory and FLOPs of a CEM plan and the largest chunk a budget allows;
-    with --artifact, the graph cost model of that artifact."""
+    with --artifact, the graph cost model of that artifact; --json, all of it as data."""
     if artifact is not None and (config is not None or preset is not None):
         raise VitacError("give --artifact or --preset/--config, not both (the artifact's config is shown)")
     if artifact is not None:
@@ -207,42 +171,50 @@ def info(
     if artifact is not None and plan.samples is None and any(
             v is not None for v in (budget, device_budget, unified, backend, engines, fused_attention)):
         raise VitacError("the memory options (--budget, --backend, ...) need --samples")
-    cost = cost_table(artifact, plan) if artifact is not None else None
-    plan_table_ = plan_table(cfg, plan) if (artifact is None or plan.samples is not None) and plan.requested() \
-        else None  # bad options fail before any output
+    cost = cost_summary(artifact, plan) if artifact is not None else None
+    plan_data = plan_summary(cfg, **asdict(plan)) if (artifact is None or plan.samples is not None) \
+        and plan.requested() else None  # bad options fail before any output
     title = f"preset {preset}" if preset and not config else (str(config) if config else
                                                                 (str(artifact) if artifact else "vitac-l384 (default)"))
     n_params = None
     if checkpoint is not None:
         from ..reference.checkpoint import check_state_dict, read_state_dict
 
-        sd = read_state_dict(checkpoint)
+        from ._common import live_status, stderr_console
+
+        with live_status(stderr_console(), f"reading {checkpoint}"):
+            sd = read_state_dict(checkpoint)
         check_state_dict(sd, cfg, source=str(checkpoint))
         n_params = sum(int(v.numel()) for v in sd.values())
         title = f"{checkpoint} ({title})"
-    enc_table = encoder_table(encoder, precision or "fp16", bool(fused_attention)) if encoder else None
+    enc_data = encoder_summary(encoder, precision or "fp16", bool(fused_attention)) if encoder else None
+    if json_out:
+        data = {"model": title, "checkpoint": str(checkpoint) if checkpoint else None,
+                **config_summary(cfg, n_params), "plan": plan_data, "encoder": enc_data, "graph_cost": cost,
+                "backends": backends_summary() if backends else None}
+        typer.echo(json.dumps(data, indent=2))
+        return
     console = stdout_console()
     console.print(config_table(cfg, title, n_params))
-    if plan_table_ is not None:
-        console.print(plan_table_)
-    if enc_table is not None:
-        console.print(enc_table)
+    if plan_data is not None:
+        console.print(render_plan(plan_data))
+    if enc_data is not None:
+        console.print(render_encoder(enc_data))
     if cost is not None:
-        console.print(cost)
+        console.print(render_cost(cost))
     if backends:
         console.print(backends_table())
 
 
-def cost_table(artifact: Path, o: PlanOptions):
-    """The graph cost model of an artifact's step graph for a plan (`vitac_deploy.exporters.cost`):
-    per frame and per plan, kernels after ONNX Runtime's optimizer, roofline per named device."""
-    from rich.console import Group
-    from rich.text import Text
-
+def cost_summary(artifact: Path, o: PlanOptions) -> dict:
+    """The graph cost model of an artifact's step graph for a plan (`vitac_deploy.exporters.cost`),
+    as data: per frame and per plan, kernels after ONNX Runtime's optimizer, roofline per named device."""
     from ..artifacts import read_manifest
     from ..exporters.cost import ort_optimized, plan_cost
     from ..graph_forms import graph_form
+    from ..precision import precision as get_precision
     from ..roofline import ROOFLINE_DEVICES
+    from ..summaries import _positive
 
     S = _positive("--samples", o.samples, 400)
     H = _positive("--horizon", o.horizon, 2)
@@ -255,35 +227,59 @@ def cost_table(artifact: Path, o: PlanOptions):
     precision = get_precision(o.precision or "fp16", "--precision").name
     manifest = read_manifest(artifact)
     cost = plan_cost(artifact, precision, S, H, steps, chunk)
-    form = graph_form(manifest, artifact)
-    table = Table(title=f"graph cost: {artifact} ({form} form, {precision} step graph), plan of {S} samples x "
-                        f"horizon {H} x {steps} CEM steps, {chunk} samples per call", header_style="bold")
+    out = {"artifact": str(artifact), "form": graph_form(manifest, artifact), "precision": precision, "samples": S,
+           "horizon": H, "cem_steps": steps, "chunk": chunk,
+           "frames": [{"cached_frames": t, "kernels": c.kernels, "bytes": c.nbytes, "flops": c.flops}
+                      for t, c in cost.frames.items()],
+           "energy": None if cost.energy is None else {"kernels": cost.energy.kernels, "bytes": cost.energy.nbytes},
+           "runtime_calls": cost.rollouts, "bytes": cost.nbytes, "flops": cost.flops,
+           "ort_kernels_per_frame": None, "ort_cpu_inserted_casts": None, "roofline": []}
+    try:
+        ort = ort_optimized(artifact / manifest["graphs"][f"step.{precision}"]["file"])
+        out["ort_kernels_per_frame"], out["ort_cpu_inserted_casts"] = ort.kernels, ort.cpu_inserted_casts
+    except ImportError:
+        pass
+    for key, dev in ROOFLINE_DEVICES.items():
+        out["roofline"].append({"device": key, "name": dev.name, "bandwidth_tb_s": dev.bandwidth_tb_s,
+                                "peak_tflops": dev.peak_tflops(precision), "seconds_per_plan": cost.roofline_s(dev)})
+    return out
+
+
+def render_cost(c: dict):
+    """The table of a `cost_summary`."""
+    from rich.console import Group
+    from rich.text import Text
+
+    precision, chunk = c["precision"], c["chunk"]
+    table = Table(title=f"graph cost: {c['artifact']} ({c['form']} form, {precision} step graph), plan of "
+                        f"{c['samples']} samples x horizon {c['horizon']} x {c['cem_steps']} CEM steps, {chunk} samples "
+                        f"per call", header_style="bold")
     table.add_column("")
     table.add_column("kernels", justify="right")
     table.add_column("bytes moved", justify="right")
     table.add_column("FLOP", justify="right")
-    for t, c in cost.frames.items():
-        table.add_row(f"frame on {t} cached frame{'s' if t != 1 else ''} (batch {chunk})", str(c.kernels),
-                      f"{c.nbytes / 1e9:,.2f} GB", f"{c.flops / 1e12:,.3f} T")
-    if cost.energy is not None:
-        table.add_row("energy graph (per call)", str(cost.energy.kernels), f"{cost.energy.nbytes / 1e9:,.3f} GB", "0")
-    table.add_row(f"plan ({cost.rollouts} runtime calls)", "-", f"{cost.nbytes / 1e9:,.1f} GB",
-                  f"{cost.flops / 1e12:,.1f} T")
+    for f in c["frames"]:
+        t = f["cached_frames"]
+        table.add_row(f"frame on {t} cached frame{'s' if t != 1 else ''} (batch {chunk})", str(f["kernels"]),
+                      f"{f['bytes'] / 1e9:,.2f} GB", f"{f['flops'] / 1e12:,.3f} T")
+    if c["energy"] is not None:
+        table.add_row("energy graph (per call)", str(c["energy"]["kernels"]), f"{c['energy']['bytes'] / 1e9:,.3f} GB", "0")
+    table.add_row(f"plan ({c['runtime_calls']} runtime calls)", "-", f"{c['bytes'] / 1e9:,.1f} GB",
+                  f"{c['flops'] / 1e12:,.1f} T")
     table.add_section()
     extra = ""
-    try:
-        ort = ort_optimized(artifact / manifest["graphs"][f"step.{precision}"]["file"])
-        table.add_row("kernels per frame after ONNX Runtime's optimizer (CPU provider)", str(ort.kernels), "-", "-")
-        if ort.cpu_inserted_casts:
-            extra = (f" Not counted: the {ort.cpu_inserted_casts} Casts ONNX Runtime's CPU provider inserts around "
+    if c["ort_kernels_per_frame"] is not None:
+        table.add_row("kernels per frame after ONNX Runtime's optimizer (CPU provider)", str(c["ort_kernels_per_frame"]),
+                      "-", "-")
+        if c["ort_cpu_inserted_casts"]:
+            extra = (f" Not counted: the {c['ort_cpu_inserted_casts']} Casts ONNX Runtime's CPU provider inserts around "
                      f"operators it has no float16 kernel for (the CUDA provider has them).")
-    except ImportError:
+    else:
         table.add_row("kernels per frame after ONNX Runtime's optimizer", "onnxruntime not installed", "-", "-")
     table.add_section()
-    for key, dev in ROOFLINE_DEVICES.items():
-        seconds = cost.roofline_s(dev)
-        peak = dev.peak_tflops(precision)
-        table.add_row(f"roofline on {dev.name} ({dev.bandwidth_tb_s:g} TB/s, "
+    for r in c["roofline"]:
+        peak, seconds = r["peak_tflops"], r["seconds_per_plan"]
+        table.add_row(f"roofline on {r['name']} ({r['bandwidth_tb_s']:g} TB/s, "
                       f"{'-' if peak is None else f'{peak:g}'} TFLOP/s {precision})",
                       "-", "-", "-" if seconds is None else f"{seconds:.3f} s per plan")
     note = Text("roofline: the sum over kernels of max(bytes / bandwidth, FLOP / peak), one kernel per node, "
@@ -294,44 +290,32 @@ def cost_table(artifact: Path, o: PlanOptions):
 
 def backends_table() -> Table:
     """The registered backends and their declared capabilities (runtimes/registry.py)."""
-    from ..runtimes.registry import backends
-
     table = Table(title="runtime backends", header_style="bold")
     for col in ("backend", "opens", "devices", "precisions", "cache contracts", "graph forms", "CUDA graphs",
                 "memory model", "installed"):
         table.add_column(col)
-    for b in backends().values():
-        names = ", ".join([b.name, *b.variants])
-        layout = b.memory_layout
-        table.add_row(names, ", ".join(b.opens), ", ".join(b.devices), ", ".join(b.precisions),
-                      ", ".join(b.cache_contracts) or "its own", ", ".join(b.graph_forms),
-                      "yes" if b.cuda_graphs else "no",
-                      f"{layout.frame_buffers} frame buffers{', pinned staging' if layout.pinned_staging else ''}"
-                      if layout else "none", "yes" if b.installed() else "no")
+    for b in backends_summary():
+        layout = b["memory_layout"]
+        table.add_row(", ".join([b["backend"], *b["variants"]]), ", ".join(b["opens"]), ", ".join(b["devices"]),
+                      ", ".join(b["precisions"]), ", ".join(b["cache_contracts"]) or "its own",
+                      ", ".join(b["graph_forms"]), "yes" if b["cuda_graphs"] else "no",
+                      f"{layout['frame_buffers']} frame buffers{', pinned staging' if layout['pinned_staging'] else ''}"
+                      if layout else "none", "yes" if b["installed"] else "no")
     return table
 
 
-def encoder_table(encoder: str, precision: str, fused: bool):
-    """Parameters, FLOPs per frame and memory (batch 1, and 2: current + goal) of an encoder, with
-    what is left of each named device budget."""
-    from ..encoder import ENCODER_PRESETS, EncoderConfig
-    from ..planning.memory import encoder_memory
-
-    if encoder in ENCODER_PRESETS:
-        ecfg, name = EncoderConfig.preset(encoder), encoder
-    else:
-        from ..artifacts import read_encoder_manifest
-
-        ecfg, name = EncoderConfig.from_dict(read_encoder_manifest(encoder)["config"]), encoder
+def render_encoder(e: dict):
+    """The line and table of a `summaries.encoder_summary`, with what is left of each named device budget."""
     from rich.console import Group
     from rich.text import Text
 
-    line = Text(f"encoder {name}: {ecfg.num_parameters():,} parameters, {ecfg.img_size} px, {ecfg.tokens_per_frame} "
-                f"tokens x {ecfg.embed_dim}, {ecfg.frame_flops() / 1e9:.1f} GFLOP per frame")
-    table = Table(title=f"encoder memory, {precision}{', fused attention' if fused else ''}", header_style="bold")
+    line = Text(f"encoder {e['encoder']}: {e['parameters']:,} parameters, {e['img_size']} px, {e['tokens_per_frame']} "
+                f"tokens x {e['embed_dim']}, {e['flops_per_frame'] / 1e9:.1f} GFLOP per frame")
+    table = Table(title=f"encoder memory, {e['precision']}{', fused attention' if e['fused_attention'] else ''}",
+                  header_style="bold")
     for col in ("frames at once", "weights", "I/O", "activations (estimate)", "total"):
         table.add_column(col, justify="right")
-    for b in (1, 2):
-        m = encoder_memory(ecfg, b, precision, fused)
-        table.add_row(str(b), *(f"{x / 2**20:,.0f} MiB" for x in (m.weights, m.io, m.activations, m.total)))
+    for m in e["memory"]:
+        table.add_row(str(m["frames"]), *(f"{m[k] / 2**20:,.0f} MiB" for k in
+                                          ("weights_bytes", "io_bytes", "activations_bytes", "total_bytes")))
     return Group(line, table)

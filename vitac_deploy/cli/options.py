@@ -48,9 +48,9 @@ def _seed(value: Optional[int]) -> Optional[int]:
         raise typer.BadParameter(str(e)) from None
 
 
-def seed(help: str) -> Any:
-    """--seed, checked as every entry point checks a seed."""
-    return typer.Option(0, "--seed", help=help, callback=_seed)
+def seed(help: str, default: Optional[int] = 0) -> Any:
+    """--seed, checked as every entry point checks a seed (`default` None: the command decides)."""
+    return typer.Option(default, "--seed", help=help, callback=_seed)
 
 
 WEIGHT_SEED = seed("Seed for --random-init.")

@@ -16,7 +16,7 @@ from ..config import PredictorConfig
 from ..errors import ValidationError, VitacError
 from ..precision import PRECISIONS
 from . import options as o
-from ._common import cli_errors, progress_enabled, stderr_console, stdout_console
+from ._common import cli_errors, live_status, progress_enabled, stderr_console, stdout_console
 
 
 @cli_errors
@@ -75,8 +75,11 @@ def validate(
     path: Path = typer.Argument(..., help="Artifact directory (predictor or encoder), or a TensorRT ENGINE.plan."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the artifact was exported from."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config JSON (default: the artifact's)."),
-    random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with --random-init)."),
-    seed: int = o.WEIGHT_SEED,
+    random_init: bool = typer.Option(False, "--random-init", help="Compare with seeded random weights (as exported with "
+                                                                  "--random-init; read from the manifest when it "
+                                                                  "records them)."),
+    seed: Optional[int] = o.seed("Seed of the random weights (default: the one the manifest records, else 0).",
+                                 None),
     # the deployment gate checks the exported graphs: ONNX Runtime unless told otherwise
     backend: Optional[str] = o.backend(None, "onnxruntime (default), torch, torch-compile or torch-reference; an "
                                              "ENGINE.plan runs on tensorrt."),
@@ -97,6 +100,7 @@ def validate(
     from ..runtimes import open_runtime
     from ..validation import TOLERANCES, ParityInputs, check_parity
 
+    from ..artifacts.source import engine_source_manifest, weights_source
     from .encoder import is_encoder, validate_encoder
 
     if is_encoder(path):   # an encoder artifact or engine: its features against the reference encoder
@@ -133,11 +137,10 @@ def validate(
         check_save_target(save_polygraphy)
     folder = path.parent if engine else path
     cfg = PredictorConfig.resolve(config) if config else PredictorConfig.from_dict(manifest["config"])
-    if checkpoint is None and not random_init:
-        raise VitacError("give --checkpoint (or --random-init --seed N for an artifact exported that way)")
-    if checkpoint is not None and random_init:
-        raise VitacError("give either --checkpoint or --random-init, not both")
-    if steps < 2 or batch < 1 or seed < 0:
+    weights = weights_source(engine_source_manifest(path, manifest) if engine else manifest, checkpoint, random_init,
+                             seed, str(path))
+    checkpoint, random_init, seed = weights.checkpoint, weights.random_init, weights.seed
+    if steps < 2 or batch < 1:
         raise VitacError("--steps must be >= 2, --batch >= 1 and --seed >= 0")
     if steps > cfg.max_frames:
         raise VitacError(f"--steps {steps} exceeds the model's max_frames {cfg.max_frames}")
@@ -146,7 +149,9 @@ def validate(
             check_output(out_path, flag)
     if plot is not None:
         _matplotlib()
-    model = predictor_from_source(checkpoint, cfg, random_init, seed)
+    err = stderr_console()
+    with live_status(err, "loading the reference model"):
+        model = predictor_from_source(checkpoint, cfg, random_init, seed)
 
     def matches(name: str, digest: str) -> bool:
         f = folder / name
@@ -155,15 +160,17 @@ def validate(
         except OSError:
             return False
 
-    files_ok = {name: matches(name, digest) for name, digest in listed.items()}
+    with live_status(err, f"checking {len(listed)} files against their sha256"):
+        files_ok = {name: matches(name, digest) for name, digest in listed.items()}
     bad_files = [n for n, ok in files_ok.items() if not ok]
     inputs = ParityInputs.make(cfg, batch=batch, frames=steps, seed=seed + 1)
     results = {}
     # files that differ from the manifest are a mismatch (exit 1) and nothing of them is run
     for p in [] if bad_files else precisions:
         # verify=False: every listed file was hashed just above
-        rt = open_runtime(path, backend=backend, device=device, precision=p, verify=False)
-        r = check_parity(rt, model, inputs, p)
+        with live_status(err, f"{p}: rolling out {steps} frames (batch {batch}) with the runtime and the reference"):
+            rt = open_runtime(path, backend=backend, device=device, precision=p, verify=False)
+            r = check_parity(rt, model, inputs, p)
         results[p] = r
         table = Table(title=f"{p} via {rt.describe()}: tolerance max abs {r.tolerance.max_abs:g}, "
                             f"mean abs {r.tolerance.mean_abs:g}, cosine >= {r.tolerance.cosine_min}",
@@ -180,8 +187,10 @@ def validate(
         console.print(f"files differ from the manifest's sha256 (missing or modified): {', '.join(bad_files)}",
                       style="red")
     console.print("PASSED" if passed else "FAILED", style="bold")
+    console.print(f"reference: {weights.describe()}")
     data = {"passed": passed, "artifact": str(path), "backend": backend, "device": device,
-            "checkpoint": str(checkpoint) if checkpoint else None, "files_match_manifest": files_ok,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "random_init_seed": seed if random_init else None, "files_match_manifest": files_ok,
             "tolerances": {p: TOLERANCES[p].to_dict() for p in results},
             "results": {p: r.to_dict() for p, r in results.items()}}
     if save_polygraphy is not None:   # also, and above all, when the check failed
@@ -198,7 +207,7 @@ def validate(
         except OSError as e:   # checked before the work, but the disk can fill meanwhile: exit 2, not 1
             raise VitacError(f"cannot write --report {report}: {e.strerror}") from None
     if plot and results:
-        _plot(plot, results)
+        _plot(plot, results, str(path))
     if not passed:
         raise ValidationError("the artifact does not match the reference" +
                               (f" (missing or modified files: {', '.join(bad_files)})" if bad_files else ""))
@@ -215,21 +224,25 @@ def _matplotlib():
     return plt
 
 
-def _plot(path: Path, results) -> None:
+def _plot(path: Path, results, artifact: str = "the artifact") -> None:
     plt = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     from ..artifacts import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for p, r in results.items():
+    fig, ax = plt.subplots(figsize=(7.6, 4.2), layout="constrained")
+    for i, (p, r) in enumerate(results.items()):
+        colour = f"C{i}"   # one colour per precision: its errors and its tolerance
         steps = [e["frame"] + 1 for e in r.rollout]
-        ax.semilogy(steps, [e["max_abs"] for e in r.rollout], "o-", label=f"{p} max abs")
-        ax.semilogy(steps, [e["mean_abs"] for e in r.rollout], "s--", label=f"{p} mean abs")
-        ax.axhline(r.tolerance.max_abs, color="gray", lw=0.8, ls=":")
-    ax.set_xlabel("rollout step")
-    ax.set_ylabel("error vs PyTorch reference")
-    ax.legend()
+        ax.semilogy(steps, [e["max_abs"] for e in r.rollout], "o-", color=colour, label=f"{p} max abs")
+        ax.semilogy(steps, [e["mean_abs"] for e in r.rollout], "s--", color=colour, alpha=0.6, label=f"{p} mean abs")
+        ax.axhline(r.tolerance.max_abs, color=colour, lw=1.0, ls=":", label=f"{p} tolerance, max abs {r.tolerance.max_abs:g}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("rollout step (predicted frame)")
+    ax.set_ylabel("error vs the PyTorch reference")
+    ax.set_title(f"{artifact}: closed-loop rollout vs PyTorch", fontsize=11)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     try:
         save_figure(fig, path)
     except OSError as e:

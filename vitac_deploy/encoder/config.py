@@ -168,7 +168,10 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
     # The built-in demo encoder: the default predictor's feature width (1024), fewer blocks so the
     # whole camera-to-action pipeline runs in about two minutes on two CPU cores. Random weights.
     "vit-l-demo": EncoderConfig(embed_dim=1024, depth=4, num_heads=16),
+    # The encoder of the `franka-small` predictor (feature width 256): 256 px, patch 16, head_dim
+    # 64 as ViT-g's (RoPE 20/20/20 + 4 unrotated). Random weights; seconds per frame pair on a CPU.
+    "vit-small": EncoderConfig(embed_dim=256, depth=4, num_heads=4),
 }
 # which encoder preset goes with a predictor preset (same feature width)
 DEFAULT_ENCODER = "vit-l"
-ENCODER_FOR_PREDICTOR = {"vitac-l384": "vit-l", "vjepa2-ac-vitg": "vit-g"}
+ENCODER_FOR_PREDICTOR = {"vitac-l384": "vit-l", "vjepa2-ac-vitg": "vit-g", "franka-small": "vit-small"}

@@ -1,4 +1,4 @@
-"""Camera frames -> encoder pixels, numpy only (shared planner.md section 1), and image files.
+"""Camera frames -> encoder pixels, numpy only (docs/planner.md section 1), and image files.
 
 The upstream eval transform: center square crop, bilinear resize without antialiasing
 (torch `interpolate(..., mode="bilinear", align_corners=False)`), per-channel normalization

@@ -184,7 +184,7 @@ def _write_artifact(model, tmp: Path, opts: ExportOptions, say: Progress) -> dic
         "config": cfg.to_dict(),
         "tokens": {"per_frame": cfg.tokens_per_frame, "conditioning": cfg.cond_tokens,
                    "per_cache_frame": cfg.tokens_per_step},
-        "source": opts.source,
+        "source": opts.source or dict(getattr(model, "weights_source", {})),
         "opset": opts.graph_opset,
         "graph_form": opts.graph_form,
         "exporter": {"name": "vitac_deploy.exporters.step_graph", "vitac_deploy": __version__, **versions()},
@@ -263,7 +263,7 @@ def _quiet(ort):
 
 
 def _check_energy_graph(artifact: Path, cfg, seed: int) -> dict[str, Any]:
-    """The energy graph against numpy in float64 (planner.md section 3)."""
+    """The energy graph against numpy in float64 (docs/planner.md section 3)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)

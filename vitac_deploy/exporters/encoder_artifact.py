@@ -85,7 +85,7 @@ def _write_encoder(model, tmp: Path, opts: EncoderExportOptions, say: Progress) 
     manifest: dict[str, Any] = {
         "format": ENCODER_FORMAT, "format_version": ENCODER_FORMAT_VERSION, "created": now_iso(),
         "kind": "encoder", "config": cfg.to_dict(), "parameters": cfg.num_parameters(),
-        "tokens_per_frame": cfg.tokens_per_frame, "source": opts.source, "opset": opts.opset,
+        "tokens_per_frame": cfg.tokens_per_frame, "source": opts.source or dict(getattr(model, "weights_source", {})), "opset": opts.opset,
         "exporter": {"name": "vitac_deploy.exporters.encoder_graph", "vitac_deploy": __version__, **versions()},
         "graphs": graphs,
         "contract": "pixels [batch, 3, S, S] float32: single frames preprocessed by vitac_deploy.encoder."

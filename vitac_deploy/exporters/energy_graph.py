@@ -1,5 +1,5 @@
 """The planner's energy as a graph: mean over every N x D entry of |prediction - goal| per sample
-(planner.md section 3). Runtimes run it where the predictions are (ONNX Runtime on the CUDA arena,
+(docs/planner.md section 3). Runtimes run it where the predictions are (ONNX Runtime on the CUDA arena,
 a TensorRT engine on the device), so a CEM step moves [batch] floats to the host, not [batch, N, D]."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The CEM planner of V-JEPA 2-AC (`WorldModel.infer_next_action` / `cem`), exact (numpy only).
 
-planner.md section 5. Each CEM step draws `samples` action sequences of `rollout` steps from a
+docs/planner.md section 5. Each CEM step draws `samples` action sequences of `rollout` steps from a
 per-step normal distribution over the sampled action entries (xyz and gripper for the 7-dim
 Franka space), clips them, rolls every sequence out from the current observation and pose through
 a runtime, keeps the `topk` lowest energies, and moves the distribution towards the elites' mean

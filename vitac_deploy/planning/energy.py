@@ -1,6 +1,6 @@
 """The planner's energy of action sequences, through any runtime (numpy only).
 
-`E = mean over N x D of |z_pred - z_goal|` of the LAST predicted frame (planner.md section 3).
+`E = mean over N x D of |z_pred - z_goal|` of the LAST predicted frame (docs/planner.md section 3).
 The rollout starts from the current observation's normalized features; poses start at the
 current pose and follow the pose update. Samples are rolled out in chunks of at most the
 runtime's batch; the energy is computed where the rollout runs (`Runtime.rollout_energy`), so a

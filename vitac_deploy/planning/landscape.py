@@ -63,11 +63,15 @@ def energy_landscape(runtime, current, goal, pose, nsamples: int = 5, size: floa
 
 def plot_landscape(grid: np.ndarray, energy: np.ndarray, nsamples: int, path, title: str = "") -> None:
     """Heatmaps of the energy over (x, y), one panel per z value (or one panel for 2-dim actions),
-    on one colour scale, the grid's minimum marked. Needs matplotlib."""
+    on one colour scale with the energies as they are (no offset notation), the grid's minimum
+    marked with a star and written below. Needs matplotlib."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     from ..artifacts import save_figure
 
@@ -80,19 +84,38 @@ def plot_landscape(grid: np.ndarray, energy: np.ndarray, nsamples: int, path, ti
         e = e[..., None]
     panels = e.shape[2]
     best = np.unravel_index(np.argmin(e), e.shape)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels + 1.2, 3.4), squeeze=False)
+    width = 2.6 * panels + 1.6 if panels > 1 else 5.2
+    fig, axes = plt.subplots(1, panels, figsize=(width, 3.9 if panels > 1 else 4.8), squeeze=False,
+                             layout="constrained")
     vmin, vmax = float(e.min()), float(e.max())
-    ext = [axis[0], axis[-1], axis[0], axis[-1]]
+    half = (axis[1] - axis[0]) / 2 if len(axis) > 1 else 0.5
+    ext = [axis[0] - half, axis[-1] + half, axis[0] - half, axis[-1] + half]   # cells centred on the grid values
     for z in range(panels):
         ax = axes[0, z]
         im = ax.imshow(e[:, :, z].T, origin="lower", extent=ext, vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_xlabel("action x")
         if z == 0:
             ax.set_ylabel("action y")
+        ticks = [axis[0], axis[len(axis) // 2], axis[-1]] if len(axis) > 2 else list(axis)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         if k == 3:
-            ax.set_title(f"z = {axis[z]:+.4g}")
+            ax.set_title(f"z = {axis[z]:+.4g}", fontsize=10)
         if z == best[2]:
-            ax.plot(axis[best[0]], axis[best[1]], marker="*", color="red", markersize=14, markeredgecolor="white")
-    fig.colorbar(im, ax=axes[0, :].tolist(), label="energy (mean |z_pred - z_goal|)")
-    fig.suptitle(title or "energy landscape", fontsize=10)
+            ax.plot(axis[best[0]], axis[best[1]], marker="*", color="red", markersize=15, markeredgecolor="white",
+                    clip_on=False, zorder=3)
+    bar = fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.9)
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    bar.formatter = formatter
+    bar.update_ticks()
+    bar.set_label("energy: mean |z_pred - z_goal|")
+    where = ", ".join(f"{axis[i]:+.4g}" for i in best[:k])
+    names = "x, y, z" if k == 3 else "x, y"
+    wrap = max(40, int(width * 11))
+    fig.suptitle("\n".join(textwrap.wrap(title or "energy landscape", wrap)), fontsize=11)
+    span = vmax - vmin
+    digits = max(4, int(np.ceil(-np.log10(span))) + 1) if span > 0 else 4   # enough to tell them apart
+    fig.supxlabel(f"red star: the lowest energy, {vmin:.{digits}f} at ({names}) = ({where}); highest "
+                  f"{vmax:.{digits}f}", fontsize=9)
     save_figure(fig, path)

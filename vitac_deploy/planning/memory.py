@@ -1,7 +1,7 @@
 """Memory and compute model of one CEM plan: what a runtime allocates to roll out S samples in
 chunks, the largest chunk a memory budget allows, and the FLOPs of a plan.
 
-A CEM plan (shared planner.md section 5) rolls out `samples` action sequences for `horizon`
+A CEM plan (docs/planner.md section 5) rolls out `samples` action sequences for `horizon`
 predicted frames from `context` observed frames, for `cem_steps` steps. Our runtimes roll the
 samples out in CHUNKS of at most `chunk` samples: the runtime is opened with max_batch = chunk and
 max_frames = F = context + horizon - 1, and the energies are computed on the device.

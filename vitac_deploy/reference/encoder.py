@@ -3,7 +3,7 @@
 Parameter names are the upstream ones (`patch_embed.proj`, `blocks.{i}.*`, `norm`), so the
 `"encoder"` entry of a published checkpoint loads as it is. `forward` runs a clip (consecutive
 frames as tubelets); `encode_frames` is how the planner encodes observations: every frame
-repeated into its own tubelet, one latent frame each (shared planner.md section 2).
+repeated into its own tubelet, one latent frame each (docs/planner.md section 2).
 """
 
 from __future__ import annotations
@@ -123,4 +123,5 @@ def random_encoder(cfg: EncoderConfig, seed: int = 0) -> Encoder:
     model = Encoder(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in
                            recipe_state_dict(encoder_param_shapes(cfg), seed).items()})
+    model.weights_source = {"checkpoint": None, "random_init_seed": seed}   # export records it in the manifest
     return model.eval()

@@ -58,4 +58,5 @@ def random_predictor(cfg: PredictorConfig, seed: int = 0):
     model = Predictor(cfg)
     sd = recipe_state_dict(param_shapes(cfg), seed)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    model.weights_source = {"checkpoint": None, "random_init_seed": seed}   # export records it in the manifest
     return model.eval()

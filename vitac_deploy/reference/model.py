@@ -3,7 +3,7 @@
 Parameter names are the upstream ones, so published checkpoints load as they are.
 Every path (full sequence, cached step, rollout) goes through `forward_frames`, which runs
 T new frames on top of an optional cache of the frames before them; the block-causal mask
-makes that exactly equal to recomputing the whole sequence (see shared predictor.md).
+makes that exactly equal to recomputing the whole sequence (see docs/model.md).
 """
 
 from __future__ import annotations

@@ -337,7 +337,7 @@ class Runtime:
     def rollout_energy(self, context, actions, states, horizon: int, extrinsics=None,
                        state_update: StateUpdate = None,
                        on_frame: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-        """The planner's energy of every row: mean |last prediction - goal| (planner.md section 3), the
+        """The planner's energy of every row: mean |last prediction - goal| (docs/planner.md section 3), the
         goal given by `set_goal`. Same inputs as `rollout`; returns [B] float32. Predictions stay
         where the backend computes them: only the B energies cross to the host."""
         if not getattr(self, "_goal_staged", False):
@@ -518,7 +518,7 @@ class Runtime:
 
 
 def host_energy(prediction: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """mean |prediction - goal| per row of [B, N, D] (planner.md section 3), one row at a time so
+    """mean |prediction - goal| per row of [B, N, D] (docs/planner.md section 3), one row at a time so
     that no [B, N, D] temporary is made; float64 accumulation."""
     out = np.empty(prediction.shape[0], np.float32)
     for b in range(prediction.shape[0]):

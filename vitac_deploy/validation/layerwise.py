@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -132,7 +132,8 @@ def _cast(feed: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str,
 
 
 def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: int = 3, batch: int = 1,
-                   seed: int = 0, atol: Optional[float] = None) -> LayerwiseReport:
+                   seed: int = 0, atol: Optional[float] = None,
+                   progress: Optional[Callable[[str], None]] = None) -> LayerwiseReport:
     """Every named tensor of `artifact`'s `precision` step graph against the fp32 step graph, over a
     `steps`-frame rollout of seeded inputs.
 
@@ -140,7 +141,10 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     `atol` (default: the precision's max-abs tolerance) is stated for normalized features (RMS 1),
     and a tensor at a larger scale (the residual stream) carries a proportionally larger rounding
     error without anything being wrong. No relative term: elements near zero would dominate it.
+    `progress(message)` hears of each stage (the graphs loaded with every tensor marked as an output,
+    each step run and compared): minutes on a large model.
     """
+    say = progress or (lambda message: None)
     if atol is not None:   # before anything is read: NaN or inf would pass every tensor
         check_tolerance(atol, "--atol")
     pg = import_polygraphy()
@@ -181,10 +185,12 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     # kept for all steps and both graphs, would not fit in memory
     acc: dict[str, dict[str, Any]] = {}
     carry: dict[str, np.ndarray] = {}
+    say(f"loading the fp32 and {precision} step graphs with every tensor marked as an output")
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
         try:
             with ref_runner, test_runner:
                 for t, feed in enumerate(_rollout_feeds(cfg, inputs)):
+                    say(f"step {t + 1}/{steps}: running both graphs and comparing their tensors")
                     if t > 0:   # the fp32 graph's own outputs feed the next step
                         feed["features"] = carry["next_features_raw" if cfg.normalize_reps else "next_features"]
                         for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
