@@ -40,12 +40,16 @@ def run(*args) -> _Result:
     """The command line in-process (the many-case tests: a subprocess per case costs seconds)."""
     from typer.testing import CliRunner
 
-    from vitac_deploy.cli import app
+    from vitac_deploy.cli import _is, app, usage_line
 
-    r = CliRunner().invoke(app, [str(a) for a in args])
+    # as the console script runs it (cli.main): usage errors are one line, exit 2
+    r = CliRunner().invoke(app, [str(a) for a in args], standalone_mode=False)
+    if r.exception is not None and _is(r.exception, "UsageError"):
+        return _Result(2, r.stdout, r.stderr + usage_line(r.exception) + "\n")
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception   # an escaped exception is a crash, whatever the exit code says
-    return _Result(r.exit_code, r.stdout, r.stderr)
+    code = r.return_value if isinstance(r.return_value, int) else r.exit_code
+    return _Result(code, r.stdout, r.stderr)
 
 
 def one_line_error(p, code=2):

@@ -89,6 +89,14 @@ def _is(e: BaseException, name: str) -> bool:
     return any(c.__name__ == name for c in type(e).__mro__)
 
 
+def usage_line(e: BaseException) -> str:
+    """The one line a usage error (a bad option value, an unknown flag) prints, exit 2."""
+    ctx = getattr(e, "ctx", None)
+    where = f"vitac-deploy {ctx.info_name} --help" if ctx is not None and ctx.parent is not None \
+        else "vitac-deploy --help"
+    return f"error: {e.format_message()} (see `{where}`)"
+
+
 def main() -> None:
     """The console script: usage errors (a bad option value, an unknown flag) print one line and
     exit 2, like every other user error, instead of a boxed usage message."""
@@ -108,10 +116,7 @@ def main() -> None:
             typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else str(e))
             sys.exit(0)
         if _is(e, "UsageError"):
-            ctx = getattr(e, "ctx", None)
-            where = f"vitac-deploy {ctx.info_name} --help" if ctx is not None and ctx.parent is not None \
-                else "vitac-deploy --help"
-            typer.echo(f"error: {e.format_message()} (see `{where}`)", err=True)
+            typer.echo(usage_line(e), err=True)
             sys.exit(2)
         if _is(e, "Abort"):
             typer.echo("error: interrupted", err=True)

@@ -59,17 +59,20 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     if images.shape[-1] != 3:
         raise VitacError(f"images must have 3 channels (RGB) last, got shape {list(images.shape)}")
     if 0 in images.shape[:2]:
-        raise VitacError(f"images must hold at least one frame, got shape {list(images.shape)}")
-    check_frame_size("images", images.shape[2], images.shape[3])
+        raise VitacError(f"images must not be empty (at least one frame), got shape {list(images.shape)}")
+    # an array already in memory costs nothing more here (only what the resize reads is converted):
+    # the pixel cap is for what is still to be decoded or received
+    check_frame_size("images", images.shape[2], images.shape[3], cap_pixels=False)
     return images
 
 
-def check_frame_size(what: str, height: int, width: int) -> None:
+def check_frame_size(what: str, height: int, width: int, cap_pixels: bool = True) -> None:
     """One rule for a camera frame's size, wherever it comes from (a file, an array, a request):
-    at least MIN_IMAGE_SIDE pixels each way, at most MAX_IMAGE_PIXELS in all."""
+    at least MIN_IMAGE_SIDE pixels each way, and (`cap_pixels`: for frames still to be decoded or
+    received) at most MAX_IMAGE_PIXELS in all."""
     if min(height, width) < MIN_IMAGE_SIDE:
         raise VitacError(f"{what} must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got {height}x{width}")
-    if height * width > MAX_IMAGE_PIXELS:
+    if cap_pixels and height * width > MAX_IMAGE_PIXELS:
         raise VitacError(f"{what}: a frame of {width} x {height} ({height * width / 1e6:.0f} Mpx) is larger than "
                          f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx: resize it first (the encoder sees a square crop "
                          f"resized to its input size)")
