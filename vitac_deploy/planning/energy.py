@@ -17,35 +17,10 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from ..contract import check_normalized, raw_equivalent
 from ..errors import VitacError
 
 PoseUpdate = Union[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
-MEAN_TOL, VAR_TOL = 2e-3, 5e-3    # how far from (0, <= 1) a token of "normalized" features may be
-
-
-def check_normalized(name: str, x: np.ndarray) -> None:
-    """Refuse features that are not LayerNorm outputs (no affine): per token mean 0 and variance
-    v / (v + eps) <= 1 (0 for a constant raw token). Raw encoder features fail by far."""
-    x = np.asarray(x, np.float64)
-    if np.abs(x.mean(-1)).max() > MEAN_TOL or x.var(-1).max() > 1 + VAR_TOL:
-        raise VitacError(f"{name} must be normalized features (LayerNorm without affine over the feature axis: "
-                         f"mean 0 and variance 1 per token), as the encoder path returns them")
-
-
-def raw_equivalent(normalized: np.ndarray, eps: float) -> np.ndarray:
-    """Features that the graph's input LayerNorm (no affine, `eps`) maps back to `normalized`.
-
-    The step graphs normalize their `features` input, as upstream normalizes encoder output once;
-    the planner receives features already normalized. LayerNorm with eps is not idempotent, so
-    they are scaled by s = sqrt(eps / (1 - var)) first: LN(s x) = x / sqrt(var + eps / s^2) = x
-    exactly for zero-mean x with var < 1 (a normalized token has var = v / (v + eps) < 1)."""
-    check_normalized("current", normalized)
-    x = np.asarray(normalized, np.float64)
-    var = x.var(-1, keepdims=True)
-    gap = np.maximum(1.0 - var, 1e-12)   # var rounds to >= 1 only for huge raw variances: s is then ~1e3
-    return (x * np.sqrt(eps / gap)).astype(np.float32)
-
-
 def check_features(name: str, x, cfg) -> np.ndarray:
     """[1, N, D] (or [N, D]) float features of the model's shape, finite (and normalized where
     the model normalizes its features)."""

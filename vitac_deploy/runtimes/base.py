@@ -283,7 +283,7 @@ class Runtime:
         the host per rollout. Valid until the next `stage_context` on this runtime.
 
         The features are raw (what `rollout` takes), or with `normalized=True` LayerNorm outputs
-        (what the planner takes), staged as their raw equivalent (planning.energy.raw_equivalent).
+        (what the planner takes), staged as their raw equivalent (contract.raw_equivalent).
         Device arrays (CUDA arrays, or tensors on a torch runtime's device) are taken without a host
         copy where the backend can (`_stage_device`)."""
         cfg = self.cfg
@@ -317,7 +317,7 @@ class Runtime:
             raise VitacError(f"context of {C} frames exceeds max_frames={self.max_frames}")
         array = self._check("context", array, (R, C, N, D))
         if normalized and cfg.normalize_reps:
-            from ..planning.energy import raw_equivalent
+            from ..contract import raw_equivalent
 
             array = raw_equivalent(array, cfg.feature_norm_eps)
         self._stage_host(np.ascontiguousarray(array, np.float32))

@@ -5,7 +5,7 @@ on the host, in float64)."""
 from __future__ import annotations
 
 from ...errors import VitacError
-from ...planning.energy import MEAN_TOL, VAR_TOL
+from ...contract import MEAN_TOL, VAR_TOL
 
 
 def device_tensor(torch, x, device: str, name: str):
@@ -27,7 +27,7 @@ def device_tensor(torch, x, device: str, name: str):
 
 
 def raw_equivalent(torch, normalized, eps: float):
-    """planning.energy.raw_equivalent on the device: features the graph's input LayerNorm (no
+    """contract.raw_equivalent on the device: features the graph's input LayerNorm (no
     affine, `eps`) maps back to `normalized`; refuses features that are not normalized."""
     x = normalized.double()
     mean, var = x.mean(-1), x.var(-1, unbiased=False)
