@@ -86,6 +86,17 @@ def test_bytes_views_and_folded_constants_counted_by_hand():
         graph_cost(m, {})
 
 
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_sum_counted_by_hand(keepdims):
+    """ReduceSum (axes an input from opset 13): its output shape, and the bytes it reads and writes."""
+    axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
+    m = _tiny([helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum", keepdims=keepdims)],
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 3, 2, 8])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], [axes])
+    node = graph_cost(m, {"batch": 5}).nodes[0]
+    assert node.kernel and node.flops == 0 and node.nbytes == 2 * (5 * 3 * 2 * 8 + 5 * 3 * 8) + 8
+
+
 def test_an_unknown_operator_is_named():
     m = _tiny([helper.make_node("Conv", ["x", "x"], ["y"], name="c")],
               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3])],
