@@ -127,6 +127,28 @@ def test_ort_fused_default_model_meets_the_roofline_goal(tmp_path):
     assert f32.kernels == 15 * cfg.depth + 12 and f16.kernels == f32.kernels + 1 and f16.ops["Cast"] == 1
 
 
+def test_alternative_spellings_script_measures_every_spelling_exact(tmp_path):
+    """scripts/ort_fused_alternatives.py (the evidence in docs/benchmarks.md) on a small config: every
+    spelling passes the export's validation, and the counts order as documented (pairs-gemm < pairs-reduce
+    < shipped in kernels; the Gemm and ReduceSum traffic the CUDA provider adds only to the alternatives)."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ort_fused_alternatives.py"
+    p = subprocess.run([sys.executable, str(script), "--config", _small_config(tmp_path), "--samples", "8",
+                        "--cem-steps", "1", "--validate"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()
+            if line.split() and line.split()[0] in ("shipped", "pairs-reduce", "pairs-gemm")}
+    assert set(rows) == {"shipped", "pairs-reduce", "pairs-gemm"}
+    kernels = {k: int(r[2]) for k, r in rows.items()}                       # after ONNX Runtime, fp32
+    assert kernels["pairs-gemm"] < kernels["pairs-reduce"] < kernels["shipped"]
+    roofline = {k: (float(r[6].rstrip("s")), float(r[7].rstrip("s"))) for k, r in rows.items()}
+    assert roofline["shipped"][0] == roofline["shipped"][1]
+    assert all(model < as_run for k, (model, as_run) in roofline.items() if k != "shipped")
+    for r in rows.values():   # validation max abs fp32 / fp16 within the export's tolerances
+        assert float(r[8]) < 1e-4 and float(r[10]) < 5e-2
+
+
 @pytest.mark.parametrize("cache", ["concat", "static"])
 def test_trt_attention_form_holds_one_attention_per_block(cache):
     cfg = SMALL
