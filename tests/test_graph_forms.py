@@ -75,6 +75,80 @@ def test_ort_fused_form_holds_the_fused_operators(precision):
                                                                                                "present_value.0"]
 
 
+def test_ort_fused_form_writes_its_outputs_where_they_are_computed():
+    """No output is an Identity copy, the last block's SkipLayerNormalization writes no residual sum
+    (nothing reads it), the frame's RoPE tables take one node (the sine's pair sign) and broadcast over
+    the q|k heads untiled; and the values are the ones the same graph gives with its Identities
+    (ONNX Runtime CPU, float32, bit for bit, over a 3-frame rollout)."""
+    import onnxruntime as ort
+
+    from vitac_deploy.exporters.form_graphs import OrtFusedStepGraphBuilder
+    from vitac_deploy.exporters.step_graph import StepGraphBuilder
+    from vitac_deploy.validation import ParityInputs
+    from vitac_deploy.validation.polygraphy import reference_steps
+
+    cfg, model = SMALL_SWIGLU_EXTR, random_predictor(SMALL_SWIGLU_EXTR, 0)
+    w = _weights(model)
+    g = OrtFusedStepGraphBuilder(cfg, w).build()
+    with_identities = StepGraphBuilder.build(OrtFusedStepGraphBuilder(cfg, w))   # the form before its output pass
+    assert _ops(with_identities)["Identity"] == 2 and _ops(g)["Identity"] == 0
+    producer = {o: n for n in g.graph.node for o in n.output}
+    assert all(producer[o.name].op_type not in ("Identity", "Reshape") for o in g.graph.output)
+    sums = [list(n.output) for n in g.graph.node if n.op_type == "SkipLayerNormalization"]
+    assert all(o[3] for o in sums[:-1]) and sums[-1][3] == "" and sums[-1][0]
+    tables = [n for n in g.graph.node if set(n.input) & {"rope_cos", "rope_sin"} and n.op_type != "Reshape"]
+    assert [n.op_type for n in tables] == ["Mul"] and _ops(g)["Tile"] == 0
+    gather = [n for n in g.graph.node if n.op_type == "Gather"]
+    inits = {t.name: t for t in g.graph.initializer}
+    assert all(onnx.helper.get_attribute_value(n.attribute[0]) == 3 for n in gather)
+    assert all(list(onnx.numpy_helper.to_array(inits[n.input[1]])) == list(pair_swap(cfg.head_dim)) for n in gather)
+
+    feeds, _ = reference_steps(model, ParityInputs.make(cfg, 2, 3, seed=1))
+    runs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            for m in (g, with_identities)]
+    for feed in feeds:
+        a, b = (dict(zip([o.name for o in s.get_outputs()], s.run(None, feed))) for s in runs)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_ort_fused_default_model_meets_the_roofline_goal(tmp_path):
+    """The default model's fp16 plan (400 samples x horizon 2 x 10 CEM steps) on the graph cost model:
+    within 0.8 s on an H100; after ONNX Runtime's optimizer 15 kernels per block and 12 around them
+    (the float16 graph one more: its output Cast, which the CPU provider can no longer merge away)."""
+    from vitac_deploy.config import PRESETS
+    from vitac_deploy.exporters.cost import ort_optimized, plan_cost
+    from vitac_deploy.roofline import ROOFLINE_DEVICES
+
+    cfg = PRESETS["vitac-l384"]
+    export_artifact(random_predictor(cfg, 0), tmp_path / "a", ExportOptions(validate=False, first_frame_graph=False,
+                                                                            graph_form="ort-fused"))
+    assert plan_cost(tmp_path / "a", "fp16").roofline_s(ROOFLINE_DEVICES["h100"]) <= 0.8
+    f32, f16 = (ort_optimized(tmp_path / "a" / name) for name in ("step.onnx", "step.fp16.onnx"))
+    assert f32.kernels == 15 * cfg.depth + 12 and f16.kernels == f32.kernels + 1 and f16.ops["Cast"] == 1
+
+
+def test_alternative_spellings_script_measures_every_spelling_exact(tmp_path):
+    """scripts/ort_fused_alternatives.py (the evidence in docs/benchmarks.md) on a small config: every
+    spelling passes the export's validation, and the counts order as documented (pairs-gemm < pairs-reduce
+    < shipped in kernels; the Gemm and ReduceSum traffic the CUDA provider adds only to the alternatives)."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ort_fused_alternatives.py"
+    p = subprocess.run([sys.executable, str(script), "--config", _small_config(tmp_path), "--samples", "8",
+                        "--cem-steps", "1", "--validate"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()
+            if line.split() and line.split()[0] in ("shipped", "pairs-reduce", "pairs-gemm")}
+    assert set(rows) == {"shipped", "pairs-reduce", "pairs-gemm"}
+    kernels = {k: int(r[2]) for k, r in rows.items()}                       # after ONNX Runtime, fp32
+    assert kernels["pairs-gemm"] < kernels["pairs-reduce"] < kernels["shipped"]
+    roofline = {k: (float(r[6].rstrip("s")), float(r[7].rstrip("s"))) for k, r in rows.items()}
+    assert roofline["shipped"][0] == roofline["shipped"][1]
+    assert all(model < as_run for k, (model, as_run) in roofline.items() if k != "shipped")
+    for r in rows.values():   # validation max abs fp32 / fp16 within the export's tolerances
+        assert float(r[8]) < 1e-4 and float(r[10]) < 5e-2
+
+
 @pytest.mark.parametrize("cache", ["concat", "static"])
 def test_trt_attention_form_holds_one_attention_per_block(cache):
     cfg = SMALL

@@ -214,8 +214,8 @@ def _infer(node: onnx.NodeProto, s: _Shapes, opset: int) -> tuple[list[tuple], f
         return [tuple(a * r for a, r in zip(ins[0], s.const_ints(node.input[1])))], 0.0
     if op == "Expand":
         return [_broadcast(ins[0], tuple(s.const_ints(node.input[1])))], 0.0
-    if op == "ReduceMean":
-        axes = _attr(node, "axes") if opset < 18 else s.const_ints(node.input[1])
+    if op in ("ReduceMean", "ReduceSum"):   # ReduceSum takes its axes as an input from opset 13, ReduceMean from 18
+        axes = _attr(node, "axes") if opset < (13 if op == "ReduceSum" else 18) else s.const_ints(node.input[1])
         keep = _attr(node, "keepdims", 1)
         ax = {a % len(ins[0]) for a in axes}
         out = [1 if i in ax else v for i, v in enumerate(ins[0])] if keep else \

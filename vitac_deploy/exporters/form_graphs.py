@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..config import PredictorConfig
 from ..graph_forms import ORT_FUSED, PORTABLE, TRT_ATTENTION, check_graph_form
@@ -70,11 +70,22 @@ class OrtFusedStepGraphBuilder(_ElementwiseRope):
         MatMul proj -> SkipLayerNormalization (residual1 + proj bias + norm2)
         MatMul fc1 -> BiasGelu -> MatMul fc2 (its bias goes to the next SkipLayerNormalization)
 
+    RoPE runs on a [B, L, 2 * heads, head_dim] view of q|k, so the frame's [1, L, 1, head_dim] tables
+    broadcast over the heads: one node per graph (the sine's pair sign), no tiling. The last block's
+    SkipLayerNormalization writes no residual sum (nothing reads it), and the outputs are named at the
+    nodes that compute them (no Identity: ONNX Runtime runs the one whose input has another reader as a
+    copy of [B, N, D] float32).
+
     LayerNorms run on the compute dtype directly, scale and bias in it too: ONNX Runtime computes
     their statistics in float32 (LayerNormalization: its CUDA and CPU kernels; SkipLayerNormalization
     on CUDA: in `enable_skip_layer_norm_strict_mode`, which the runtime sets for this form). The
     q/k/v weight stays ONE initializer, split by constant nodes that ONNX Runtime folds at load, so
-    the float32 graph still carries every upstream weight under its name."""
+    the float32 graph still carries every upstream weight under its name.
+
+    Why not fewer nodes: see docs/benchmarks.md ("Graph forms and the graph cost model"). Every other
+    spelling measured there either moves more bytes as ONNX Runtime's CUDA provider runs it (a Gemm
+    broadcasts its bias with a second GEMM; ReduceSum over a middle axis zeroes its output first) or
+    needs an operator the CPU provider lacks (packed QKV / KV in MultiHeadAttention)."""
 
     form = ORT_FUSED
 
@@ -92,23 +103,22 @@ class OrtFusedStepGraphBuilder(_ElementwiseRope):
     def _norm_params(self, prefix: str) -> tuple[str, str]:
         return self._w(f"{prefix}.weight"), self._w(f"{prefix}.bias")
 
-    def _skip_norm(self, x: str, y: str, bias: str, norm: str, name: str) -> tuple[str, str]:
-        """(LayerNorm(x + y + bias), x + y + bias) in one node."""
+    def build(self) -> onnx.ModelProto:
+        return outputs_at_producers(super().build())
+
+    def _skip_norm(self, x: str, y: str, bias: str, norm: str, name: str, keep_sum: bool = True) -> tuple[str, str]:
+        """(LayerNorm(x + y + bias), x + y + bias) in one node; the sum is not written if not `keep_sum`."""
         scale, beta = self._norm_params(norm)
-        outs = [f"{name}.normed", "", "", f"{name}.sum"]
+        outs = [f"{name}.normed", "", "", f"{name}.sum" if keep_sum else ""]
         self.g.op("SkipLayerNormalization", [y, x, scale, beta, bias], name, out_names=outs, domain=MS_DOMAIN,
                   epsilon=float(self.cfg.layer_norm_eps))
         return outs[0], outs[3]
 
-    def _rope_tables3(self, cos: str, sin_signed: str) -> tuple[str, str]:
-        """[1, L, 2d] tables over q|k: each head's row tiled over the heads, twice."""
-        cfg, g = self.cfg, self.g
-        if self.first_frame:   # constants: tiled here rather than by a node ONNX Runtime would have to fold
-            tiled = [np.tile(numpy_helper.to_array(g.initializers.pop(t)), (1, 1, 2 * cfg.num_heads))
-                     for t in (cos, sin_signed)]
-            return g.const("rope_cos_qk_frame0", tiled[0]), g.const("rope_sin_qk_frame0", tiled[1])
-        reps = self._ints(1, 1, 2 * cfg.num_heads)
-        return g.one("Tile", [cos, reps], "rope_cos_qk"), g.one("Tile", [sin_signed, reps], "rope_sin_qk")
+    def _rope_heads(self, cos: str, sin_signed: str) -> tuple[str, str]:
+        """The frame's tables as [1, L, 1, head_dim] views: they broadcast over q|k's 2 * heads."""
+        shape = self._ints(1, self.cfg.tokens_per_step, 1, self.cfg.head_dim)
+        return (self.g.one("Reshape", [cos, shape], "rope_cos_heads"),
+                self.g.one("Reshape", [sin_signed, shape], "rope_sin_heads"))
 
     def attention_fused(self, h: str, i: int, cos: str, sin: str, swap: str) -> str:
         """Attention of block i on the normed tokens `h` [B, L, d], before the proj bias."""
@@ -119,8 +129,12 @@ class OrtFusedStepGraphBuilder(_ElementwiseRope):
         b_qk, b_v = g.op("Split", [self._w(f"{p}.qkv.bias"), self._ints(2 * d, d)], f"{p}.qkv.bias_split",
                          outputs=2, axis=0)
         qk = g.one("Add", [g.one("MatMul", [h, w_qk], f"{p}.qk.matmul"), b_qk], f"{p}.qk.add")
-        qk = self.rope(qk, cos, sin, swap, 2, f"{p}.qk")
-        q, k = g.op("Split", [qk, self._ints(d, d)], f"{p}.qk.split", outputs=2, axis=2)
+        H, hd, L = cfg.num_heads, cfg.head_dim, cfg.tokens_per_step
+        qk = g.one("Reshape", [qk, self._ints(0, L, 2 * H, hd)], f"{p}.qk.heads")   # a view
+        qk = self.rope(qk, cos, sin, swap, 3, f"{p}.qk")
+        q, k = g.op("Split", [qk, self._ints(H, H)], f"{p}.qk.split", outputs=2, axis=2)
+        tokens = self._ints(0, L, d)
+        q, k = (g.one("Reshape", [t, tokens], f"{p}.{n}.tokens") for t, n in ((q, "q"), (k, "k")))
         v = g.one("MatMul", [h, w_v], f"{p}.v.matmul")
         zeros = g.const(f"zeros_{2 * d}:{self.cd}", np.zeros(2 * d, _NP[self.cd]))
         bias = g.one("Concat", [zeros, b_v], f"{p}.mha_bias", axis=0)   # q, k biases went in before RoPE
@@ -145,8 +159,8 @@ class OrtFusedStepGraphBuilder(_ElementwiseRope):
 
     def transformer(self, x: str, cos: str, sin: str) -> str:
         cfg, g = self.cfg, self.g
-        cos, sin = self._rope_tables3(cos, sin)
-        swap = g.const("rope_pair_swap_qk", pair_swap(cfg.head_dim, 2 * cfg.num_heads))
+        cos, sin = self._rope_heads(cos, sin)
+        swap = g.const("rope_pair_swap", pair_swap(cfg.head_dim))
         scale, beta = self._norm_params("predictor_blocks.0.norm1")
         h = g.one("LayerNormalization", [x, scale, beta], "predictor_blocks.0.norm1", axis=-1,
                   epsilon=float(cfg.layer_norm_eps))
@@ -155,8 +169,9 @@ class OrtFusedStepGraphBuilder(_ElementwiseRope):
             a = self.attention_fused(h, i, cos, sin, swap)
             h, x = self._skip_norm(x, a, self._w(f"{b}.attn.proj.bias"), f"{b}.norm2", f"{b}.residual1")
             m, m_bias = self.mlp_fused(h, i)
-            norm = f"predictor_blocks.{i + 1}.norm1" if i + 1 < cfg.depth else "predictor_norm"
-            h, x = self._skip_norm(x, m, m_bias, norm, f"{b}.residual2")
+            last = i + 1 == cfg.depth
+            norm = "predictor_norm" if last else f"predictor_blocks.{i + 1}.norm1"
+            h, x = self._skip_norm(x, m, m_bias, norm, f"{b}.residual2", keep_sum=not last)
         # the final norm ran on every token (one fused node); the output is the patch tokens
         return g.one("Slice", [h, self._ints(cfg.cond_tokens), self._ints(cfg.tokens_per_step), self._ints(1)],
                      "patch_tokens")
@@ -215,6 +230,25 @@ class AttentionStepGraphBuilder(_ElementwiseRope):
         from ..contract import static_max_len
 
         return static_max_len(self.cfg, self.cache_frames)
+
+
+def outputs_at_producers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop each Identity that only renames a tensor computed in the graph into a graph output: the
+    node computing it writes the output under its name instead (ONNX Runtime runs such an Identity as
+    a copy when the tensor has another reader). Values are unchanged."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    computed = {o for n in g.node if n.op_type != "Identity" for o in n.output}
+    for node in [n for n in g.node if n.op_type == "Identity"]:
+        src, dst = node.input[0], node.output[0]
+        if dst in outputs and src in computed and src not in outputs:
+            g.node.remove(node)
+            for n in g.node:
+                for names in (n.input, n.output):
+                    for j, name in enumerate(names):
+                        if name == src:
+                            names[j] = dst
+    return model
 
 
 _BUILDERS = {PORTABLE: StepGraphBuilder, ORT_FUSED: OrtFusedStepGraphBuilder, TRT_ATTENTION: AttentionStepGraphBuilder}
