@@ -212,15 +212,7 @@ class AttentionStepGraphBuilder(_ElementwiseRope):
         q = self.rope(heads(q, "q"), cos, sin, swap, 3, f"{p}.q")
         k = self.rope(heads(k, "k"), cos, sin, swap, 3, f"{p}.k")
         v = heads(v, "v")
-        if self.first_frame:
-            k = g.one("Identity", [k], out_names=[f"present_key.{i}"])
-            v = g.one("Identity", [v], out_names=[f"present_value.{i}"])
-        elif self.cache == "static":
-            k = g.one("TensorScatter", [f"past_key.{i}", k, "write_index"], out_names=[f"present_key.{i}"], axis=2)
-            v = g.one("TensorScatter", [f"past_value.{i}", v, "write_index"], out_names=[f"present_value.{i}"], axis=2)
-        else:
-            k = g.one("Concat", [f"past_key.{i}", k], out_names=[f"present_key.{i}"], axis=2)
-            v = g.one("Concat", [f"past_value.{i}", v], out_names=[f"present_value.{i}"], axis=2)
+        k, v = self.cache_update(k, v, i)
         out = g.one("Attention", [q, k, v] + ([mask] if mask else []), f"{p}.attention", scale=float(hd ** -0.5))
         out = g.one("Reshape", [g.one("Transpose", [out], f"{p}.merge", perm=[0, 2, 1, 3]), self._ints(0, L, d)],
                     f"{p}.merged")

@@ -175,20 +175,26 @@ class StepGraphBuilder:
                                 self._ints(0, tokens, width)], f"{p}.merged")
         return self.linear(out, f"{p}.proj")
 
+    def cache_update(self, k: str, v: str, i: int) -> tuple[str, str]:
+        """present_key.i / present_value.i: this frame's keys and values written as the cache
+        contract says (alone on the first frame, appended, or scattered into the static buffer)."""
+        g = self.g
+        if self.first_frame:
+            return (g.one("Identity", [k], out_names=[f"present_key.{i}"]),
+                    g.one("Identity", [v], out_names=[f"present_value.{i}"]))
+        if self.cache == "static":
+            # written in place when the runtime binds present to past's buffer: only this frame moves
+            return (g.one("TensorScatter", [f"past_key.{i}", k, "write_index"], out_names=[f"present_key.{i}"], axis=2),
+                    g.one("TensorScatter", [f"past_value.{i}", v, "write_index"], out_names=[f"present_value.{i}"],
+                          axis=2))
+        return (g.one("Concat", [f"past_key.{i}", k], out_names=[f"present_key.{i}"], axis=2),
+                g.one("Concat", [f"past_value.{i}", v], out_names=[f"present_value.{i}"], axis=2))
+
     def attention(self, x: str, i: int, cos: str, sin: str) -> str:
-        cfg, g, p = self.cfg, self.g, f"predictor_blocks.{i}.attn"
+        cfg, p = self.cfg, f"predictor_blocks.{i}.attn"
         L, d = cfg.tokens_per_step, cfg.predictor_embed_dim
         q, k, v = self.qkv_heads(x, p, L, cfg.num_heads, cfg.head_dim, cos, sin)
-        if self.first_frame:
-            k = g.one("Identity", [k], out_names=[f"present_key.{i}"])
-            v = g.one("Identity", [v], out_names=[f"present_value.{i}"])
-        elif self.cache == "static":
-            # written in place when the runtime binds present to past's buffer: only this frame moves
-            k = g.one("TensorScatter", [f"past_key.{i}", k, "write_index"], out_names=[f"present_key.{i}"], axis=2)
-            v = g.one("TensorScatter", [f"past_value.{i}", v, "write_index"], out_names=[f"present_value.{i}"], axis=2)
-        else:
-            k = g.one("Concat", [f"past_key.{i}", k], out_names=[f"present_key.{i}"], axis=2)
-            v = g.one("Concat", [f"past_value.{i}", v], out_names=[f"present_value.{i}"], axis=2)
+        k, v = self.cache_update(k, v, i)
         # static: the whole buffer is attended, the frames not yet written masked out
         return self.attend(q, k, v, p, L, d, "attn_bias" if self.cache == "static" else None)
 
