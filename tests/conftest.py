@@ -218,7 +218,12 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
         _outcomes["skipped"].append(_skip_reason(report))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.deletion_guard import uninstall
+
+    # the tests are over: the net comes off before pytest's cache provider writes its folder
+    uninstall()
     # A golden-dependent test that skipped (other than for hardware) did not check what the project
     # promises: the run fails, even if everything else passed.
     if _outcomes["golden_skipped"] and session.exitstatus == 0:

@@ -38,10 +38,21 @@ def _guard(fn, name: str):
     return guarded
 
 
+_GUARDED = (("shutil", shutil, "rmtree"), ("os", os, "unlink"), ("os", os, "remove"), ("os", os, "rmdir"))
+
+
 def install() -> None:
-    """Wrap the deletion functions for the rest of this process (idempotent)."""
+    """Wrap the deletion functions until `uninstall` (idempotent)."""
     if getattr(shutil.rmtree, "__wrapped__", None) is not None:
         return
-    shutil.rmtree = _guard(shutil.rmtree, "shutil.rmtree")
-    for name in ("unlink", "remove", "rmdir"):
-        setattr(os, name, _guard(getattr(os, name), f"os.{name}"))
+    for module_name, module, name in _GUARDED:
+        setattr(module, name, _guard(getattr(module, name), f"{module_name}.{name}"))
+
+
+def uninstall() -> None:
+    """Put the original deletion functions back (idempotent). Called when the tests are over, so
+    that pytest's own bookkeeping (its cache folder beside the repository, made through a
+    temporary sibling it removes) is not refused."""
+    for _, module, name in _GUARDED:
+        fn = getattr(module, name)
+        setattr(module, name, getattr(fn, "__wrapped__", fn))

@@ -45,3 +45,24 @@ def test_openpi_helper_never_removes_an_existing_directory(tmp_path, monkeypatch
     assert ts._openpi_python() is None
     assert (mine / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], "the helper wrote into the user's folder"
+
+
+def test_the_net_comes_off_before_pytest_writes_its_cache(tmp_path):
+    """CI clones outside the temporary folder, and pytest's cache provider makes its folder there at
+    the session's end through a temporary sibling it removes: the net must be off by then, or a
+    green run exits 1 with a traceback. A child session reproduces it: its temporary folder (TMPDIR)
+    is not where its cache goes."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    child_tmp, cache = tmp_path / "child-tmp", tmp_path / "elsewhere" / "cache"
+    child_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(child_tmp)}
+    test = "tests/test_test_safety.py::test_deletions_outside_the_temporary_folder_are_refused"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "cacheprovider", "-o",
+                        f"cache_dir={cache}", "--basetemp", str(child_tmp / "base"), test],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 passed" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    assert (cache / "v" / "cache" / "nodeids").is_file(), "pytest wrote no cache"
