@@ -124,6 +124,11 @@ def test_renamed_flags_keep_their_old_names_hidden():
     assert "CEM plan: 8 samples, horizon 3" in new.stdout and new.stdout == old.stdout
     both = cli("info", "--samples", "8", "--plan-samples", "9")
     assert both.returncode == 2 and "give --samples (--plan-samples is its old name), not both" in both.stderr
+    # the new flag given at its default value is given all the same: refused, not silently overridden
+    at_default = cli("serve", "ART", "--horizon", "2", "--rollout", "3")
+    assert at_default.returncode == 2, at_default.stderr
+    assert "give --horizon (--rollout is its old name), not both" in at_default.stderr
+    assert len(at_default.stderr.strip().splitlines()) == 1, at_default.stderr
     for command, old_flag, new_flag in (("info", "--plan-samples", "--samples"), ("serve", "--rollout", "--horizon"),
                                         ("demo", "--plan-steps", "--cem-steps")):
         text = cli(command, "--help").stdout

@@ -25,6 +25,7 @@ QUICK_PLAN = "--samples 64 --topk 8 --cem-steps 3"
 
 @cli_errors
 def demo(
+    ctx: typer.Context,
     preset: str = typer.Option("vitac-l384", "--preset", help="Config of the rollout stage (seeded random weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Keep the artifacts and camera frames in this folder and "
                                                            "print the commands that use them (default: a temp dir, "
@@ -54,8 +55,8 @@ def demo(
     from ..validation import ParityInputs
     from .export import summary_table
 
-    plan_samples = o.alias(samples, plan_samples, "--samples", "--plan-samples", 16)
-    plan_steps = o.alias(cem_steps, plan_steps, "--cem-steps", "--plan-steps", 2)
+    plan_samples = o.alias(samples, plan_samples, "--samples", "--plan-samples", 16, ctx)
+    plan_steps = o.alias(cem_steps, plan_steps, "--cem-steps", "--plan-steps", 2, ctx)
     console, err = stdout_console(), stderr_console()
     cfg = PredictorConfig.preset(preset)
     planner_cfg = PredictorConfig.preset(planner)    # unknown names fail before any work

@@ -110,6 +110,7 @@ def render_plan(p: dict) -> Table:
 
 @cli_errors
 def info(
+    ctx: typer.Context,
     preset: Optional[str] = typer.Option(None, "--preset", help="A named config (vitac-l384, vjepa2-ac-vitg)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint to inspect (.pt/.pth/.safetensors)."),
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig JSON or upstream kwargs JSON."),
@@ -163,10 +164,10 @@ def info(
         cfg = PredictorConfig.from_dict(read_manifest(artifact)["config"])
     else:
         cfg = PredictorConfig.resolve(config, preset)
-    plan = PlanOptions(opt.alias(samples, plan_samples, "--samples", "--plan-samples"),
-                       opt.alias(horizon, plan_horizon, "--horizon", "--plan-horizon"),
-                       opt.alias(context, plan_context, "--context", "--plan-context"),
-                       opt.alias(cem_steps, plan_cem_steps, "--cem-steps", "--plan-cem-steps"),
+    plan = PlanOptions(opt.alias(samples, plan_samples, "--samples", "--plan-samples", ctx=ctx),
+                       opt.alias(horizon, plan_horizon, "--horizon", "--plan-horizon", ctx=ctx),
+                       opt.alias(context, plan_context, "--context", "--plan-context", ctx=ctx),
+                       opt.alias(cem_steps, plan_cem_steps, "--cem-steps", "--plan-cem-steps", ctx=ctx),
                        chunk, budget, device_budget, unified, precision, backend, engines, fused_attention)
     if artifact is not None and plan.samples is None and any(
             v is not None for v in (budget, device_budget, unified, backend, engines, fused_attention)):

@@ -74,13 +74,23 @@ def hidden(flag: str, default: Any = None) -> Any:
     return typer.Option(default, flag, hidden=True)
 
 
-def alias(value: Any, old: Any, flag: str, old_flag: str, default: Any = None) -> Any:
-    """The value of a renamed flag: the new one, or the old (hidden) one where only that was given."""
+def alias(value: Any, old: Any, flag: str, old_flag: str, default: Any = None, ctx: Any = None) -> Any:
+    """The value of a renamed flag: the new one, or the old (hidden) one where only that was given.
+    With the command's `typer.Context`, a new flag given at its default value counts as given."""
     if old is None:
         return value
-    if value != default:
+    if _given(ctx, flag, value, default):
         raise VitacError(f"give {flag} ({old_flag} is its old name), not both")
     return old
+
+
+def _given(ctx: Any, flag: str, value: Any, default: Any) -> bool:
+    """Whether `flag` was given: where the context records its source (command line, environment,
+    default), from that; otherwise, whether its value differs from the default."""
+    source = ctx.get_parameter_source(flag.lstrip("-").replace("-", "_")) if ctx is not None else None
+    if source is None:
+        return value != default
+    return source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def cem_options(horizon: int, samples: int, topk: int, cem_steps: int, momentum_mean: float,

@@ -13,6 +13,7 @@ from ._common import cli_errors, stderr_console
 
 @cli_errors
 def serve(
+    ctx: typer.Context,
     artifact: Path = o.artifact_argument(),
     encoder: Optional[Path] = o.ENCODER, backend: str = o.backend(), device: Optional[str] = o.DEVICE,
     precision: Optional[str] = o.PRECISION,
@@ -45,7 +46,7 @@ def serve(
     from ..errors import VitacError
     from ..serving import ServeOptions, serve as run
 
-    horizon = o.alias(horizon, rollout, "--horizon", "--rollout", o.HORIZON.default)
+    horizon = o.alias(horizon, rollout, "--horizon", "--rollout", o.HORIZON.default, ctx)
     cem = o.cem_options(horizon, samples, topk, cem_steps, momentum_mean, momentum_mean_gripper, momentum_std,
                         momentum_std_gripper, maxnorm, close_gripper)
     opts = ServeOptions(image_key=image_key, batch_window_ms=batch_window_ms, max_robots=max_robots,
