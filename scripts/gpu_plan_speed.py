@@ -91,7 +91,7 @@ class Run:
         self.peak = peak_for(gpu)
         self.result: dict[str, Any] = {
             "date": now_iso(), "versions": versions(), "command": " ".join(sys.argv),
-            "device": {"kind": args.device, "gpu": gpu, "peak_datasheet": self.peak.__dict__ if self.peak else None,
+            "device": {"kind": args.device, "gpu": gpu, "peak_datasheet": self.peak.ceilings() if self.peak else None,
                        "torch_cuda": torch.version.cuda, "cpu_threads": torch.get_num_threads()},
             "options": vars(args), "ceilings": {}, "plans": [], "profile": [], "skipped": [], "errors": [],
             "complete": False}

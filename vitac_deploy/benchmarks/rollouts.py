@@ -429,7 +429,7 @@ def _bench_plan(baseline, artifact, opts: BenchOptions, result, workdir: Path, s
     peak = peak_for(result["machine"].get("gpu")) if opts.device == "cuda" else None
     result["plan"] = {"flops": flops, "upstream_flops": upstream_plan_flops(cfg, p.samples, p.rollout, p.cem_steps),
                       "bytes_model": plan_bytes(cfg, p.samples, p.rollout, p.cem_steps, opts.precision, chunk=opts.chunk),
-                      "peak": peak.__dict__ if peak else None,
+                      "peak": peak.ceilings() if peak else None,
                       "problem": "planning_problem(cfg, seed), draws numpy default_rng(seed)"}
     warm = CEMOptions(**{**p.__dict__, "cem_steps": 1})
 
@@ -505,7 +505,7 @@ def _roofline(result: dict[str, Any], opts: BenchOptions, key: str, artifact: Pa
     on the named device (--roofline-device, or the GPU's own when it is a named one) and on all."""
     cache = result.setdefault("roofline", {})
     if key not in cache:
-        from ..roofline import device_for_gpu
+        from ..roofline import device_for_gpu, roofline_device
 
         try:
             c = cost(artifact)
@@ -515,7 +515,8 @@ def _roofline(result: dict[str, Any], opts: BenchOptions, key: str, artifact: Pa
         from ..exporters.cost import plan_summary
 
         summary = plan_summary(c)
-        device = opts.roofline_device or device_for_gpu(result["machine"].get("gpu"))
+        device = (roofline_device(opts.roofline_device).key if opts.roofline_device   # an alias: its key
+                  else device_for_gpu(result["machine"].get("gpu")))
         cache[key] = {"device": device, "seconds": summary["roofline_s"].get(device) if device else None,
                       "kernels_per_frame": c.kernels_per_frame[0], "bytes": c.nbytes, "flops": c.flops,
                       "per_device_s": summary["roofline_s"]}

@@ -248,7 +248,7 @@ def _print(console: Console, result: dict, cfg, opts) -> None:
         peak = result["plan"].get("peak")
         console.print(f"% of peak against {peak['name']} ({peak['fp16_dense_tflops']} TFLOP/s fp16, {peak['fp32_tflops']} "
                       f"fp32, {peak['bandwidth_tb_s']} TB/s; datasheet)" if peak else
-                      "% of peak: this device's peak is not known (CPU, or a GPU not in vitac_deploy/roofline.py)")
+                      "% of peak: this device's peak is not known (CPU, or a GPU not in vitac_deploy/devices.py)")
         _roofline_note(console, result)
         return
     table = Table(title=f"{cfg.num_parameters():,}-parameter model, {opts.context} context + {opts.horizon} predicted "

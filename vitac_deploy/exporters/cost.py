@@ -36,7 +36,7 @@ from onnx import numpy_helper
 from ..config import PredictorConfig
 from ..contract import BATCH, PAST, PRESENT
 from ..errors import VitacError
-from ..roofline import ROOFLINE_DEVICES, RooflineDevice, kernel_seconds
+from ..roofline import ROOFLINE_DEVICES, RooflineDevice, kernel_seconds, roofline_device
 
 _ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT64: 8,
              onnx.TensorProto.INT32: 4, onnx.TensorProto.BOOL: 1, onnx.TensorProto.DOUBLE: 8,
@@ -360,8 +360,8 @@ def rollout_cost(artifact: str | Path, precision: str = "fp16", batch: int = 1, 
 
 
 def roofline_table(cost: PlanCost, devices: Iterable[str] = tuple(ROOFLINE_DEVICES)) -> dict[str, Optional[float]]:
-    """Roofline seconds of a plan per named device."""
-    return {d: cost.roofline_s(ROOFLINE_DEVICES[d]) for d in devices}
+    """Roofline seconds of a plan per named device (a key or an alias of `vitac_deploy.devices`)."""
+    return {d: cost.roofline_s(roofline_device(d)) for d in devices}
 
 
 @dataclass(frozen=True)

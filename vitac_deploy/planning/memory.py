@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Optional
 
 from ..config import PredictorConfig
+from ..devices import DISCRETE_RESERVE, JETSON_RESERVE  # noqa: F401  (importable here, as before)
+from ..devices import Device, device as _named_device, need, with_figures
 from ..errors import VitacError
 from ..precision import PRECISIONS as _PRECISIONS, precision as get_precision
 
@@ -325,48 +327,19 @@ def upstream_plan_flops(cfg: PredictorConfig, samples: int, horizon: int, cem_st
 
 
 # -- devices ---------------------------------------------------------------------------------------
-JETSON_RESERVE = 2 * GiB   # ASSUMPTION: carve-outs, headless OS, CUDA context, Python; measure on the target
-DISCRETE_RESERVE = 1 * GiB  # ASSUMPTION: CUDA context and library workspaces on a discrete GPU
-
-
-@dataclass(frozen=True)
-class Device:
-    """A named memory budget. `budget` = `total` - `reserve`; `unified`: host and device share the
-    DRAM (Jetson), so pinned host buffers count against the same budget."""
-
-    name: str
-    total: int
-    reserve: int
-    unified: bool
-    fp16_dense_tflops: Optional[float] = None   # dense fp16 tensor-core peak, where a vendor figure is known
-    note: str = ""
-
-    @property
-    def budget(self) -> int:
-        return self.total - self.reserve
-
-
-DEVICES: dict[str, Device] = {
-    "orin-nano-8gb": Device("Jetson Orin Nano 8 GB", 8 * GiB, JETSON_RESERVE, True,
-                            note="8 GB LPDDR5 shared by CPU and GPU"),
-    "orin-nx-16gb": Device("Jetson Orin NX 16 GB", 16 * GiB, JETSON_RESERVE, True,
-                           note="16 GB LPDDR5 shared by CPU and GPU"),
-    "agx-orin-32gb": Device("Jetson AGX Orin 32 GB", 32 * GiB, JETSON_RESERVE, True,
-                            note="32 GB LPDDR5 shared by CPU and GPU"),
-    "agx-orin-64gb": Device("Jetson AGX Orin 64 GB", 64 * GiB, JETSON_RESERVE, True,
-                            note="64 GB LPDDR5 shared by CPU and GPU"),
-    "h100-80gb": Device("H100 80 GB (SXM)", 81559 * MiB, DISCRETE_RESERVE, False, fp16_dense_tflops=989.4,
-                        note="81559 MiB as nvidia-smi reports an 80 GB H100; 989.4 TFLOP/s dense fp16 "
-                             "(1979 with 2:4 sparsity), NVIDIA's H100 SXM figure"),
-}
+# The devices are the one table's (vitac_deploy.devices): its memory figures are what the budgets
+# read. The --device-budget keys as they always were (two are aliases there), then any other device
+# of the table with a memory size under its key; every key or alias of the table resolves (`device`).
+_BUDGET_KEYS = ("orin-nano-8gb", "orin-nx-16gb", "agx-orin-32gb", "agx-orin-64gb", "h100-80gb")
+DEVICES: dict[str, Device] = {k: _named_device(k) for k in _BUDGET_KEYS}
+DEVICES.update({k: d for k, d in with_figures("total").items() if all(d is not v for v in DEVICES.values())})
 
 
 def device(name: str) -> Device:
-    """A `DEVICES` entry by key."""
-    try:
-        return DEVICES[name]
-    except KeyError:
-        raise VitacError(f"unknown device '{name}' (known: {', '.join(DEVICES)})") from None
+    """A device by key or alias (`DEVICES`, or any of `vitac_deploy.devices`) that has a memory size,
+    reserve and kind; one line naming what it lacks otherwise."""
+    dev = need(_named_device(name), "total", purpose="a memory budget")
+    return need(dev, "reserve", "unified", purpose="a memory budget")
 
 
 # -- parsing ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ What is a model and what is a figure:
   elementwise op (LayerNorm, RoPE, residual, activation) fused into the matrix products around
   it: the weights read once per frame, each matrix product's input read and output written once,
   the KV cache read by attention and the new frame's K/V written. Unfused runtimes move more.
-- the peaks: `vitac_deploy.roofline.ROOFLINE_DEVICES`, vendor datasheet figures (dense, no
+- the peaks: `vitac_deploy.roofline.ROOFLINE_DEVICES` (the one device table's, `vitac_deploy.devices`),
+  vendor datasheet figures (dense, no
   sparsity), not measurements; the GPU check measures the device's own ceilings (an 8192^3 fp16
   GEMM, a device-to-device copy) beside them.
 
