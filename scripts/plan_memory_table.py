@@ -44,6 +44,7 @@ def devices_table() -> str:
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for key, d in DEVICES.items():
         rate = f"{d.fp16_dense_tflops:g} TFLOP/s" if d.fp16_dense_tflops else "-"
+        rate += " (derived)" if d.fp16_dense_tflops and "fp16_dense_tflops" in d.derived else ""
         rows.append(f"| `{key}` | {d.name} | {'unified' if d.unified else 'device'} | {d.total / GiB:.2f} GiB "
                     f"| {d.reserve / GiB:g} GiB | {d.budget / GiB:.2f} GiB | {rate} |")
     return "\n".join(rows)

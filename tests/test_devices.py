@@ -74,7 +74,8 @@ def test_gpu_names_match_roofline_keys():
         assert device_for_gpu(name) == roofline_key(name) == key
     h200 = peak_for("NVIDIA H200")
     assert h200 is ROOFLINE_DEVICES["h200"]
-    assert set(h200.ceilings()) == {"name", "bandwidth_tb_s", "fp16_dense_tflops", "fp32_tflops", "source", "match"}
+    assert set(h200.ceilings()) == {"name", "bandwidth_tb_s", "fp16_dense_tflops", "fp32_tflops", "source", "match",
+                                   "derived"}
 
 
 def test_unknown_key_is_one_line():
@@ -131,3 +132,19 @@ def test_bench_roofline_device_by_alias_reports_its_key(tmp_path):
     assert set(per_device) == set(ROOFLINE_DEVICES)
     assert row["roofline_device"] == "h100" and row["roofline_s"] == per_device["h100"] > 0
 
+
+
+def test_a_derived_rate_says_so_where_it_is_shown():
+    """The Jetsons' fp16 rates are computed from INT8/FP4 figures, not published: the budget's compute
+    limit and the docs' table say so."""
+    import subprocess
+    import sys
+
+    from vitac_deploy.devices import device
+
+    assert device("agx-orin-64gb").derived == ("fp16_dense_tflops",) and device("h100").derived == ()
+    orin, h100 = (subprocess.run([sys.executable, "-m", "vitac_deploy", "info", "--samples", "400", "--device-budget",
+                                  key], capture_output=True, text=True) for key in ("agx-orin-64gb", "h100-80gb"))
+    assert orin.returncode == h100.returncode == 0, orin.stderr + h100.stderr
+    assert "42.5 TFLOP/s dense fp16 (derived, not published)" in orin.stdout, orin.stdout
+    assert "989.4 TFLOP/s dense fp16" in h100.stdout and "derived" not in h100.stdout, h100.stdout

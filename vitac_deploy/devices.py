@@ -49,6 +49,7 @@ class Device:
     fp16, dense, fp32 accumulation where the vendor splits it), `fp32_tflops` (plain fp32, CUDA
     cores: what an fp32 graph with TF32 off gets); `source` cites them. `match`: substrings of the
     GPU name (lower case) that mean this device. `key` and `aliases`: the names it is looked up by.
+    `derived`: the figures computed from another vendor number (the source says how), not published.
     """
 
     name: str
@@ -63,6 +64,7 @@ class Device:
     match: tuple[str, ...] = ()
     key: str = ""
     aliases: tuple[str, ...] = ()
+    derived: tuple[str, ...] = ()
 
     @property
     def budget(self) -> Optional[int]:
@@ -76,7 +78,7 @@ class Device:
     def ceilings(self) -> dict[str, Any]:
         """The roofline's figures as data (name, bandwidth, rates, source, GPU-name matchers)."""
         return {"name": self.name, "bandwidth_tb_s": self.bandwidth_tb_s, "fp16_dense_tflops": self.fp16_dense_tflops,
-                "fp32_tflops": self.fp32_tflops, "source": self.source, "match": self.match}
+                "fp32_tflops": self.fp32_tflops, "source": self.source, "match": self.match, "derived": self.derived}
 
 
 _TABLE = (
@@ -118,13 +120,13 @@ _TABLE = (
         source="NVIDIA Jetson AGX Orin Series technical brief: 204.8 GB/s LPDDR5; GPU 5.3 FP32 TFLOPS and 170 sparse "
                "INT8 TOPS (64 third-generation tensor cores). The fp16 figure is DERIVED: 85 dense INT8 TOPS, halved "
                "for fp16 on Ampere tensor cores",
-        match=("orin",), key="agx-orin", aliases=("agx-orin-64gb",)),
+        match=("orin",), key="agx-orin", aliases=("agx-orin-64gb",), derived=("fp16_dense_tflops",)),
     Device(
         "Jetson AGX Thor (T5000)", bandwidth_tb_s=0.273, fp16_dense_tflops=258.8, fp32_tflops=None,
         source="NVIDIA Jetson AGX Thor datasheet: 273 GB/s LPDDR5X, 2,070 FP4 TFLOPS (sparse). The fp16 figure is "
                "DERIVED: halved for dense, then halved per doubling of precision (FP8, FP16) on Blackwell tensor "
                "cores; no fp32 rate is published",
-        match=("thor",), key="thor"),
+        match=("thor",), key="thor", derived=("fp16_dense_tflops",)),
 )
 
 DEVICES: dict[str, Device] = {d.key: d for d in _TABLE}

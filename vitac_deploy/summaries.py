@@ -94,7 +94,8 @@ def plan_summary(cfg: PredictorConfig, samples: int, horizon: Optional[int] = No
         if dev is not None:
             b["device"] = {"key": device_budget, "name": dev.name, "total_bytes": dev.total,
                            "reserve_bytes": dev.reserve, "unified": dev.unified,
-                           "fp16_dense_tflops": dev.fp16_dense_tflops}
+                           "fp16_dense_tflops": dev.fp16_dense_tflops,
+                           "fp16_derived": "fp16_dense_tflops" in dev.derived}
             if dev.fp16_dense_tflops:
                 b["compute_limit_seconds"] = plan_flops(cfg, S, H, steps, C, best or chunk) / (dev.fp16_dense_tflops * 1e12)
         out["budget"] = b

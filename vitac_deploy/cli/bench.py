@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import VitacError
+from ..roofline import ROOFLINE_DEVICES
 from . import options as o
 from ._common import cli_errors, plain, stderr_console, stdout_console
 
@@ -71,8 +72,8 @@ def bench(
                                    "backend cannot run is skipped (ort-fused: onnxruntime only)."),
     roofline_device: Optional[str] = typer.Option(
         None, "--roofline-device", help="Print each graph row's roofline time (the graph cost model) on this named "
-                                        "device: h100, h200, rtx-4090, agx-orin, thor (default: the GPU benched, if "
-                                        "it is one of them). The JSON has every device's."),
+                                        f"device: {', '.join(ROOFLINE_DEVICES)} (default: the GPU benched, if it is "
+                                        "one of them). The JSON has every device's."),
     seed: int = o.seed("Seed of weights and inputs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of per-frame latency vs frame index."),

@@ -103,7 +103,8 @@ def render_plan(p: dict) -> Table:
                       str(b["chunks_per_cem_step"]) if b["chunks_per_cem_step"] else "-")
         table.add_row("plan fits at all", "yes" if b["plan_fits"] else "no (not even 1 sample)")
         if b["compute_limit_seconds"] is not None:
-            table.add_row(f"compute limit at {dev['fp16_dense_tflops']:g} TFLOP/s dense fp16",
+            derived = " (derived, not published)" if dev.get("fp16_derived") else ""
+            table.add_row(f"compute limit at {dev['fp16_dense_tflops']:g} TFLOP/s dense fp16{derived}",
                           f"{b['compute_limit_seconds']:.3f} s")
     return table
 
