@@ -13,6 +13,7 @@ and their buffers (`_sent`, `_received`; read as `host_traffic`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import threading
@@ -31,11 +32,14 @@ _RUNTIME_IDS = itertools.count(1)   # names the runtime a StagedContext belongs 
 
 def serialized(method):
     """One call at a time per runtime: its buffers, cache and goal are shared state. A second
-    thread waits (a plan holds `runtime.lock` across its goal and all its rollouts)."""
+    thread waits (a plan holds `runtime.lock` across its goal and all its rollouts). A closed
+    runtime refuses the call: its buffers are freed, and a backend would read freed memory."""
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self.lock:
+            if getattr(self, "_closed", False):
+                raise VitacError(f"this {self.backend} runtime was closed: open a new one with open_runtime")
             return method(self, *args, **kwargs)
 
     return locked
@@ -66,6 +70,7 @@ class Runtime:
         self.max_frames = max_frames or cfg.max_frames
         self.max_batch = max_batch
         self.lock = threading.RLock()
+        self._closed = False        # close() frees the buffers for good: every later call is refused
         self._capacity = 0          # batch the buffers are allocated for
         self.batch = 0
         self.frames = 0             # frames in the cache
@@ -501,7 +506,17 @@ class Runtime:
         return full
 
     def close(self) -> None:
-        """Free the buffers now (they are freed with the runtime otherwise)."""
+        """Free the buffers now (they are freed with the runtime otherwise). Every later call is
+        refused with a VitacError (open a new runtime); closing again does nothing."""
+        # a backend whose __init__ failed half way may be closed (its __del__) before the lock exists
+        with getattr(self, "lock", None) or contextlib.nullcontext():
+            if getattr(self, "_closed", False):
+                return
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        """Free what the backend holds (buffers, streams, sessions' memory): the hook of close()."""
 
     @property
     def cache_bytes(self) -> int:

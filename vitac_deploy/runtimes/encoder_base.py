@@ -24,12 +24,14 @@ class EncoderRuntime:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise VitacError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.cfg, self.precision, self.device, self.max_batch = cfg, precision, device, max_batch
+        self._closed = False
 
     def describe(self) -> str:
         return f"{self.backend} encoder ({self.device}, {self.precision})"
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed single frames [M, 3, S, S] float32 -> normalized features [M, N, D]."""
+        self._check_open()
         S = self.cfg.img_size
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S):
             raise VitacError(f"pixels must be a numpy array [M, 3, {S}, {S}], got "
@@ -53,5 +55,16 @@ class EncoderRuntime:
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):   # its buffers are freed: a backend would read freed memory
+            raise VitacError(f"this {self.backend} encoder was closed: open a new one with open_encoder")
+
     def close(self) -> None:
-        pass
+        """Free what the backend holds now; every later call is refused (closing again does nothing)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self._close()
+
+    def _close(self) -> None:
+        """The backend's hook of close()."""

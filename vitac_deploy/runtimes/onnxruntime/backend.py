@@ -264,7 +264,7 @@ class OnnxRuntimeRuntime(Runtime):
             b.free()
         self._buffers = []
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._release()
         if self._context_buf is not None:
             self._context_buf.free()

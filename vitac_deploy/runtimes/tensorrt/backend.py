@@ -232,7 +232,7 @@ class TensorRTRuntime(Runtime):
             b.free()
         self._buffers = []
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Free device memory now (it is freed with the runtime otherwise)."""
         self._release()
         if getattr(self, "_context_buf", None) is not None:

@@ -79,7 +79,7 @@ class TensorRTEncoder(EncoderRuntime):
         self._stream.synchronize()
         return self._host_out.array[:n].reshape(M, N, D).copy()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if getattr(self, "_stream", None) is not None:
             self._stream.synchronize()
         self._ctx = None

@@ -44,6 +44,7 @@ class TorchEncoder(EncoderRuntime):
         """As `encode_pixels`, but the features stay where the encoder runs: a float32 tensor
         [M, N, D] on its device. A torch predictor runtime on the same device takes them as the
         planner's current and goal features (`planning.plan`) without a host round trip."""
+        self._check_open()
         S = self.cfg.img_size
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S) \
                 or pixels.shape[0] == 0:

@@ -346,7 +346,7 @@ class FastTorchRuntime(Runtime):
     def graphs_in_use(self) -> bool:
         return self.cuda_graphs or self.compile_mode in GRAPHING_MODES
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._graphs.clear()
         for name in list(self.fast._buffers):
             if name not in ("cos", "sin"):

@@ -1,0 +1,91 @@
+"""The Python API used wrongly: every misuse is one clear VitacError, never a crash, a raw numpy or
+onnxruntime error, or a silently wrong answer. Real artifacts (a small predictor and encoder
+exported into a temporary folder), real ONNX Runtime and torch runtimes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL
+from vitac_deploy.encoder import EncoderConfig
+from vitac_deploy.errors import VitacError
+from vitac_deploy.exporters import ExportOptions, export_artifact
+from vitac_deploy.exporters.encoder_artifact import EncoderExportOptions, export_encoder
+from vitac_deploy.reference import random_encoder, random_predictor
+from vitac_deploy.runtimes import open_encoder, open_runtime
+
+ENCODER = EncoderConfig(img_size=64, patch_size=16, embed_dim=SMALL.embed_dim, depth=1, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    art = tmp_path_factory.mktemp("misuse") / "art"
+    export_artifact(random_predictor(SMALL, 0), art, ExportOptions(precisions=["fp32"], validate=False))
+    export_encoder(random_encoder(ENCODER, 0), art / "encoder", EncoderExportOptions(precisions=["fp32"],
+                                                                                      validate=False))
+    return art
+
+
+# Run in a child process: before the fix, a closed ONNX Runtime runtime bound freed buffers and
+# the child died of a segmentation fault (or heap corruption) instead of raising.
+CLOSED = r"""
+import json, sys
+import numpy as np
+from vitac_deploy.errors import VitacError
+from vitac_deploy.runtimes import open_encoder, open_runtime
+
+art, backend = sys.argv[1], sys.argv[2]
+rt = open_runtime(art, backend=backend)
+cfg = rt.cfg
+N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
+rng = np.random.default_rng(0)
+feats = rng.standard_normal((1, N, D)).astype(np.float32)
+act, state = np.zeros((1, A), np.float32), np.zeros((1, A), np.float32)
+ctx = feats[:, None]
+acts, states = np.zeros((2, 2, A), np.float32), np.zeros((2, 2, A), np.float32)
+rt.rollout(ctx, acts, states, 2)
+rt.reset(1)
+rt.append(feats, act, state)   # a stream under way when it is closed
+rt.close()
+rt.close()   # closing again does nothing
+calls = {
+    "append": lambda: rt.append(feats, act, state),
+    "reset": lambda: rt.reset(1),
+    "rollout": lambda: rt.rollout(ctx, acts, states, 2),
+    "set_goal": lambda: rt.set_goal(feats),
+    "stage_context": lambda: rt.stage_context(ctx),
+    "rollout_energy": lambda: rt.rollout_energy(ctx, acts, states, 2),
+}
+enc = open_encoder(art + "/encoder", backend=backend)
+image = rng.integers(0, 255, (1, 32, 40, 3), dtype=np.uint8)
+enc.encode(image)
+enc.close()
+enc.close()
+calls["encode"] = lambda: enc.encode(image)
+out = {}
+for name, call in calls.items():
+    try:
+        call()
+        out[name] = "no error"
+    except VitacError as e:
+        out[name] = str(e)
+    except Exception as e:
+        out[name] = f"{type(e).__name__}: {e}"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "torch-reference"])
+def test_a_closed_runtime_refuses_every_call(artifact, backend):
+    p = subprocess.run([sys.executable, "-c", CLOSED, str(artifact), backend], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    for call, message in got.items():
+        assert "was closed: open a new one" in message, (call, message)
