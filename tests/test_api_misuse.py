@@ -89,3 +89,24 @@ def test_a_closed_runtime_refuses_every_call(artifact, backend):
     got = json.loads(p.stdout.strip().splitlines()[-1])
     for call, message in got.items():
         assert "was closed: open a new one" in message, (call, message)
+
+
+def _cli(*args, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", "vitac_deploy", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_serve_on_a_taken_port_or_unknown_host_is_one_line_exit_2(artifact):
+    """Before: `error: internal error (OSError) ...` and exit 1, the code of a parity mismatch."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host in ("127.0.0.1", "256.1.1.1"):
+            p = _cli("serve", artifact, "--host", host, "--port", port, "--samples", 4, "--topk", 2, "--cem-steps", 1)
+            assert p.returncode == 2, (host, p.returncode, p.stderr)
+            assert "Traceback" not in p.stderr and "internal error" not in p.stderr, p.stderr
+            last = p.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"error: cannot listen on {host}:{port}: "), last
