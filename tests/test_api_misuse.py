@@ -110,3 +110,20 @@ def test_serve_on_a_taken_port_or_unknown_host_is_one_line_exit_2(artifact):
             assert "Traceback" not in p.stderr and "internal error" not in p.stderr, p.stderr
             last = p.stderr.strip().splitlines()[-1]
             assert last.startswith(f"error: cannot listen on {host}:{port}: "), last
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorrt_rtx") is None,
+                    reason="TensorRT for RTX is not installed (pip install 'vitac-deploy[tensorrt-rtx]')")
+def test_build_engine_with_a_bad_timing_cache_leaves_nothing(artifact, tmp_path):
+    """A --timing-cache that is a directory, or in a missing one, is refused before building; before,
+    the engine was built, then `internal error (IsADirectoryError)`, exit 1, and ENGINE.plan.partial
+    and the cache's .partial were left behind."""
+    (tmp_path / "cache").mkdir()
+    for cache, why in ((tmp_path / "cache", "exists and is not a file"), (tmp_path / "no" / "tc", "does not exist")):
+        p = _cli("build-engine", artifact, "--out", tmp_path / "x.plan", "--flavour", "tensorrt-rtx",
+                 "--precision", "fp32", "--timing-cache", cache, timeout=600)
+        assert p.returncode == 2, (p.returncode, p.stderr[-1500:])
+        last = p.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and why in last and "internal error" not in p.stderr, p.stderr[-1500:]
+        assert sorted(q.name for q in tmp_path.iterdir()) == ["cache"], list(tmp_path.iterdir())
+        assert list((tmp_path / "cache").iterdir()) == []

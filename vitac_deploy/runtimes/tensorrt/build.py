@@ -232,6 +232,8 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         raise VitacError(f"--opt-level must be in 0..5, got {opts.opt_level}")
     if opts.workspace_mib is not None and opts.workspace_mib < 1:
         raise VitacError(f"--workspace must be at least 1 MiB, got {opts.workspace_mib}")
+    if opts.timing_cache is not None:   # checked before minutes of building, not after the first engine
+        check_timing_cache(Path(opts.timing_cache))
     rtx = opts.flavour == "tensorrt-rtx"
     if opts.compute_capabilities and not rtx:
         raise VitacError("--compute-capability is for --flavour tensorrt-rtx (TensorRT builds for the GPU it runs on)")
@@ -298,7 +300,10 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             config.progress_monitor = monitor
         cache = None
         if opts.timing_cache is not None:
-            blob = opts.timing_cache.read_bytes() if opts.timing_cache.is_file() else b""
+            try:
+                blob = opts.timing_cache.read_bytes() if opts.timing_cache.is_file() else b""
+            except OSError as e:
+                raise VitacError(f"cannot read --timing-cache {opts.timing_cache}: {e.strerror or e}") from None
             cache = config.create_timing_cache(blob)
             config.set_timing_cache(cache, ignore_mismatch=False)
         profile = builder.create_optimization_profile()
@@ -311,11 +316,13 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
         if plan is None:
             raise VitacError(f"TensorRT failed to build the {role} engine (run with --verbose for its log)")
         tmp = target.with_name(target.name + ".partial")
+        partials.append(tmp)   # removed if anything below fails: nothing half-built is left
         with open(tmp, "wb") as f:
             f.write(memoryview(plan))
         if cache is not None:
             ser = config.get_timing_cache().serialize()
             tc_tmp = opts.timing_cache.with_name(opts.timing_cache.name + ".partial")
+            partials.append(tc_tmp)
             tc_tmp.write_bytes(memoryview(ser))
             os.replace(tc_tmp, opts.timing_cache)
         return {"role": role, "file": target.name, "tmp": tmp, "source_onnx": graph["file"],
@@ -345,6 +352,7 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             jobs.append(("energy", manifest["graphs"]["energy"], energy_profile(cfg, prof),
                          out.with_name(out.stem + ".energy" + out.suffix), False))
     built: list[dict[str, Any]] = []
+    partials: list[Path] = []
     try:
         for job in jobs:
             built.append(build_one(*job))
@@ -354,13 +362,22 @@ def build_engine(artifact: Path, out: Path, opts: EngineOptions,
             os.replace(b.pop("tmp"), final)
             engines.append({**b, "file": final.name, "sha256": sha256_file(final)})
     except BaseException:
-        for b in built:
-            Path(b.get("tmp", "")).unlink(missing_ok=True)
+        for tmp in partials:
+            tmp.unlink(missing_ok=True)
         raise
     data = engine_manifest(artifact, cfg, opts.flavour, trt.__version__, gpu, targets, opts, prof, how, engines,
                            manifest.get("cache"), kind, form)
     write_json_atomic(out.with_name(out.name + ".json"), data)
     return data
+
+
+def check_timing_cache(path: Path) -> None:
+    """`--timing-cache` is read if it is there and replaced after each engine: a regular file (or
+    nothing yet) in an existing directory."""
+    if path.exists() and not path.is_file():
+        raise VitacError(f"--timing-cache {path} exists and is not a file (a timing cache is one file)")
+    if not path.parent.is_dir():
+        raise VitacError(f"cannot write --timing-cache {path}: {path.parent} does not exist")
 
 
 def set_tf32(trt, config, allow: bool) -> None:
