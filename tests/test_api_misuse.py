@@ -127,3 +127,24 @@ def test_build_engine_with_a_bad_timing_cache_leaves_nothing(artifact, tmp_path)
         assert last.startswith("error: ") and why in last and "internal error" not in p.stderr, p.stderr[-1500:]
         assert sorted(q.name for q in tmp_path.iterdir()) == ["cache"], list(tmp_path.iterdir())
         assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_encoder_pixels_must_be_float(artifact, backend):
+    """Pixels are preprocessed floats; before, uint8 frames that skipped preprocessing, bool,
+    object and complex arrays (the imaginary part dropped) were cast and encoded without a word."""
+    enc = open_encoder(artifact / "encoder", backend=backend)
+    S = enc.cfg.img_size
+    good = np.random.default_rng(0).standard_normal((2, 3, S, S))
+    want = enc.encode_pixels(good.astype(np.float32))
+    np.testing.assert_allclose(enc.encode_pixels(good), want, atol=1e-6)   # float64 is fine
+    np.testing.assert_allclose(enc.encode_pixels(np.asfortranarray(good)), want, atol=1e-6)
+    for bad in (np.zeros((1, 3, S, S), np.uint8), np.zeros((1, 3, S, S), np.int64), np.zeros((1, 3, S, S), bool),
+                good.astype(complex), good.astype(object)):
+        with pytest.raises(VitacError, match=f"pixels must be float .*got dtype {bad.dtype}"):
+            enc.encode_pixels(bad)
+        if backend == "torch":
+            with pytest.raises(VitacError, match="pixels must be float"):
+                enc.encode_pixels_on_device(bad)
+    with pytest.raises(VitacError, match="NaN or Inf"):
+        enc.encode_pixels(np.full((1, 3, S, S), 1e300))

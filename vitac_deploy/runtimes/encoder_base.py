@@ -29,8 +29,9 @@ class EncoderRuntime:
     def describe(self) -> str:
         return f"{self.backend} encoder ({self.device}, {self.precision})"
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Preprocessed single frames [M, 3, S, S] float32 -> normalized features [M, N, D]."""
+    def checked_pixels(self, pixels) -> np.ndarray:
+        """Preprocessed frames [M, 3, S, S] as the graph takes them (float32, C-contiguous), or one
+        VitacError: the rule of every encode path."""
         self._check_open()
         S = self.cfg.img_size
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S):
@@ -38,9 +39,17 @@ class EncoderRuntime:
                              f"{list(getattr(pixels, 'shape', [])) or type(pixels).__name__}")
         if pixels.shape[0] == 0:
             raise VitacError("pixels holds no frame")
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if pixels.dtype.kind != "f":   # uint8 frames not preprocessed, or complex/object data cast without a word
+            raise VitacError(f"pixels must be float (preprocessed: encoder.preprocess), got dtype {pixels.dtype}")
+        with np.errstate(over="ignore"):   # float64 beyond float32's range becomes inf: refused below
+            pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         if not np.isfinite(pixels).all():
             raise VitacError("pixels contain NaN or Inf")
+        return pixels
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed single frames [M, 3, S, S] float32 -> normalized features [M, N, D]."""
+        pixels = self.checked_pixels(pixels)
         out = [self._run(pixels[i:i + self.max_batch]) for i in range(0, pixels.shape[0], self.max_batch)]
         return np.concatenate(out) if len(out) > 1 else out[0]
 

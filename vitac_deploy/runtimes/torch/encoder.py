@@ -44,14 +44,6 @@ class TorchEncoder(EncoderRuntime):
         """As `encode_pixels`, but the features stay where the encoder runs: a float32 tensor
         [M, N, D] on its device. A torch predictor runtime on the same device takes them as the
         planner's current and goal features (`planning.plan`) without a host round trip."""
-        self._check_open()
-        S = self.cfg.img_size
-        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S) \
-                or pixels.shape[0] == 0:
-            raise VitacError(f"pixels must be a numpy array [M, 3, {S}, {S}] with M >= 1, got "
-                             f"{list(getattr(pixels, 'shape', [])) or type(pixels).__name__}")
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if not np.isfinite(pixels).all():
-            raise VitacError("pixels contain NaN or Inf")
+        pixels = self.checked_pixels(pixels)
         out = [self._features(pixels[i:i + self.max_batch]) for i in range(0, pixels.shape[0], self.max_batch)]
         return self._torch.cat(out) if len(out) > 1 else out[0]
