@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import BackendUnavailable, VitacError
+from ...errors import BackendUnavailable
 from ...precision import precision as get_precision
 from ..encoder_base import EncoderRuntime
 from . import BACKEND
