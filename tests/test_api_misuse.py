@@ -148,3 +148,37 @@ def test_encoder_pixels_must_be_float(artifact, backend):
                 enc.encode_pixels_on_device(bad)
     with pytest.raises(VitacError, match="NaN or Inf"):
         enc.encode_pixels(np.full((1, 3, S, S), 1e300))
+
+
+def test_the_client_resends_the_goal_it_sent_not_what_its_array_holds_now(artifact):
+    """`PolicyClient` resends the last goal image after a reconnect (the new server has none). It kept
+    a reference to the caller's array: a camera buffer refilled in place since then made it plan
+    towards the current view instead of the goal, silently. Real servers on loopback."""
+    pytest.importorskip("websockets")
+    from vitac_deploy.client import PolicyClient
+    from vitac_deploy.planning import CEMOptions
+    from vitac_deploy.serving import open_service
+    from vitac_deploy.serving.server import PolicyServer
+
+    cem = CEMOptions(samples=4, topk=2, cem_steps=1)
+    rng = np.random.default_rng(0)
+    now, goal = (rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(2))
+    pose = np.zeros(SMALL.action_dim, np.float32)
+    first = PolicyServer(open_service(artifact, backend="onnxruntime", cem=cem), port=0)
+    first.start_in_thread()
+    port = first.port
+    client = PolicyClient("127.0.0.1", port, reconnect=True, connect_timeout=30)
+    camera = goal.copy()   # the caller's buffer, sent as the goal
+    want = client.infer({"observation/image": now, "observation/state": pose, "goal/image": camera,
+                         "seed": 7})["actions"]
+    camera[:] = now        # the driver refills it with the next frame
+    first.stop()
+    second = PolicyServer(open_service(artifact, backend="onnxruntime", cem=cem), port=port)
+    second.start_in_thread()
+    try:
+        got = client.infer({"observation/image": now, "observation/state": pose, "seed": 7})["actions"]
+    finally:
+        client.close()
+        second.stop()
+    assert client.reconnects == 1
+    np.testing.assert_array_equal(got, want)

@@ -96,8 +96,9 @@ class PolicyClient:
         one-line message when it refuses the request."""
         from websockets.exceptions import ConnectionClosed
 
-        if self.goal_key in obs:
-            self._goal = obs[self.goal_key]
+        if self.goal_key in obs:   # a copy: a camera driver may refill the caller's array in place
+            goal = obs[self.goal_key]
+            self._goal = np.array(goal) if isinstance(goal, np.ndarray) else goal
         if self._closed:
             raise ConnectionError(f"{self.uri}: this client was closed")
         if self._ws is None:   # dropped after a timeout: a fresh connection, never the late reply
