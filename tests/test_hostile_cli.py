@@ -1,0 +1,78 @@
+"""A hostile user's inputs to the newer command-line surfaces (plan, energy-landscape, info
+--artifact, demo): each is one line on stderr and exit 2, never a warning dump, a traceback or an
+"internal error", and the Python API and the server answer the same input the same way."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL
+from vitac_deploy.encoder import EncoderConfig
+from vitac_deploy.errors import VitacError
+from vitac_deploy.exporters import EncoderExportOptions, ExportOptions, export_artifact, export_encoder
+from vitac_deploy.reference import random_encoder, random_predictor
+
+ROOT = Path(__file__).parents[1]
+FRAMES = ROOT / "examples" / "frames"
+ENC = EncoderConfig(img_size=64, patch_size=16, embed_dim=SMALL.embed_dim, depth=1, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    a = tmp_path_factory.mktemp("hostile") / "art"
+    export_artifact(random_predictor(SMALL, 3), a, ExportOptions(precisions=["fp32"], first_frame_graph=False))
+    export_encoder(random_encoder(ENC, 4), a / "encoder", EncoderExportOptions(precisions=["fp32"]))
+    return a
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vitac_deploy", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def one_line_error(p, code=2) -> str:
+    """The promise: exit `code`, and stderr is exactly one line, the error (no warnings, no traceback)."""
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), \
+        (p.returncode, p.stdout, p.stderr)
+    return lines[0]
+
+
+def scene_args(art, pose="0.1,0,0.2"):
+    return (art, "--observation", FRAMES / "franka_now.png", "--goal", FRAMES / "franka_goal.png", "--pose", pose)
+
+
+SMALL_PLAN = ("--samples", "8", "--topk", "2", "--cem-steps", "1")
+
+
+@pytest.mark.parametrize("pose", ["1e39,0,0", "1e300,0,0", "2e6,0,0"])
+def test_a_pose_past_float32_is_one_line_everywhere(art, pose):
+    # finite as float64, inf as the float32 the graphs take: refused before anything is opened
+    msg = one_line_error(cli("plan", *scene_args(art, pose), *SMALL_PLAN))
+    assert "--pose has entries beyond 1e6: not a pose" in msg
+    from vitac_deploy.planning.energy import check_pose
+    from vitac_deploy.serving.protocol import RequestError, ServeOptions, parse_request
+
+    values = np.array([float(v) for v in pose.split(",")])
+    with pytest.raises(VitacError, match="beyond 1e6: not a pose"):
+        check_pose(values[None], 3)
+    with pytest.raises(RequestError, match="beyond 1e6: not a pose"):
+        parse_request({"observation/image": np.zeros((8, 8, 3), np.uint8), "observation/state": values},
+                      ServeOptions(), 3)
+
+
+@pytest.mark.parametrize("maxnorm", ["1e300", "1e39", "inf"])
+def test_a_maxnorm_past_float32_is_one_line(art, maxnorm):
+    msg = one_line_error(cli("plan", *scene_args(art), *SMALL_PLAN, "--maxnorm", maxnorm))
+    assert "maxnorm must be a finite number in (0, 1e6]" in msg
+
+
+@pytest.mark.parametrize("size", ["1e39", "1e300"])
+def test_a_landscape_size_past_float32_is_one_line(art, tmp_path, size):
+    msg = one_line_error(cli("energy-landscape", *scene_args(art), "--grid", "2", "--size", size,
+                             "--plot", tmp_path / "l.png"))
+    assert "--size must be a finite number in (0, 1e6]" in msg
+    assert not (tmp_path / "l.png").exists()
