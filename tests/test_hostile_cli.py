@@ -76,3 +76,31 @@ def test_a_landscape_size_past_float32_is_one_line(art, tmp_path, size):
                              "--plot", tmp_path / "l.png"))
     assert "--size must be a finite number in (0, 1e6]" in msg
     assert not (tmp_path / "l.png").exists()
+
+
+def test_samples_past_what_a_plan_takes_are_one_line(art):
+    # past 1,000,000 numpy's and torch's size arithmetic overflowed: "internal error", exit 1
+    msg = one_line_error(cli("plan", *scene_args(art), "--samples", 10**14, "--topk", "2", "--cem-steps", "1"))
+    assert "samples must be at most 1,000,000" in msg
+    msg = one_line_error(cli("info", "--artifact", art, "--samples", 10**15))
+    assert "--samples must be at most 1,000,000" in msg
+    msg = one_line_error(cli("info", "--preset", "franka-small", "--samples", 10**23))
+    assert "--samples must be at most 1,000,000" in msg
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_cache_too_large_to_allocate_is_a_user_error(art, backend):
+    from vitac_deploy.runtimes import open_runtime
+
+    # numpy refuses the size before allocating (no memory is touched); torch says it overflowed
+    rt = open_runtime(art, backend=backend, max_batch=10**13)
+    with pytest.raises(VitacError, match="not enough memory for this runtime's buffers at batch 10000000000000"):
+        rt.reset(1)
+
+
+def test_a_plan_too_large_for_memory_is_one_line_exit_2(art):
+    # a million samples x a million CEM steps: its energies alone are 3.6 TiB, refused by numpy at once
+    p = cli("plan", *scene_args(art), "--samples", 10**6, "--topk", "2", "--cem-steps", 10**6, "--chunk", "8")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: not enough memory") and "--samples" in last, p.stderr

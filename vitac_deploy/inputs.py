@@ -12,13 +12,18 @@ from .config import PredictorConfig
 from .errors import VitacError, first_line
 
 __all__ = ["load_inputs", "parse_pose", "read_noise", "check_seed", "check_tolerance", "check_pose_values",
-           "check_action_bound", "MAX_SEED", "MAX_POSE"]
+           "check_action_bound", "MAX_SEED", "MAX_POSE",
+           "MAX_SAMPLES"]
 
 MAX_SEED = 2**63 - 1   # what a msgpack int64 carries: the server's limit, and so every entry point's
 # The largest pose entry or action bound taken: no robot's pose is near it, and poses and actions
 # added up over a horizon stay far inside float32 (the graphs' dtype, ~3.4e38), where a float64
 # number past it would turn into inf after the checks.
 MAX_POSE = 1e6
+# The most CEM samples (and CEM steps) a plan takes, like the landscape's 1,000,000 grid actions:
+# 2,500 times upstream's 400. Past it array sizes overflow numpy's and torch's size arithmetic
+# before any allocation could be refused as too large.
+MAX_SAMPLES = 1_000_000
 
 
 def check_seed(seed, what: str = "seed") -> int:
