@@ -104,3 +104,19 @@ def test_a_plan_too_large_for_memory_is_one_line_exit_2(art):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: not enough memory") and "--samples" in last, p.stderr
+
+
+@pytest.mark.parametrize("args,want", [
+    (["--samples", "1"], "--samples must be 0 (no planning stage) or at least 2"),
+    (["--cem-steps", "0"], "cem_steps must be a positive integer, got 0"),
+    (["--plan-samples", "4", "--plan-steps", "-1"], "cem_steps must be a positive integer, got -1"),
+    (["--horizon", "0"], "--horizon must be in 1..8"),
+    (["--horizon", "100"], "--horizon must be in 1..8"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--encoder", "nope"], "unknown encoder preset 'nope'"),
+    (["--encoder", "vit-l"], "encoder vit-l gives 256 x 1024 features"),
+])
+def test_demo_refuses_bad_options_before_any_work(args, want):
+    # they surfaced after the rollout stage's minutes of export and timing, some as exit 1
+    p = cli("demo", *args)
+    assert want in one_line_error(p) and p.stdout == "", p.stdout
