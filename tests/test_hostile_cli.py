@@ -120,3 +120,39 @@ def test_demo_refuses_bad_options_before_any_work(args, want):
     # they surfaced after the rollout stage's minutes of export and timing, some as exit 1
     p = cli("demo", *args)
     assert want in one_line_error(p) and p.stdout == "", p.stdout
+
+
+def _inputs(path, cfg, frames=3, fill=None):
+    N, D, A = cfg.tokens_per_frame, cfg.embed_dim, cfg.action_dim
+    feats = np.random.default_rng(0).standard_normal((1, 1, N, D))
+    if fill is not None:
+        feats[:] = fill
+    np.savez(path, features=feats, actions=np.zeros((1, frames, A), np.float32),
+             states=np.zeros((1, frames, A), np.float32))
+    return path
+
+
+@pytest.mark.parametrize("fill,horizon,want", [
+    (np.nan, None, "context contains NaN or inf"),
+    (1e39, None, "beyond float32's range"),
+    (None, "99", "exceed max_frames"),
+])
+def test_rollout_refusals_are_one_line_on_stderr(art, tmp_path, fill, horizon, want):
+    # a "runtime: ..." note went to stderr before the refusal: two lines
+    inp = _inputs(tmp_path / "in.npz", SMALL, fill=fill)
+    p = cli("rollout", art, "--inputs", inp, "--out", tmp_path / "out.npz", *(["--horizon", horizon] if horizon else []))
+    assert want in one_line_error(p)
+    assert not (tmp_path / "out.npz").exists() and sorted(q.name for q in tmp_path.iterdir()) == ["in.npz"]
+
+
+def test_rollout_never_writes_its_predictions_over_its_inputs(art, tmp_path):
+    inp = _inputs(tmp_path / "in.npz", SMALL)
+    before = inp.read_bytes()
+    for out in (inp, tmp_path / "." / "in.npz"):
+        msg = one_line_error(cli("rollout", art, "--inputs", inp, "--out", out))
+        assert "is the --inputs file" in msg
+    assert inp.read_bytes() == before
+    p = cli("rollout", art, "--inputs", inp, "--out", tmp_path / "out.npz")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    with np.load(tmp_path / "out.npz") as z:
+        assert z["predictions"].shape == (1, 3, SMALL.tokens_per_frame, SMALL.embed_dim)
