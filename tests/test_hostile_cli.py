@@ -156,3 +156,29 @@ def test_rollout_never_writes_its_predictions_over_its_inputs(art, tmp_path):
     assert p.returncode == 0 and p.stderr == "", p.stderr
     with np.load(tmp_path / "out.npz") as z:
         assert z["predictions"].shape == (1, 3, SMALL.tokens_per_frame, SMALL.embed_dim)
+
+
+@pytest.mark.parametrize("args,want", [
+    (["--port", "70000"], "port must be in 0..65535, got 70000"),
+    (["--api-key-env", "VITAC_TEST_SURELY_UNSET"], "the environment variable is unset or empty"),
+    (["--max-batch", "0"], "max_batch must be a positive integer, got 0"),
+])
+def test_serve_refuses_cheap_options_before_opening_anything(art, args, want):
+    # "opening the predictor and encoder" went to stderr before these were checked: two lines
+    assert want in one_line_error(cli("serve", art, *SMALL_PLAN, *args))
+
+
+def test_serve_on_an_address_it_cannot_listen_on_is_exit_2(art):
+    import socket
+
+    # an unknown host was an "internal error (gaierror)", exit 1; an address in use the same
+    p = cli("serve", art, *SMALL_PLAN, "--host", "999.1.1.1", "--port", "0")
+    assert p.returncode == 2 and "error: cannot listen on 999.1.1.1:0" in p.stderr.strip().splitlines()[-1], p.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = cli("serve", art, *SMALL_PLAN, "--port", port)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith(f"error: cannot listen on 127.0.0.1:{port}") and \
+        "Traceback" not in p.stderr, p.stderr

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Optional
 
 from ..client.msgpack_numpy import packb
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 from .batching import PlanService
 from .policy import Policy, Refusal
 
@@ -109,9 +109,14 @@ class PolicyServer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stopping.set)
         limit = self.service.options.max_message_bytes * HARD_LIMIT_FACTOR
-        async with serve(self._handler, self.host, self.port, process_request=self._process_request,
-                         compression=None, max_size=limit, max_queue=MAX_QUEUE, ping_interval=20,
-                         ping_timeout=60, server_header="vitac-deploy") as server:
+        try:
+            listening = await serve(self._handler, self.host, self.port, process_request=self._process_request,
+                                    compression=None, max_size=limit, max_queue=MAX_QUEUE, ping_interval=20,
+                                    ping_timeout=60, server_header="vitac-deploy")
+        except OSError as e:   # an unknown host, an address in use or not ours: the user's to fix
+            self.service.close(timeout=SHUTDOWN_GRACE_S)
+            raise VitacError(f"cannot listen on {self.host}:{self.port}: {e.strerror or first_line(e)}") from None
+        async with listening as server:
             sock = next(iter(server.sockets))
             self.port = sock.getsockname()[1]
             self.ready.set()
