@@ -211,3 +211,18 @@ def test_bench_runs_every_row_on_a_static_cache_artifact(static_art):
     p = cli("bench", static_art, "--horizon", "2", "--repeats", "1", "--warmup", "0")
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert "torch" in p.stdout and "static" in p.stdout
+
+
+def test_a_precision_given_twice_is_exported_once(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(SMALL.to_json())
+    out = tmp_path / "art"
+    p = cli("export", "--config", cfg, "--random-init", "--out", out, "--precision", "fp16,fp16",
+            "--no-first-frame-graph")
+    assert p.returncode == 0, p.stderr
+    # it built, wrote and validated fp16 twice, the second over the first
+    assert p.stderr.count("building fp16 graphs") == 1 and p.stderr.count("validating fp16") == 1, p.stderr
+    import json
+
+    m = json.loads((out / "manifest.json").read_text())
+    assert sorted(m["graphs"]) == ["energy", "step.fp16"] and list(m["tolerances"]) == ["fp16"]
