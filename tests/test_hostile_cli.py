@@ -226,3 +226,9 @@ def test_a_precision_given_twice_is_exported_once(tmp_path):
 
     m = json.loads((out / "manifest.json").read_text())
     assert sorted(m["graphs"]) == ["energy", "step.fp16"] and list(m["tolerances"]) == ["fp16"]
+
+
+def test_bench_refuses_a_compile_mode_no_row_uses(art):
+    # it was ignored: a table without the torch.compile rows the user asked for, exit 0
+    msg = one_line_error(cli("bench", art, "--compile-mode", "reduce-overhead", "--backend", "onnxruntime"))
+    assert "--compile-mode applies to torch-compile rows" in msg
