@@ -11,9 +11,19 @@ import numpy as np
 from .config import PredictorConfig
 from .errors import VitacError, first_line
 
-__all__ = ["load_inputs", "parse_pose", "read_noise", "check_seed", "check_tolerance", "MAX_SEED"]
+__all__ = ["load_inputs", "parse_pose", "read_noise", "check_seed", "check_tolerance", "check_pose_values",
+           "check_action_bound", "MAX_SEED", "MAX_POSE",
+           "MAX_SAMPLES"]
 
 MAX_SEED = 2**63 - 1   # what a msgpack int64 carries: the server's limit, and so every entry point's
+# The largest pose entry or action bound taken: no robot's pose is near it, and poses and actions
+# added up over a horizon stay far inside float32 (the graphs' dtype, ~3.4e38), where a float64
+# number past it would turn into inf after the checks.
+MAX_POSE = 1e6
+# The most CEM samples (and CEM steps) a plan takes, like the landscape's 1,000,000 grid actions:
+# 2,500 times upstream's 400. Past it array sizes overflow numpy's and torch's size arithmetic
+# before any allocation could be refused as too large.
+MAX_SAMPLES = 1_000_000
 
 
 def check_seed(seed, what: str = "seed") -> int:
@@ -30,6 +40,25 @@ def check_tolerance(value, what: str = "--atol") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
             or value <= 0:
         raise VitacError(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_pose_values(values, what: str = "pose") -> np.ndarray:
+    """Pose entries as every entry point takes them (CLI, Python, the server): finite, |x| <= MAX_POSE."""
+    a = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise VitacError(f"{what} contains NaN or inf")
+    if np.abs(a).max(initial=0) > MAX_POSE:
+        raise VitacError(f"{what} has entries beyond 1e6: not a pose")
+    return a
+
+
+def check_action_bound(value, what: str) -> float:
+    """A bound of sampled or gridded actions (CEM's maxnorm, the landscape's size): a finite
+    number in (0, MAX_POSE], so that actions and the poses they lead to stay finite in float32."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 < value <= MAX_POSE:
+        raise VitacError(f"{what} must be a finite number in (0, 1e6], got {value!r}")
     return float(value)
 
 
@@ -93,7 +122,7 @@ def parse_pose(text: str, action_dim: int) -> np.ndarray:
         raise VitacError(f"--pose must have {action_dim} numbers (the model's state dim), got {len(values)}")
     if not np.isfinite(values).all():
         raise VitacError(f"--pose must be finite numbers, got {text!r}")
-    return np.array([values], np.float32)
+    return check_pose_values([values], "--pose").astype(np.float32)
 
 
 def read_noise(path: Path) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from .config import PredictorConfig
 from .errors import VitacError, first_line
+from .inputs import MAX_SAMPLES
 
 
 def config_summary(cfg: PredictorConfig, parameters: Optional[int] = None) -> dict[str, Any]:
@@ -29,9 +30,12 @@ def config_summary(cfg: PredictorConfig, parameters: Optional[int] = None) -> di
 
 
 def _positive(flag: str, value: Optional[int], default: int) -> int:
+    """A count option of a plan: at least 1; --samples and --cem-steps at most what a plan takes."""
     value = default if value is None else value
     if value < 1:
         raise VitacError(f"{flag} must be at least 1, got {value}")
+    if flag in ("--samples", "--cem-steps") and value > MAX_SAMPLES:
+        raise VitacError(f"{flag} must be at most {MAX_SAMPLES:,}, got {value}")
     return value
 
 

@@ -290,6 +290,9 @@ def check_options(opts: BenchOptions) -> None:
     if bad or not opts.compile_modes:
         raise VitacError(f"--compile-mode takes a comma list of {', '.join(COMPILE_MODES)}, got "
                          f"{','.join(opts.compile_modes)}")
+    if tuple(opts.compile_modes) != ("default",) and not any(_modes(b, opts) != [None] for b in opts.backends):
+        # as --context-staging without --plan: a flag that would change no row is refused, not ignored
+        raise VitacError("--compile-mode applies to torch-compile rows: add --backend torch-compile")
     bad = [s for s in opts.context_staging if s not in CONTEXT_STAGING]
     if bad or not opts.context_staging:
         raise VitacError(f"--context-staging takes a comma list of {', '.join(CONTEXT_STAGING)}, got "

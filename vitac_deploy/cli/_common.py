@@ -35,6 +35,9 @@ def cli_errors(fn: F) -> F:
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except MemoryError as e:   # sizes the user chose (samples, batch, chunk), not a bug: a usage error
+            raise fail(f"not enough memory ({first_line(e) or 'MemoryError'}): try smaller sizes "
+                       f"(--samples, --batch, --chunk)", 2) from None
         except Exception as e:  # noqa: BLE001 - the CLI promises no tracebacks
             if os.environ.get("VITAC_DEBUG"):
                 traceback.print_exc()

@@ -61,6 +61,7 @@ def demo(
     cfg = PredictorConfig.preset(preset)
     planner_cfg = PredictorConfig.preset(planner)    # unknown names fail before any work
     encoder = encoder or ENCODER_FOR_PREDICTOR.get(planner, "vit-l-demo")
+    check_demo_options(cfg, planner_cfg, encoder, horizon, batch, plan_samples, plan_steps)
     if out is not None:
         check_demo_out(out)
     console.print(Text.assemble((str(preset), "bold"), f": {cfg.num_parameters():,} parameters, seeded random weights "
@@ -138,6 +139,30 @@ ENCODER_ON_CPU = ("encoder speedup below 1: the encoder has no cache to reuse (u
                   "exported graph does the same arithmetic as PyTorch and the ratio is only ONNX Runtime's CPU kernels "
                   "against PyTorch's; fp16 adds the casts above. Its gain is on a GPU, fp16, as an engine.")
 FRANKA_HOME = (0.45, 0.0, 0.35, 3.14, 0.0, 0.0, 0.0)   # the pose the demo and examples/robot_loop.py start from
+
+
+def check_demo_options(cfg, planner_cfg, encoder: str, horizon: int, batch: int, samples: int,
+                       cem_steps: int) -> None:
+    """Every option of both stages, before the first stage's minutes of work (a bad planning option
+    used to surface only after the rollout stage, some as an internal error)."""
+    from ..encoder import ENCODER_PRESETS, EncoderConfig
+    from ..planning import CEMOptions
+
+    if not 1 <= horizon <= cfg.max_frames:
+        raise VitacError(f"--horizon must be in 1..{cfg.max_frames} (the model's max_frames), got {horizon}")
+    if batch < 1:
+        raise VitacError(f"--batch must be at least 1, got {batch}")
+    if samples == 0:
+        return
+    if samples < 2:
+        raise VitacError(f"--samples must be 0 (no planning stage) or at least 2 (CEM keeps 2 elites), got {samples}")
+    CEMOptions(samples=samples, topk=max(2, samples // 4), cem_steps=cem_steps).check()
+    if not isinstance(encoder, EncoderConfig) and encoder not in ENCODER_PRESETS:
+        raise VitacError(f"unknown encoder preset {encoder!r} (known: {', '.join(ENCODER_PRESETS)})")
+    ecfg = encoder if isinstance(encoder, EncoderConfig) else EncoderConfig.preset(encoder)
+    if (ecfg.embed_dim, ecfg.tokens_per_frame) != (planner_cfg.embed_dim, planner_cfg.tokens_per_frame):
+        raise VitacError(f"encoder {encoder} gives {ecfg.tokens_per_frame} x {ecfg.embed_dim} features; the "
+                         f"planner preset takes {planner_cfg.tokens_per_frame} x {planner_cfg.embed_dim}")
 
 
 DEMO_FILES = ("predictor", "planner", "now.png", "goal.png", "now.npy", "goal.npy")

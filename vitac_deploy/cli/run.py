@@ -36,6 +36,8 @@ def rollout(
     if state_update not in ("given", "delta"):
         raise VitacError(f"--state-update must be given or delta, got {state_update}")
     check_output(out, "--out")
+    if out.exists() and inputs.exists() and out.resolve() == inputs.resolve():
+        raise VitacError(f"--out {out} is the --inputs file: the predictions would replace the inputs")
     data = load_inputs(inputs, config_of(path))
     feats = data["features"]
     C = feats.shape[1]
@@ -43,7 +45,6 @@ def rollout(
     if H < 1:
         raise VitacError(f"horizon must be >= 1 (actions hold {data['actions'].shape[1]} steps for {C} context frames)")
     rt = open_runtime(path, backend=backend, device=device, precision=precision)
-    err.print(f"runtime: {rt.describe()}")
     F = C + H - 1
     acts = data["actions"][:, :F]
     states = data["states"] if state_update == "delta" else data["states"][:, :F]
@@ -57,7 +58,9 @@ def rollout(
             preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update,
                                on_frame=lambda done, total: bar.update(task, completed=done))
     else:
-        preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update)
+        # in a log, a line only for a rollout that lasts (a refused input stays one line on stderr)
+        with live_status(err, f"rollout of {H} frames ({rt.describe()})"):
+            preds = rt.rollout(feats, acts, states, H, ext, state_update=state_update)
     seconds = time.perf_counter() - t0
     tmp = out.with_name(out.name + ".partial.npz")
     try:

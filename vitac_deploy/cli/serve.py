@@ -62,6 +62,5 @@ def serve(
                   ray_address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
                   say=lambda m: print(m, flush=True))
         return
-    err.print("opening the predictor and encoder")
     run(artifact, encoder, backend, device, precision, host, port, api_key_env, cem, opts, max_batch, verbose,
-        say=lambda m: print(m, flush=True))
+        say=lambda m: print(m, flush=True), progress=err.print)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -109,6 +109,8 @@ def export_artifact(model, out: str | os.PathLike, options: Optional[ExportOptio
     """
     opts = options or ExportOptions()
     _check_options(opts)
+    # each precision once (`--precision fp16,fp16` built, validated and listed fp16 twice)
+    opts = replace(opts, precisions=list(parse_precisions(opts.precisions)))
     say = progress or (lambda msg: None)
     out = Path(out)
     if opts.cache == "static":

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import VitacError
-from ..inputs import check_seed
+from ..inputs import MAX_SAMPLES, check_action_bound, check_seed
 from .energy import (PoseUpdate, check_pose, chunk_size, default_pose_update, features_input, graph_context,
                      rollout_energies_many, runtime_lock, stage_contexts)
 
@@ -44,6 +44,9 @@ class CEMOptions:
         for name in ("rollout", "samples", "cem_steps"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise VitacError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("samples", "cem_steps"):
+            if getattr(self, name) > MAX_SAMPLES:
+                raise VitacError(f"{name} must be at most {MAX_SAMPLES:,}, got {getattr(self, name)!r}")
         if not _is_int(self.topk) or not 2 <= self.topk <= self.samples:
             raise VitacError(f"topk must be in 2..samples ({self.samples}): the elites' std divides by topk - 1, "
                              f"got {self.topk!r}")
@@ -51,8 +54,7 @@ class CEMOptions:
             v = getattr(self, name)
             if not _is_real(v) or not 0.0 <= v <= 1.0:
                 raise VitacError(f"{name} must be a number in [0, 1], got {v!r}")
-        if not _is_real(self.maxnorm) or not 0 < self.maxnorm < np.inf:
-            raise VitacError(f"maxnorm must be a finite number > 0, got {self.maxnorm!r}")
+        check_action_bound(self.maxnorm, "maxnorm")
         if self.close_gripper is not None and (not _is_int(self.close_gripper) or self.close_gripper < 0):
             raise VitacError(f"close_gripper must be None or a step index >= 0, got {self.close_gripper!r}")
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..contract import check_normalized, raw_equivalent
 from ..errors import VitacError
+from ..inputs import check_pose_values
 
 PoseUpdate = Union[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 def check_features(name: str, x, cfg) -> np.ndarray:
@@ -41,9 +42,7 @@ def check_pose(pose, action_dim: int) -> np.ndarray:
     p = np.asarray(pose)
     if p.shape != (1, action_dim) or p.dtype.kind not in "fiu":
         raise VitacError(f"pose must be a real array of shape [1, {action_dim}], got {p.dtype} {list(p.shape)}")
-    if not np.isfinite(p).all():
-        raise VitacError("pose contains NaN or inf")
-    return np.ascontiguousarray(p, np.float32)
+    return np.ascontiguousarray(check_pose_values(p, "pose"), np.float32)
 
 
 def default_pose_update(action_dim: int) -> PoseUpdate:

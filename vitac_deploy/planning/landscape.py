@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import VitacError
+from ..inputs import check_action_bound
 from .energy import chunk_size, energies
 
 MAX_GRID_ACTIONS = 1_000_000   # --grid 100 in 3 dims; the plot and the JSON hold every point
@@ -22,8 +23,7 @@ def action_grid(action_dim: int, nsamples: int = 5, size: float = 0.075) -> np.n
     At most MAX_GRID_ACTIONS rows (a VitacError, before any allocation, for more)."""
     if not isinstance(nsamples, int) or isinstance(nsamples, bool) or nsamples < 1:
         raise VitacError(f"--grid must be a positive integer, got {nsamples!r}")
-    if not isinstance(size, (int, float)) or isinstance(size, bool) or not 0 < size < np.inf:
-        raise VitacError(f"--size must be a finite number > 0, got {size!r}")
+    check_action_bound(size, "--size")
     k = min(3, action_dim)
     if nsamples ** k > MAX_GRID_ACTIONS:
         most = int(round(MAX_GRID_ACTIONS ** (1 / k)))

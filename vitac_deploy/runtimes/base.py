@@ -22,7 +22,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from ..config import PredictorConfig
-from ..errors import VitacError
+from ..errors import VitacError, first_line
 from .arrays import DeviceArray, DeviceFrames, as_device_array
 from .staging import HostTraffic, StagedContext, StagedFrames
 
@@ -195,8 +195,18 @@ class Runtime:
         if self.max_batch is not None and batch > self.max_batch:
             raise VitacError(f"batch {batch} exceeds max_batch={self.max_batch} of this runtime")
         if batch > self._capacity:
-            self._allocate(self.max_batch or batch)
-            self._capacity = self.max_batch or batch
+            n = self.max_batch or batch
+            try:
+                self._allocate(n)
+            except (MemoryError, ValueError, OverflowError, RuntimeError) as e:
+                # numpy past its size arithmetic ("Maximum allowed dimension exceeded"), torch's
+                # allocators on the host and CUDA ("can't allocate memory", "size ... overflowed")
+                if not isinstance(e, MemoryError) and not any(
+                        w in str(e).lower() for w in ("memory", "dimension", "too big", "overflow")):
+                    raise
+                raise VitacError(f"not enough memory for this runtime's buffers at batch {n} ({first_line(e)}): "
+                                 f"roll out fewer at once (a smaller max_batch, --chunk or --samples)") from None
+            self._capacity = n
         self.batch, self.frames = int(batch), 0
         self._rollout_frames = None
 

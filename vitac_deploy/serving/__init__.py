@@ -50,8 +50,9 @@ def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.Pat
           host: str = "127.0.0.1", port: int = 8000, api_key_env: Optional[str] = None,
           cem: Optional[CEMOptions] = None, options: Optional[ServeOptions] = None,
           max_batch: Optional[int] = None, verbose: bool = False,
-          say: Callable[[str], None] = print) -> None:
-    """Serve until SIGINT/SIGTERM (the CLI's `serve`, flag for flag). Returns after a graceful stop."""
+          say: Callable[[str], None] = print, progress: Optional[Callable[[str], None]] = None) -> None:
+    """Serve until SIGINT/SIGTERM (the CLI's `serve`, flag for flag). Returns after a graceful stop.
+    `progress(message)` hears when the models start opening, once every cheap check has passed."""
     import asyncio
 
     try:
@@ -68,6 +69,10 @@ def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.Pat
     if host not in LOOPBACK and key is None:
         say(f"warning: serving on {host} without an API key: anyone who reaches this port can drive the "
             f"planner (use --api-key-env VAR)")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise VitacError(f"max_batch must be a positive integer, got {max_batch!r}")
+    if progress is not None:
+        progress("opening the predictor and encoder")
     service = open_service(artifact, encoder, backend, device, precision, cem, options, max_batch)
     server = PolicyServer(service, host, port, key, verbose=verbose, say=say)
     if verbose:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..encoder.preprocess import check_frame_size
 from ..errors import VitacError
-from ..inputs import check_seed
+from ..inputs import check_pose_values, check_seed
 
 # two 1080p RGB frames (about 12.4 MB) and the msgpack framing, rounded up
 DEFAULT_MAX_MESSAGE_MB = 16.0
@@ -98,10 +98,10 @@ def parse_request(message: Any, opts: ServeOptions, state_dim: int) -> Request:
         raise RequestError(f"{opts.state_key} must be a float array [{state_dim}], got {what}")
     if state.shape != (state_dim,):
         raise RequestError(f"{opts.state_key} must have shape [{state_dim}], got {list(state.shape)}")
-    if not np.isfinite(state).all():
-        raise RequestError(f"{opts.state_key} contains NaN or inf")
-    if np.abs(state).max(initial=0) > 1e6:
-        raise RequestError(f"{opts.state_key} has entries beyond 1e6: not a pose")
+    try:
+        check_pose_values(state, opts.state_key)
+    except VitacError as e:
+        raise RequestError(str(e)) from None
     seed = message.get("seed")
     if seed is not None:
         if isinstance(seed, np.ndarray) and seed.ndim == 0:

@@ -109,35 +109,28 @@ class PolicyServer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stopping.set)
         limit = self.service.options.max_message_bytes * HARD_LIMIT_FACTOR
-        listening = False
         try:
-            async with serve(self._handler, self.host, self.port, process_request=self._process_request,
-                             compression=None, max_size=limit, max_queue=MAX_QUEUE, ping_interval=20,
-                             ping_timeout=60, server_header="vitac-deploy") as server:
-                listening = True
-                await self._serve_until_stopped(server)
-        except OSError as e:   # the port taken, an address not of this machine, a name that does not resolve
-            if listening:
-                raise
+            listening = await serve(self._handler, self.host, self.port, process_request=self._process_request,
+                                    compression=None, max_size=limit, max_queue=MAX_QUEUE, ping_interval=20,
+                                    ping_timeout=60, server_header="vitac-deploy")
+        except OSError as e:   # an unknown host, an address in use or not ours: the user's to fix
             self.service.close(timeout=SHUTDOWN_GRACE_S)
             raise VitacError(f"cannot listen on {self.host}:{self.port}: {e.strerror or first_line(e)}") from None
+        async with listening as server:
+            sock = next(iter(server.sockets))
+            self.port = sock.getsockname()[1]
+            self.ready.set()
+            await self._stopping.wait()
+            self.policy.stop()
+            # stop accepting, let the plans in flight be answered, then close the connections
+            server.close(close_connections=False)
+            deadline = time.monotonic() + SHUTDOWN_GRACE_S
+            while (self.in_flight or self.service.pending()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.gather(*(ws.close(1001, "server shutting down") for ws in list(self.connections)),
+                                 return_exceptions=True)
+            await server.wait_closed()
         self.service.close(timeout=SHUTDOWN_GRACE_S)
-
-    async def _serve_until_stopped(self, server) -> None:
-        """Listening: until stopped, then the plans in flight answered and the connections closed."""
-        sock = next(iter(server.sockets))
-        self.port = sock.getsockname()[1]
-        self.ready.set()
-        await self._stopping.wait()
-        self.policy.stop()
-        # stop accepting, let the plans in flight be answered, then close the connections
-        server.close(close_connections=False)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while (self.in_flight or self.service.pending()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.gather(*(ws.close(1001, "server shutting down") for ws in list(self.connections)),
-                             return_exceptions=True)
-        await server.wait_closed()
 
     def stop(self) -> None:
         """Ask a server running in another thread to shut down (as SIGTERM does)."""

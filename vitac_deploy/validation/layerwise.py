@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..config import PredictorConfig
-from ..contract import ROPE_INPUTS, past_names, present_names, rope_rows
+from ..contract import ROPE_INPUTS, STATIC_INPUTS, past_names, present_names, rope_rows, static_max_len, static_rows
 from ..errors import VitacError, first_line
 from ..inputs import check_tolerance
 from ..artifacts import read_manifest, verify_files, write_json_atomic
@@ -111,6 +111,11 @@ def _runner(path: Path, name: str):
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     # the weights are external data: OnnxFromPath reads them from beside the graph
+    import onnxruntime as ort
+
+    # errors only, as the runtimes: the static contract's TensorScatter warns on every run that
+    # it copies instead of updating in place (this session binds no buffers), dozens of lines
+    ort.set_default_logger_severity(3)
     model = ModifyOutputs(OnnxFromPath(str(path), external_data_dir=str(path.parent)), outputs=constants.MARK_ALL)
     return OnnxrtRunner(SessionFromOnnx(_Bytes(model)), name=name)
 
@@ -186,19 +191,29 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
     acc: dict[str, dict[str, Any]] = {}
     carry: dict[str, np.ndarray] = {}
     say(f"loading the fp32 and {precision} step graphs with every tensor marked as an output")
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+    cache = manifest.get("cache") or {}
+    static_frames = cache.get("frames") if cache.get("contract") == "static" else None
+    # above CRITICAL: Polygraphy logs a failure over several lines before raising it, and the
+    # raised message is the one line the command prints
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
         try:
             with ref_runner, test_runner:
-                for t, feed in enumerate(_rollout_feeds(cfg, inputs)):
+                for t, feed in enumerate(_rollout_feeds(cfg, inputs, static_frames)):
                     say(f"step {t + 1}/{steps}: running both graphs and comparing their tensors")
                     if t > 0:   # the fp32 graph's own outputs feed the next step
                         feed["features"] = carry["next_features_raw" if cfg.normalize_reps else "next_features"]
                         for p_name, q_name in zip(past_names(cfg), present_names(cfg)):
                             feed[p_name] = carry[q_name]
                     ref_out = dict(ref_runner.infer(feed))
-                    test_out = dict(test_runner.infer(_cast(feed, dtypes)))
+                    test_feed = _cast({k: v for k, v in feed.items() if k != STATIC_INPUTS[1]}, dtypes)
+                    if static_frames is not None:   # the bias in the graph's own dtype: its most negative finite value
+                        test_feed[STATIC_INPUTS[1]] = static_rows(cfg, static_frames, dtypes[STATIC_INPUTS[1]].name,
+                                                                  1)[1][t]
+                    test_out = dict(test_runner.infer(test_feed))
                     fed_back = present_names(cfg) + ["next_features", "next_features_raw"]
                     carry = {k: np.array(ref_out[k]) for k in fed_back if k in ref_out}
+                    if static_frames is not None:
+                        _unmask(ref_out, test_out)
                     _compare_step(ref_out, test_out, ref_name, test_name, atol, simple, exact, acc)
                     del ref_out, test_out
         except VitacError:
@@ -217,6 +232,23 @@ def compare_layers(artifact: str | os.PathLike, precision: str = "fp16", steps: 
         if name in acc:
             report.tensors.append(TensorError(name=name, module=module_of(name, modules), **acc[name]))
     return report
+
+
+def _unmask(ref_out: dict, test_out: dict) -> None:
+    """Zero, in both, the elements each graph masked out (the static contract's attn_bias: the
+    dtype's most negative finite value, -3.4e38 in fp32 and -65504 in fp16): they are the same
+    "no attention" in two dtypes, not an error, and would also swamp the tensor's RMS. An element
+    masked in one graph and not in the other stays and is flagged."""
+    lo32, lo16 = np.finfo(np.float32).min / 2, np.finfo(np.float16).min / 2
+    for name in list(ref_out):
+        if name not in test_out:
+            continue
+        ref, test = _array(ref_out[name]), _array(test_out[name])
+        if ref.shape != test.shape:
+            continue
+        both = (ref <= lo32) & (test <= lo16)
+        if both.any():
+            ref_out[name], test_out[name] = np.where(both, 0.0, ref), np.where(both, 0.0, test)
 
 
 def _compare_step(ref_out: dict, test_out: dict, ref_name: str, test_name: str, atol: float, simple, exact,
@@ -262,19 +294,27 @@ def _rms(value) -> float:
     return float(np.sqrt(np.mean(a * a))) if a.size else 0.0
 
 
-def _rollout_feeds(cfg: PredictorConfig, inputs: ParityInputs):
+def _rollout_feeds(cfg: PredictorConfig, inputs: ParityInputs, static_frames: Optional[int] = None):
     """Step t's feed of the seeded inputs (features, conditioning, RoPE rows; empty past at t = 0);
-    the caller fills features and past_* of later steps from the fp32 graph's outputs."""
+    the caller fills features and past_* of later steps from the fp32 graph's outputs. With
+    `static_frames` (the static cache contract), the past is the whole zeroed arena and step t
+    also gets row t of write_index and attn_bias (float32)."""
     cos, sin = rope_rows(cfg, "float32")
     B = inputs.context.shape[0]
+    past_len = 0 if static_frames is None else static_max_len(cfg, static_frames)
+    if static_frames is not None:
+        write, bias = static_rows(cfg, static_frames, "float32", B)
     for t in range(inputs.actions.shape[1]):
         feed = {"features": inputs.context[:, 0], "action": inputs.actions[:, t], "state": inputs.states[:, t]}
         if cfg.use_extrinsics:
             feed["extrinsics"] = inputs.extrinsics[:, t]
         feed[ROPE_INPUTS[0]], feed[ROPE_INPUTS[1]] = cos[t], sin[t]
         for name in past_names(cfg):
-            feed[name] = np.zeros((B, cfg.num_heads, 0, cfg.head_dim), np.float32)
-        yield {k: np.ascontiguousarray(v, np.float32) for k, v in feed.items()}
+            feed[name] = np.zeros((B, cfg.num_heads, past_len, cfg.head_dim), np.float32)
+        feed = {k: np.ascontiguousarray(v, np.float32) for k, v in feed.items()}
+        if static_frames is not None:
+            feed[STATIC_INPUTS[0]], feed[STATIC_INPUTS[1]] = np.ascontiguousarray(write[t]), bias[t]
+        yield feed
 
 
 def write_report(path: str | os.PathLike, report: LayerwiseReport) -> None:

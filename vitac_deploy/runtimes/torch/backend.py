@@ -157,7 +157,8 @@ def reference_from_artifact(path: Path, manifest: dict[str, Any]):
     graph = manifest["graphs"].get("step.fp32")
     if graph is None:
         raise VitacError(f"{path}: the torch backends read the weights of step.onnx (fp32), which is missing")
-    _check_graph_contract(path / graph["file"], cfg)
+    cache = manifest.get("cache") or {}   # the weights are the same in every contract; the inputs are not
+    _check_graph_contract(path / graph["file"], cfg, cache.get("contract", "concat"), cache.get("frames"))
     try:
         model = predictor_from_graph(path / graph["file"], cfg)
     except (KeyError, RuntimeError, ValueError) as e:   # a config that does not describe the graph
@@ -167,7 +168,8 @@ def reference_from_artifact(path: Path, manifest: dict[str, Any]):
     return model.eval()
 
 
-def _check_graph_contract(graph_path: Path, cfg: PredictorConfig) -> None:
+def _check_graph_contract(graph_path: Path, cfg: PredictorConfig, cache: str = "concat",
+                          cache_frames: Optional[int] = None) -> None:
     """The fp32 step graph's inputs must be the ones `cfg` implies (names, fixed sizes): the weights
     alone do not fix the grid, so a config edited after export would run a different model."""
     import onnx
@@ -177,7 +179,7 @@ def _check_graph_contract(graph_path: Path, cfg: PredictorConfig) -> None:
     model = onnx.load(str(graph_path), load_external_data=False)
     got = {v.name: tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim)
            for v in model.graph.input}
-    want = {s.name: s.shape for s in step_io(cfg, "float32")[0]}
+    want = {s.name: s.shape for s in step_io(cfg, "float32", cache=cache, cache_frames=cache_frames)[0]}
     bad = sorted(set(want) ^ set(got)) or sorted(
         n for n in want if len(want[n]) != len(got[n]) or any(
             isinstance(w, int) and isinstance(g, int) and w != g for w, g in zip(want[n], got[n])))
