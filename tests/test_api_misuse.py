@@ -182,3 +182,35 @@ def test_the_client_resends_the_goal_it_sent_not_what_its_array_holds_now(artifa
         second.stop()
     assert client.reconnects == 1
     np.testing.assert_array_equal(got, want)
+
+
+def test_counts_and_arguments_of_the_openers_and_the_planner(artifact, tmp_path):
+    """A count of 0, a string or a bool is refused by name (a numpy integer is a count); an empty
+    list of images, contexts of different shapes and options of the wrong kind are one VitacError,
+    not a raw numpy, onnxruntime or AttributeError."""
+    from vitac_deploy.encoder.preprocess import read_images
+    from vitac_deploy.planning import CEMOptions, plan
+    from vitac_deploy.planning.cem import plan_many
+
+    for kwargs, what in (({"max_batch": 0}, "max_batch"), ({"max_frames": True}, "max_frames"),
+                         ({"threads": "2"}, "threads"), ({"threads": 0}, "threads")):
+        with pytest.raises(VitacError, match=f"{what} must be a positive integer"):
+            open_runtime(artifact, backend="onnxruntime", **kwargs)
+    for kwargs, what in (({"max_batch": 0}, "max_batch"), ({"threads": 1.5}, "threads")):
+        with pytest.raises(VitacError, match=f"{what} must be a positive integer"):
+            open_encoder(artifact / "encoder", backend="onnxruntime", **kwargs)
+    enc = open_encoder(artifact / "encoder", backend="onnxruntime", max_batch=np.int64(3))
+    assert enc.max_batch == 3 and type(enc.max_batch) is int
+    rt = open_runtime(artifact, backend="onnxruntime", max_batch=np.int64(8), threads=np.int32(1))
+
+    with pytest.raises(VitacError, match="no images given"):
+        read_images([])
+    N, D = rt.cfg.tokens_per_frame, rt.cfg.embed_dim
+    with pytest.raises(VitacError, match="one shape"):
+        rt.stage_context([np.zeros((1, 1, N, D), np.float32), np.zeros((1, 2, N, D), np.float32)])
+    feats = np.zeros((1, N, D), np.float32)
+    pose = np.zeros((1, rt.cfg.action_dim), np.float32)
+    with pytest.raises(VitacError, match="options must be a CEMOptions, got dict"):
+        plan(rt, feats, feats, pose, options={"samples": 4})
+    with pytest.raises(VitacError, match="plan_many takes PlanRequests"):
+        plan_many(rt, [None], CEMOptions(samples=4, topk=2, cem_steps=1, rollout=1))

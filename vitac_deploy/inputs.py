@@ -12,7 +12,7 @@ from .config import PredictorConfig
 from .errors import VitacError, first_line
 
 __all__ = ["load_inputs", "parse_pose", "read_noise", "check_seed", "check_tolerance", "check_pose_values",
-           "check_action_bound", "MAX_SEED", "MAX_POSE",
+           "check_action_bound", "check_count", "MAX_SEED", "MAX_POSE",
            "MAX_SAMPLES"]
 
 MAX_SEED = 2**63 - 1   # what a msgpack int64 carries: the server's limit, and so every entry point's
@@ -24,6 +24,18 @@ MAX_POSE = 1e6
 # 2,500 times upstream's 400. Past it array sizes overflow numpy's and torch's size arithmetic
 # before any allocation could be refused as too large.
 MAX_SAMPLES = 1_000_000
+
+
+def check_count(value, what: str):
+    """A count such as max_batch or threads: None (the default), or a positive integer (numpy's
+    included, returned as int); bools, floats, strings and 0 are refused by name."""
+    import numbers
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise VitacError(f"{what} must be a positive integer or None, got {value!r}")
+    return int(value)
 
 
 def check_seed(seed, what: str = "seed") -> int:

@@ -103,6 +103,10 @@ def read_images(paths: Sequence[str | os.PathLike]) -> np.ndarray:
 
     An `.npz` holds one uint8 array (`images`, `observation` or its only entry) of [H, W, 3],
     [T, H, W, 3] or [1, T, H, W, 3]. Several image files must share one size."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise VitacError("no images given: name at least one image file or .npz")
     frames = []
     for p in map(Path, paths):
         if not p.is_file():

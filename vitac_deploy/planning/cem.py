@@ -173,6 +173,8 @@ def plan_many(runtime, requests: Sequence[PlanRequest], options: Optional[CEMOpt
     returns for it alone (same draws, same per-row rollout and energy). `on_step` gets the best
     energy over all robots."""
     opts = options or CEMOptions()
+    if not isinstance(opts, CEMOptions):
+        raise VitacError(f"options must be a CEMOptions, got {type(opts).__name__}")
     opts.check()
     cfg = runtime.cfg
     space = space or ActionSpace.for_dim(cfg.action_dim)
@@ -181,6 +183,8 @@ def plan_many(runtime, requests: Sequence[PlanRequest], options: Optional[CEMOpt
         raise VitacError("close_gripper needs an action space with a gripper entry")
     if len(requests) < 1:
         raise VitacError("plan_many needs at least one request")
+    if not all(isinstance(r, PlanRequest) for r in requests):
+        raise VitacError(f"plan_many takes PlanRequests, got {sorted({type(r).__name__ for r in requests})}")
     robots = [_robot(r, opts, space, runtime) for r in requests]
     if len({r.on_device for r in robots}) > 1:
         raise VitacError("give every robot's current features on the host, or every one on the device")

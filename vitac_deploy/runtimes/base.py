@@ -321,8 +321,9 @@ class Runtime:
                                  + (" (or the encoder's raw features)" if normalized else ""))
             return self._new_staged(len(devices), C)
         arrays = [np.asarray(x) for x in items]
-        if len(arrays) > 1 and any(a.ndim != 4 or a.shape[0] != 1 for a in arrays):
-            raise VitacError(f"a list of contexts takes arrays of shape [1, C, {N}, {D}], got "
+        if len(arrays) > 1 and (any(a.ndim != 4 or a.shape[0] != 1 for a in arrays)
+                                or len({a.shape for a in arrays}) != 1):
+            raise VitacError(f"a list of contexts takes arrays of one shape [1, C, {N}, {D}], got "
                              f"{[list(a.shape) for a in arrays]}")
         array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         if array.ndim != 4 or array.shape[2:] != (N, D) or array.shape[0] < 1 or array.shape[1] < 1:

@@ -9,7 +9,6 @@ imports its library when it opens something.
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -18,17 +17,13 @@ from ..artifacts import (ENGINE_SUFFIXES, find_encoder, read_encoder_manifest, r
                          read_manifest)
 from ..config import PredictorConfig
 from ..errors import VitacError
+from ..inputs import check_count
 from ..precision import resolve as resolve_precision
 from . import registry
 from .base import Runtime
 from .encoder_base import EncoderRuntime
 
 log = logging.getLogger("vitac_deploy")
-
-
-def _check_count(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise VitacError(f"{name} must be a positive integer or None, got {value!r}")
 
 
 def _device(device: Optional[str], engine: bool) -> str:
@@ -51,8 +46,9 @@ def open_runtime(path: str | os.PathLike, backend: str = "auto", device: Optiona
     is hashed against the manifest first (cached in-process by file identity and change time, so a
     reopen costs a stat). verify=False skips the file hashes, for callers that checked them already."""
     p = Path(path)
-    _check_count("max_batch", max_batch)
-    _check_count("max_frames", max_frames)
+    max_batch, max_frames = check_count(max_batch, "max_batch"), check_count(max_frames, "max_frames")
+    if "threads" in options:
+        options["threads"] = check_count(options["threads"], "threads")
     engine = p.suffix in ENGINE_SUFFIXES
     kind = registry.ENGINE if engine else registry.PREDICTOR
     device = _device(device, engine)
@@ -87,7 +83,9 @@ def open_encoder(path: str | os.PathLike, backend: str = "auto", device: Optiona
     on cpu and fp16 on cuda; max_batch: frames encoded at once (default 16, an engine's profile).
     `manifest`: the manifest already read and checked by the caller."""
     p = Path(path)
-    _check_count("max_batch", max_batch)
+    max_batch = check_count(max_batch, "max_batch")
+    if "threads" in options:
+        options["threads"] = check_count(options["threads"], "threads")
     engine = p.suffix in ENGINE_SUFFIXES
     device = _device(device, engine)
     kind = registry.ENCODER_ENGINE if engine else registry.ENCODER
