@@ -2,6 +2,7 @@
 --artifact, demo): each is one line on stderr and exit 2, never a warning dump, a traceback or an
 "internal error", and the Python API and the server answer the same input the same way."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,15 @@ def test_bench_refuses_a_compile_mode_no_row_uses(art):
     # it was ignored: a table without the torch.compile rows the user asked for, exit 0
     msg = one_line_error(cli("bench", art, "--compile-mode", "reduce-overhead", "--backend", "onnxruntime"))
     assert "--compile-mode applies to torch-compile rows" in msg
+
+
+def test_a_chunk_larger_than_the_samples_is_the_samples_everywhere():
+    """`plan` and `bench` roll out min(chunk, samples) rows at once; `info` estimates the same plan
+    (it refused the chunk before) and gives the figures of --chunk equal to --samples."""
+    def info(*args):
+        return subprocess.run([sys.executable, "-m", "vitac_deploy", "info", "--preset", "franka-small", "--json",
+                               "--samples", "32", *args], capture_output=True, text=True)
+
+    big, same = info("--chunk", "64"), info("--chunk", "32")
+    assert big.returncode == same.returncode == 0, big.stderr + same.stderr
+    assert json.loads(big.stdout)["plan"] == json.loads(same.stdout)["plan"]

@@ -56,9 +56,7 @@ def plan_summary(cfg: PredictorConfig, samples: int, horizon: Optional[int] = No
     H = _positive("--horizon", horizon, 2)
     C = _positive("--context", context, 1)
     steps = _positive("--cem-steps", cem_steps, 10)
-    chunk = _positive("--chunk", chunk, S)
-    if chunk > S:
-        raise VitacError(f"--chunk {chunk} is more than --samples {S}")
+    chunk = min(_positive("--chunk", chunk, S), S)   # as a plan rolls out: never more rows than samples
     precision = get_precision(precision or "fp16", "--precision").name
     backend = backend or "tensorrt"
     layout = memory_layout(backend)   # a backend without a memory model: one line naming those with one
