@@ -245,3 +245,13 @@ def test_a_chunk_larger_than_the_samples_is_the_samples_everywhere():
     big, same = info("--chunk", "64"), info("--chunk", "32")
     assert big.returncode == same.returncode == 0, big.stderr + same.stderr
     assert json.loads(big.stdout)["plan"] == json.loads(same.stdout)["plan"]
+
+
+def test_bench_takes_its_backends_as_a_comma_list_too(art, tmp_path):
+    # --batch, --cache, --graph-form take comma lists; --backend a,b was "unknown backend 'a,b'"
+    out = tmp_path / "bench.json"
+    p = cli("bench", art, "--backend", "onnxruntime,torch", "--horizon", "1", "--repeats", "1", "--warmup", "0",
+            "--json", out)
+    assert p.returncode == 0, p.stderr
+    rows = {e["backend"] for e in json.loads(out.read_text())["entries"]}
+    assert {"onnxruntime", "torch"} <= rows, rows

@@ -33,7 +33,7 @@ def bench(
     config: Optional[Path] = typer.Option(None, "--config", help="PredictorConfig or upstream kwargs JSON."),
     backend: list[str] = typer.Option(["onnxruntime", "torch"], "--backend",
                                       help="onnxruntime, torch (the fast PyTorch path), torch-compile, "
-                                           "torch-reference (the reference model), tensorrt (repeatable)."),
+                                           "torch-reference (the reference model), tensorrt: repeatable, or a comma list."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: fp32 on cpu, fp16 on "
                                                                       "cuda; the baseline uses the same)."),
@@ -121,6 +121,7 @@ def bench(
     have_form = manifest_form(manifest, artifact) if manifest else None
     caches = [c.strip() for c in (cache or have or "concat").split(",") if c.strip()]
     forms = [f.strip() for f in (graph_form or have_form or "portable").split(",") if f.strip()]
+    backend = [b.strip() for value in backend for b in value.split(",") if b.strip()]   # as the other list flags
     opts = BenchOptions(backends=backend, device=device, precision=precision, batches=_ints(batch or "1", "--batch"),
                         horizon=horizon, context=context, repeats=repeats, warmup=warmup, baseline=baseline,
                         seed=seed, plan=cem, chunk=chunk, cuda_graphs=cuda_graphs, caches=caches, graph_forms=forms,
