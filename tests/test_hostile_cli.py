@@ -255,3 +255,12 @@ def test_bench_takes_its_backends_as_a_comma_list_too(art, tmp_path):
     assert p.returncode == 0, p.stderr
     rows = {e["backend"] for e in json.loads(out.read_text())["entries"]}
     assert {"onnxruntime", "torch"} <= rows, rows
+
+
+def test_serve_refuses_a_horizon_the_model_cannot_hold_before_opening_anything(art):
+    # the manifest tells max_frames: the refusal comes before the "opening" note (stderr was two
+    # lines, the error naming max_frames, which the user never gave)
+    msg = one_line_error(cli("serve", art, "--horizon", "99", "--port", "0"))
+    assert "horizon 99 is more than this model's" in msg, msg
+    msg = one_line_error(cli("serve", Path(art).parent / "missing", "--port", "0"))
+    assert "not found" in msg, msg

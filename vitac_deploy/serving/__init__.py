@@ -39,10 +39,21 @@ def open_service(artifact: Union[str, os.PathLike], encoder: Optional[Union[str,
     options.check()
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
         raise VitacError(f"max_batch must be a positive integer, got {max_batch!r}")
+    check_horizon(artifact, cem)
     # the cache holds what a plan needs: the current frame + rollout - 1 fed-back predictions
     rt, enc, _ = open_models(Path(artifact), Path(encoder) if encoder else None, backend, device, precision,
                              max_batch or cem.samples * options.max_robots, max_frames=cem.rollout)
     return PlanService(rt, enc, cem, options)
+
+
+def check_horizon(artifact: Union[str, os.PathLike], cem: CEMOptions) -> None:
+    """Refuse a horizon the model cannot hold, from the manifest alone (before any model opens):
+    a plan's cache holds the current frame and horizon - 1 fed-back predictions."""
+    from ..runtimes import config_of
+
+    limit = config_of(artifact).max_frames
+    if cem.rollout > limit:
+        raise VitacError(f"horizon {cem.rollout} is more than this model's {limit} frames (max_frames of {artifact})")
 
 
 def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.PathLike]] = None,
@@ -71,6 +82,7 @@ def serve(artifact: Union[str, os.PathLike], encoder: Optional[Union[str, os.Pat
             f"planner (use --api-key-env VAR)")
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise VitacError(f"max_batch must be a positive integer, got {max_batch!r}")
+    check_horizon(artifact, cem or CEMOptions())
     if progress is not None:
         progress("opening the predictor and encoder")
     service = open_service(artifact, encoder, backend, device, precision, cem, options, max_batch)
