@@ -92,3 +92,20 @@ def test_missing_and_garbage_files(tmp_path, model):
     txt.write_text("x")
     with pytest.raises(VitacError, match="unsupported checkpoint type"):
         load_predictor(txt, model.cfg)
+
+
+def test_a_file_that_is_no_checkpoint_is_not_called_a_pickle_of_objects(tmp_path, model):
+    """The refusal of pickled objects names the object; a file that is not a pickle at all (an
+    unknown opcode to torch's safe loader) is called what it is, not a security refusal."""
+    import datetime
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\xff" * 100)   # an opcode torch's safe unpickler does not know
+    with pytest.raises(VitacError, match="not a PyTorch checkpoint") as e:
+        load_predictor(junk, model.cfg)
+    assert "pickled objects" not in str(e.value) and "\n" not in str(e.value)
+    dated = tmp_path / "dated.pt"
+    torch.save({"predictor": model.state_dict(), "when": datetime.datetime(2026, 1, 1)}, dated)
+    with pytest.raises(VitacError, match=r"pickled objects other than tensors \(datetime.datetime\)") as e:
+        load_predictor(dated, model.cfg)
+    assert "\n" not in str(e.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -38,8 +39,13 @@ def read_state_dict(path: str | os.PathLike, part: str = "predictor") -> dict[st
     except VitacError:
         raise
     except pickle.UnpicklingError as e:
-        raise VitacError(f"refusing to load {p}: it holds pickled objects other than tensors, which could "
-                         f"run code on load (weights_only=True): {first_line(e)}") from None
+        # torch's safe loader names the GLOBAL it will not build; without one, the bytes are no
+        # pickle it can read (an unknown opcode): a file of another kind, not a refused object
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise VitacError(f"refusing to load {p}: it holds pickled objects other than tensors ({found.group(1)}), "
+                             f"which could run code on load (weights_only=True)") from None
+        raise VitacError(f"cannot read checkpoint {p}: not a PyTorch checkpoint or pickle of tensors") from None
     except Exception as e:  # corrupt zip, truncated file, bad header, ...
         raise VitacError(f"cannot read checkpoint {p}: {first_line(e)}") from None
     return normalize_state_dict(raw, source=str(p), part=part)
