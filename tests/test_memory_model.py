@@ -272,7 +272,7 @@ def test_cli_device_budget_and_onnxruntime():
     ["--samples", "400", "--device-budget", "nope"],
     ["--samples", "400", "--budget", "8GiB", "--device-budget", "h100-80gb"],
     ["--samples", "0"],
-    ["--samples", "4", "--chunk", "5"],
+    ["--samples", "4", "--chunk", "0"],
     ["--samples", "4", "--precision", "int8"],
     ["--samples", "4", "--backend", "onnxruntime", "--engines", "2"],
     ["--samples", "4", "--horizon", "9"],
