@@ -139,6 +139,10 @@ def test_in_place_update_does_not_copy(small_pair, capfd):
     capfd.readouterr()
     sess.run(None, feeds)
     if NOT_IN_PLACE not in capfd.readouterr().err:
+        # from 1.25 it does, unless something in this process silenced ONNX Runtime's default logger
+        # (a library must set severity per session, never globally): that fails, not skips
+        assert tuple(int(x) for x in ort.__version__.split(".")[:2]) < (1, 25), \
+            "ONNX Runtime logged no TensorScatter copy: its default logger was silenced in this process"
         pytest.skip(f"onnxruntime {ort.__version__} does not report TensorScatter copies (needs >= 1.25)")
     rt = open_runtime(arts["static"], backend="onnxruntime")
     ctx, acts, states, ext = _inputs(cfg, 3, 4, seed=2)

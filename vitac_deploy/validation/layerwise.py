@@ -108,28 +108,29 @@ def module_of(tensor: str, modules: set[str]) -> str:
 def _runner(path: Path, name: str):
     from polygraphy import constants
     from polygraphy.backend.onnx import ModifyOutputs, OnnxFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
     # the weights are external data: OnnxFromPath reads them from beside the graph
-    import onnxruntime as ort
-
-    # errors only, as the runtimes: the static contract's TensorScatter warns on every run that
-    # it copies instead of updating in place (this session binds no buffers), dozens of lines
-    ort.set_default_logger_severity(3)
     model = ModifyOutputs(OnnxFromPath(str(path), external_data_dir=str(path.parent)), outputs=constants.MARK_ALL)
-    return OnnxrtRunner(SessionFromOnnx(_Bytes(model)), name=name)
+    return OnnxrtRunner(_Session(model), name=name)
 
 
-class _Bytes:
-    """The serialized model for SessionFromOnnx (a callable loader, as Polygraphy's own)."""
+class _Session:
+    """An ONNX Runtime session of the modified model (a callable loader, as Polygraphy's own
+    SessionFromOnnx), logging errors only as the runtimes do: the static contract's TensorScatter
+    warns on every run that it copies instead of updating in place (no buffers are bound here).
+    Set per session, so that no other session of the process loses its warnings."""
 
     def __init__(self, model_loader):
         self.model_loader = model_loader
 
-    def __call__(self) -> bytes:
+    def __call__(self):
+        import onnxruntime as ort
         from polygraphy.backend.onnx import BytesFromOnnx
 
-        return BytesFromOnnx(self.model_loader)()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        return ort.InferenceSession(BytesFromOnnx(self.model_loader)(), so, providers=["CPUExecutionProvider"])
 
 
 def _cast(feed: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
